@@ -1,0 +1,44 @@
+//! Authentication of clients against the upstream URL's credentials: SCRAM-SHA-256 (server
+//! side, [`scram`]), md5 and trust. Server-side authentication (the proxy as a client of
+//! Postgres) lives in `server::conn` and uses postgres-protocol.
+
+pub mod scram;
+
+use crate::config::Secret;
+use subtle::ConstantTimeEq;
+
+/// What a client must prove: the upstream's user and password, with the SCRAM verifier
+/// computed once.
+pub struct Credentials {
+    pub user: String,
+    password: Secret,
+    pub scram: scram::Verifier,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    pub fn new(user: &str, password: &Secret) -> Credentials {
+        Credentials {
+            user: user.to_owned(),
+            password: password.clone(),
+            scram: scram::Verifier::new(password.expose()),
+        }
+    }
+
+    /// Checks an md5 password response (`md5` + hex) in constant time.
+    pub fn check_md5(&self, response: &[u8], salt: [u8; 4]) -> bool {
+        let expected = postgres_protocol::authentication::md5_hash(
+            self.user.as_bytes(),
+            self.password.expose().as_bytes(),
+            salt,
+        );
+        expected.as_bytes().ct_eq(response).into()
+    }
+}

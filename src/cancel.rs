@@ -1,0 +1,177 @@
+//! Cancel requests. Each client gets a key from the proxy; the registry maps it to what the
+//! client is doing now. A cancel for a client that is running a query is sent to its server
+//! on a new connection with that server's key; a cancel for a client waiting in the queue
+//! takes it out of the queue (it then gets 57014).
+
+use crate::server::conn::Target;
+use bytes::BytesMut;
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use subtle::ConstantTimeEq;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+
+/// What a client is doing, as far as cancelling goes.
+#[derive(Clone)]
+pub enum Activity {
+    Idle,
+    /// Waiting in a pool's queue; `notify_waiters` wakes the wait to give up.
+    Waiting,
+    Active {
+        target: Arc<Target>,
+        pid: i32,
+        secret: i32,
+    },
+}
+
+/// Per-client cancel state, shared between the session and the registry.
+pub struct CancelSlot {
+    activity: Mutex<Activity>,
+    pub wake: Notify,
+}
+
+impl CancelSlot {
+    pub fn set(&self, activity: Activity) {
+        *self.activity.lock().unwrap_or_else(|p| p.into_inner()) = activity;
+    }
+}
+
+struct Entry {
+    secret: i32,
+    slot: Arc<CancelSlot>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    entries: Mutex<HashMap<i32, Entry>>,
+}
+
+/// Removes the client's key when the session ends.
+pub struct Registration {
+    registry: Arc<Registry>,
+    pub pid: i32,
+    pub secret: i32,
+    pub slot: Arc<CancelSlot>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut map = self
+            .registry
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if map
+            .get(&self.pid)
+            .is_some_and(|e| Arc::ptr_eq(&e.slot, &self.slot))
+        {
+            map.remove(&self.pid);
+        }
+    }
+}
+
+impl Registry {
+    /// Issues a key. `pid` is fixed in session mode (the server's real process id) and
+    /// random otherwise.
+    pub fn register(self: &Arc<Self>, fixed_pid: Option<i32>) -> Registration {
+        let slot = Arc::new(CancelSlot {
+            activity: Mutex::new(Activity::Idle),
+            wake: Notify::new(),
+        });
+        let mut rng = rand::rng();
+        let secret: i32 = rng.random();
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = match fixed_pid {
+            Some(pid) => pid,
+            None => loop {
+                let pid = rng.random_range(1..i32::MAX);
+                if !map.contains_key(&pid) {
+                    break pid;
+                }
+            },
+        };
+        map.insert(
+            pid,
+            Entry {
+                secret,
+                slot: slot.clone(),
+            },
+        );
+        Registration {
+            registry: self.clone(),
+            pid,
+            secret,
+            slot,
+        }
+    }
+
+    /// Handles a CancelRequest. Runs detached from the requesting socket, which libpq closes
+    /// right after sending.
+    pub fn cancel(&self, pid: i32, secret: i32) {
+        let activity = {
+            let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(&pid) {
+                Some(e) if bool::from(e.secret.to_be_bytes().ct_eq(&secret.to_be_bytes())) => {
+                    let a = e
+                        .slot
+                        .activity
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    if matches!(a, Activity::Waiting) {
+                        e.slot.wake.notify_waiters();
+                    }
+                    a
+                }
+                _ => {
+                    tracing::debug!("cancel_unknown_key");
+                    return;
+                }
+            }
+        };
+        if let Activity::Active {
+            target,
+            pid,
+            secret,
+        } = activity
+        {
+            tokio::spawn(async move {
+                if let Err(e) = send_cancel(&target, pid, secret).await {
+                    tracing::warn!(error = %e, "cancel_forward_failed");
+                }
+            });
+        }
+    }
+}
+
+async fn send_cancel(
+    target: &Target,
+    pid: i32,
+    secret: i32,
+) -> Result<(), crate::server::ServerError> {
+    let fut = async {
+        let mut stream = target.open().await?;
+        let mut buf = BytesMut::new();
+        postgres_protocol::message::frontend::cancel_request(pid, secret, &mut buf);
+        stream
+            .write_all(&buf)
+            .await
+            .map_err(crate::server::ServerError::io)?;
+        stream
+            .flush()
+            .await
+            .map_err(crate::server::ServerError::io)?;
+        // Postgres closes the connection once it has read the request.
+        let mut sink = [0u8; 16];
+        let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await;
+        Ok(())
+    };
+    tokio::time::timeout(target.connect_timeout, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::server::ServerError::Timeout(
+                "cancel request timed out".into(),
+            ))
+        })
+}

@@ -1,0 +1,374 @@
+//! A client's way in: SSL/GSS negotiation, the startup packet, protocol version, database
+//! selection and authentication. Everything read here is bounded by Postgres' own startup
+//! limit or by `MAX_PRE_AUTH_MESSAGE`, and the whole exchange by the login timeout.
+
+use crate::auth::scram::{self, Exchange, ScramError};
+use crate::config::ClientAuth;
+use crate::proxy::{Proxy, Upstream};
+use crate::stream::Stream;
+use crate::wire::frame::{split_frame, Reader};
+use crate::wire::messages::{self, PgError};
+use crate::wire::startup::{parse_options, split_startup, Startup, StartupPacket};
+use crate::wire::{tag, MAX_PRE_AUTH_MESSAGE};
+use bytes::BytesMut;
+use rand::RngCore;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An authenticated client, ready for its session.
+pub struct Login {
+    pub stream: Stream,
+    pub rbuf: BytesMut,
+    pub startup: Startup,
+    pub user: String,
+    pub database: String,
+    pub upstream: Arc<Upstream>,
+    pub settings: super::params::Settings,
+}
+
+pub enum Outcome {
+    Login(Box<Login>),
+    /// The connection carried a CancelRequest, which has been handed on.
+    Cancel,
+    /// The client was refused; the error (if any) has been sent.
+    Refused,
+}
+
+/// Why the handshake stopped early. The message, if any, is sent before closing.
+pub struct Refusal {
+    pub error: Option<PgError>,
+    pub log: &'static str,
+}
+
+impl Refusal {
+    fn send(error: PgError, log: &'static str) -> Refusal {
+        Refusal {
+            error: Some(error),
+            log,
+        }
+    }
+    fn silent(log: &'static str) -> Refusal {
+        Refusal { error: None, log }
+    }
+}
+
+async fn read_more(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), Refusal> {
+    match stream.read_buf(buf).await {
+        Ok(0) | Err(_) => Err(Refusal::silent("client_closed_during_login")),
+        Ok(_) => Ok(()),
+    }
+}
+
+async fn write(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), Refusal> {
+    let r = async {
+        stream.write_all(buf).await?;
+        stream.flush().await
+    }
+    .await;
+    buf.clear();
+    r.map_err(|_| Refusal::silent("client_closed_during_login"))
+}
+
+/// Reads the startup packet, answering SSL and GSS requests on the way.
+async fn read_startup(
+    proxy: &Proxy,
+    mut stream: Stream,
+    rbuf: &mut BytesMut,
+) -> Result<(Stream, Option<Startup>), Refusal> {
+    let mut out = BytesMut::new();
+    loop {
+        let packet = match split_startup(rbuf) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                read_more(&mut stream, rbuf).await?;
+                continue;
+            }
+            Err(e) => {
+                return Err(Refusal::send(
+                    PgError::fatal("08P01", format!("invalid startup packet: {e}")),
+                    "bad_startup_packet",
+                ))
+            }
+        };
+        match packet {
+            StartupPacket::SslRequest => {
+                let tls = match (&proxy.client_tls, &stream) {
+                    (Some(acceptor), Stream::Plain(_)) => acceptor.clone(),
+                    _ => {
+                        messages::refuse_encryption(&mut out);
+                        write(&mut stream, &mut out).await?;
+                        continue;
+                    }
+                };
+                if !rbuf.is_empty() {
+                    // Bytes sent after SSLRequest but before the handshake would be taken as
+                    // if they were encrypted (CVE-2021-23222): refuse them.
+                    return Err(Refusal::silent("data_after_ssl_request"));
+                }
+                out.extend_from_slice(b"S");
+                write(&mut stream, &mut out).await?;
+                let Stream::Plain(tcp) = stream else {
+                    unreachable!()
+                };
+                stream = match tls.accept(tcp).await {
+                    Ok(s) => Stream::Accepted(Box::new(s)),
+                    Err(_) => return Err(Refusal::silent("client_tls_handshake_failed")),
+                };
+            }
+            StartupPacket::GssEncRequest => {
+                messages::refuse_encryption(&mut out);
+                write(&mut stream, &mut out).await?;
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                proxy.cancels.cancel(pid, secret);
+                return Ok((stream, None));
+            }
+            StartupPacket::Startup(s) => return Ok((stream, Some(s))),
+        }
+    }
+}
+
+/// Reads one password-type message ('p') before authentication completes.
+async fn read_password_message(
+    stream: &mut Stream,
+    rbuf: &mut BytesMut,
+) -> Result<BytesMut, Refusal> {
+    loop {
+        match split_frame(rbuf, MAX_PRE_AUTH_MESSAGE) {
+            Ok(Some((tag::PASSWORD, body))) => return Ok(body),
+            Ok(Some((t, _))) => {
+                return Err(Refusal::send(
+                    PgError::fatal(
+                        "08P01",
+                        format!(
+                            "expected a password response, got message type {:?}",
+                            t as char
+                        ),
+                    ),
+                    "unexpected_message_during_auth",
+                ))
+            }
+            Ok(None) => read_more(stream, rbuf).await?,
+            Err(e) => {
+                return Err(Refusal::send(
+                    PgError::fatal(
+                        "08P01",
+                        format!("invalid message during authentication: {e}"),
+                    ),
+                    "bad_auth_message",
+                ))
+            }
+        }
+    }
+}
+
+fn auth_failed(user: &str) -> Refusal {
+    Refusal::send(
+        PgError::fatal(
+            "28P01",
+            format!("password authentication failed for user \"{user}\""),
+        ),
+        "auth_failed",
+    )
+}
+
+async fn authenticate(
+    stream: &mut Stream,
+    rbuf: &mut BytesMut,
+    method: ClientAuth,
+    upstream: &Upstream,
+    user: &str,
+    out: &mut BytesMut,
+) -> Result<(), Refusal> {
+    let creds = &upstream.credentials;
+    let user_ok = creds.user == user;
+    match method {
+        ClientAuth::Trust if user_ok => Ok(()),
+        ClientAuth::Trust => Err(Refusal::send(
+            PgError::fatal(
+                "28000",
+                format!(
+                    "role \"{user}\" is not served here: connect as the user of the database URL"
+                ),
+            ),
+            "auth_failed",
+        )),
+        ClientAuth::Md5 => {
+            let mut salt = [0u8; 4];
+            rand::rng().fill_bytes(&mut salt);
+            messages::auth_md5(out, salt);
+            write(stream, out).await?;
+            let body = read_password_message(stream, rbuf).await?;
+            let response = body.strip_suffix(b"\0").unwrap_or(&body);
+            if user_ok && creds.check_md5(response, salt) {
+                Ok(())
+            } else {
+                Err(auth_failed(user))
+            }
+        }
+        ClientAuth::ScramSha256 => {
+            messages::auth_sasl(out, &[scram::MECHANISM]);
+            write(stream, out).await?;
+            let body = read_password_message(stream, rbuf).await?;
+            let mut r = Reader::new(&body, "SASLInitialResponse");
+            let malformed = || {
+                Refusal::send(
+                    PgError::fatal("08P01", "malformed SASLInitialResponse"),
+                    "bad_auth_message",
+                )
+            };
+            let mechanism = r.cstr().map_err(|_| malformed())?;
+            if mechanism != scram::MECHANISM {
+                return Err(Refusal::send(
+                    PgError::fatal("28000", format!("client selected an invalid SASL authentication mechanism {mechanism:?}")),
+                    "auth_failed",
+                ));
+            }
+            let len = r.i32().map_err(|_| malformed())?;
+            let data = r.remaining();
+            if len < 0 || len as usize != data.len() {
+                return Err(malformed());
+            }
+            let mut exchange = Exchange::new(&creds.scram);
+            let scram_err = |e: ScramError| match e {
+                ScramError::BadProof | ScramError::Nonce => auth_failed(user),
+                other => Refusal::send(
+                    PgError::fatal("08P01", other.to_string()),
+                    "bad_auth_message",
+                ),
+            };
+            let server_first = exchange.client_first(data).map_err(scram_err)?;
+            messages::auth_sasl_continue(out, server_first.as_bytes());
+            write(stream, out).await?;
+            let body = read_password_message(stream, rbuf).await?;
+            let server_final = exchange.client_final(&body).map_err(scram_err)?;
+            if !user_ok {
+                // Same answer as a wrong password: do not reveal which users exist.
+                return Err(auth_failed(user));
+            }
+            messages::auth_sasl_final(out, server_final.as_bytes());
+            Ok(())
+        }
+    }
+}
+
+/// Runs the handshake up to (not including) AuthenticationOk.
+pub async fn handshake(
+    proxy: &Arc<Proxy>,
+    stream: Stream,
+    over_limit: bool,
+) -> (Option<Stream>, Result<Outcome, Refusal>) {
+    let mut rbuf = BytesMut::with_capacity(512);
+    let (mut stream, startup) = match read_startup(proxy, stream, &mut rbuf).await {
+        Ok(x) => x,
+        Err(r) => return (None, Err(r)),
+    };
+    let Some(startup) = startup else {
+        return (Some(stream), Ok(Outcome::Cancel));
+    };
+    let result = login(proxy, &mut stream, &mut rbuf, startup, over_limit).await;
+    match result {
+        Ok((login_startup, user, database, upstream, settings)) => (
+            None,
+            Ok(Outcome::Login(Box::new(Login {
+                stream,
+                rbuf,
+                startup: login_startup,
+                user,
+                database,
+                upstream,
+                settings,
+            }))),
+        ),
+        Err(r) => (Some(stream), Err(r)),
+    }
+}
+
+type LoginParts = (
+    Startup,
+    String,
+    String,
+    Arc<Upstream>,
+    super::params::Settings,
+);
+
+async fn login(
+    proxy: &Arc<Proxy>,
+    stream: &mut Stream,
+    rbuf: &mut BytesMut,
+    startup: Startup,
+    over_limit: bool,
+) -> Result<LoginParts, Refusal> {
+    let mut out = BytesMut::new();
+    let Some(user) = startup.param("user").map(str::to_owned) else {
+        return Err(Refusal::send(
+            PgError::fatal(
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            ),
+            "no_user",
+        ));
+    };
+    let database = startup
+        .param("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_owned();
+    if startup
+        .param("replication")
+        .is_some_and(|r| r != "false" && r != "0" && r != "off")
+    {
+        return Err(Refusal::send(
+            PgError::fatal(
+                "0A000",
+                "pgsidecar does not pool replication connections: connect to the database directly",
+            ),
+            "replication_refused",
+        ));
+    }
+    if over_limit {
+        return Err(Refusal::send(
+            PgError::fatal("53300", format!("sorry, too many clients already: pgsidecar serves at most {} client connections", proxy.config.client.max_clients))
+                .with_hint("raise PGSIDECAR_MAX_CLIENT_CONN, or lower the number of connections the application opens"),
+            "max_client_conn",
+        ));
+    }
+    let unrecognized: Vec<&str> = startup
+        .params
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| k.starts_with("_pq_."))
+        .collect();
+    if startup.minor > 0 || !unrecognized.is_empty() {
+        messages::negotiate_protocol_version(&mut out, 0, &unrecognized);
+    }
+    let options = match startup.param("options").map(parse_options).transpose() {
+        Ok(o) => o.unwrap_or_default(),
+        Err(e) => {
+            return Err(Refusal::send(
+                PgError::fatal("22023", format!("invalid options startup parameter: {e}")),
+                "bad_options",
+            ))
+        }
+    };
+    let Some(upstream) = proxy.upstream(&database) else {
+        return Err(Refusal::send(
+            PgError::fatal("3D000", format!("database \"{database}\" does not exist")),
+            "unknown_database",
+        ));
+    };
+    authenticate(
+        stream,
+        rbuf,
+        proxy.config.client.auth,
+        &upstream,
+        &user,
+        &mut out,
+    )
+    .await?;
+    if !out.is_empty() {
+        write(stream, &mut out).await?;
+    }
+    let settings = super::params::from_startup(&startup.params, &options);
+    Ok((startup, user, database, upstream, settings))
+}

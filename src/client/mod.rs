@@ -1,0 +1,8 @@
+//! The client side: handshake and authentication ([`handshake`]), the per-client session
+//! loop ([`session`]), the byte relay it runs while a server is attached ([`relay`]), and the
+//! session settings that follow a client between servers ([`params`]).
+
+pub mod handshake;
+pub mod params;
+pub mod relay;
+pub mod session;

@@ -1,0 +1,596 @@
+//! A logged-in client: the loop that gets it a server per transaction (or for the whole
+//! session), forwards messages both ways, and gives the server back clean.
+
+use super::handshake::Login;
+use super::params::{self, Settings};
+use super::relay::{poll_io, Half, IoError, Relay, READ_HIGH, TRACKED_REPORTED, WRITE_HIGH};
+use crate::cancel::{Activity, Registration};
+use crate::config::PoolMode;
+use crate::proxy::{Proxy, Upstream};
+use crate::server::pool::Lease;
+use crate::server::ServerError;
+use crate::stream::Stream;
+use crate::wire::frame::{split_frame, Header};
+use crate::wire::messages::{self, PgError};
+use crate::wire::tag;
+use bytes::BytesMut;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long the proxy's own clean-up statements (ROLLBACK, DISCARD ALL) may take.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Buffers larger than this are given back once a client is idle.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// Why a session ended or paused.
+enum Flow {
+    /// Transaction mode: the server went back to the pool; wait for the next request.
+    Released,
+    /// The client is gone or was sent a FATAL error.
+    End,
+}
+
+pub struct Session {
+    proxy: Arc<Proxy>,
+    upstream: Arc<Upstream>,
+    client: Stream,
+    crbuf: BytesMut,
+    cwbuf: BytesMut,
+    swbuf: BytesMut,
+    cflush: bool,
+    sflush: bool,
+    /// Settings from the startup packet.
+    startup_settings: Settings,
+    /// Settings the client currently has.
+    settings: Settings,
+    /// ParameterStatus values the client has been told.
+    told: BTreeMap<String, String>,
+    registration: Option<Registration>,
+    mode: PoolMode,
+    max_message: usize,
+}
+
+/// A request the client sent while it had no server.
+enum Request {
+    Message,
+    Terminate,
+    Gone,
+}
+
+impl Session {
+    pub fn new(proxy: Arc<Proxy>, login: Login) -> Session {
+        let Login {
+            stream,
+            rbuf,
+            upstream,
+            settings,
+            ..
+        } = login;
+        Session {
+            mode: proxy.config.pool.mode,
+            max_message: proxy.config.client.max_message_size,
+            proxy,
+            upstream,
+            client: stream,
+            crbuf: rbuf,
+            cwbuf: BytesMut::with_capacity(1024),
+            swbuf: BytesMut::new(),
+            cflush: false,
+            sflush: false,
+            startup_settings: settings.clone(),
+            settings,
+            told: BTreeMap::new(),
+            registration: None,
+        }
+    }
+
+    async fn flush_client(&mut self) -> bool {
+        if self.cwbuf.is_empty() && !self.cflush {
+            return true;
+        }
+        let ok =
+            self.client.write_all(&self.cwbuf).await.is_ok() && self.client.flush().await.is_ok();
+        self.cwbuf.clear();
+        self.cflush = false;
+        ok
+    }
+
+    /// Sends a FATAL (or ERROR) message and ends the session.
+    async fn fail(&mut self, error: PgError) {
+        tracing::warn!(code = error.code, error = %error.message, "pooler_error");
+        error.encode(&mut self.cwbuf);
+        self.flush_client().await;
+    }
+
+    async fn fail_server(&mut self, error: &ServerError) {
+        tracing::warn!(kind = error.kind(), error = %error, "server_error_to_client");
+        error.encode_for_client(&mut self.cwbuf);
+        self.flush_client().await;
+    }
+
+    fn slot_set(&self, activity: Activity) {
+        if let Some(r) = &self.registration {
+            r.slot.set(activity);
+        }
+    }
+
+    /// AuthenticationOk has been sent; finish the login and serve the client until it leaves.
+    pub async fn run(mut self) {
+        messages::auth_ok(&mut self.cwbuf);
+        let mut session_lease = None;
+        let login_params = if self.mode == PoolMode::Session {
+            self.registration = Some(self.proxy.cancels.register(None));
+            match self.checkout().await {
+                Ok(mut lease) => {
+                    let conn = lease.conn();
+                    let params = conn.login_params.clone();
+                    // In session mode the client keeps this server: show it the real pid.
+                    self.registration = Some(self.proxy.cancels.register(Some(conn.pid)));
+                    self.slot_set(Activity::Active {
+                        target: self.upstream.pool.target.clone(),
+                        pid: conn.pid,
+                        secret: conn.secret,
+                    });
+                    session_lease = Some(lease);
+                    Arc::new(params)
+                }
+                Err(flow) => return self.finish_refused(flow).await,
+            }
+        } else {
+            self.registration = Some(self.proxy.cancels.register(None));
+            match self.upstream.pool.login_params() {
+                Some(p) => p,
+                None => match self.checkout().await {
+                    Ok(mut lease) => {
+                        let p = Arc::new(lease.conn().login_params.clone());
+                        self.slot_set(Activity::Idle);
+                        lease.release();
+                        p
+                    }
+                    Err(flow) => return self.finish_refused(flow).await,
+                },
+            }
+        };
+        for (name, value) in login_params.iter() {
+            let value = match self.settings.get(name) {
+                Some(v) if TRACKED_REPORTED.contains(&name.as_str()) => v,
+                _ => value,
+            };
+            messages::parameter_status(&mut self.cwbuf, name, value);
+            self.told.insert(name.clone(), value.clone());
+        }
+        let reg = self.registration.as_ref().expect("registered above");
+        messages::backend_key_data(&mut self.cwbuf, reg.pid, reg.secret);
+        if let Some(lease) = session_lease {
+            let Some(lease) = self.apply_settings(lease).await else {
+                return;
+            };
+            messages::ready_for_query(&mut self.cwbuf, b'I');
+            let flow = self.attached(lease).await;
+            debug_assert!(matches!(flow, Flow::End));
+            return;
+        }
+        messages::ready_for_query(&mut self.cwbuf, b'I');
+        self.transaction_loop().await;
+    }
+
+    async fn finish_refused(&mut self, refusal: Refused) {
+        match refusal {
+            Refused::Gone => {}
+            Refused::Error(e) => self.fail(e).await,
+            Refused::Server(e) => self.fail_server(&e).await,
+        }
+    }
+
+    async fn transaction_loop(&mut self) {
+        loop {
+            match self.wait_for_request().await {
+                Request::Message => {}
+                Request::Terminate | Request::Gone => return,
+            }
+            let lease = match self.checkout().await {
+                Ok(lease) => lease,
+                Err(Refused::Error(e)) if e.severity == messages::Severity::Error => {
+                    tracing::warn!(code = e.code, error = %e.message, "pooler_error");
+                    e.encode(&mut self.cwbuf);
+                    if !self.skip_request().await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(other) => return self.finish_refused(other).await,
+            };
+            let Some(lease) = self.apply_settings(lease).await else {
+                return;
+            };
+            match self.attached(lease).await {
+                Flow::Released => continue,
+                Flow::End => return,
+            }
+        }
+    }
+
+    /// Flushes pending output and waits until the client has sent the start of a message.
+    async fn wait_for_request(&mut self) -> Request {
+        if !self.flush_client().await {
+            return Request::Gone;
+        }
+        for buf in [&mut self.cwbuf, &mut self.swbuf] {
+            if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
+                *buf = BytesMut::new();
+            }
+        }
+        if self.crbuf.is_empty() && self.crbuf.capacity() > KEEP_CAPACITY {
+            self.crbuf = BytesMut::new();
+        }
+        loop {
+            match Header::parse(&self.crbuf, self.max_message) {
+                Ok(Some(h)) if h.tag == tag::TERMINATE => return Request::Terminate,
+                Ok(Some(_)) => return Request::Message,
+                Ok(None) => {}
+                Err(e) => {
+                    self.fail(PgError::fatal(
+                        "08P01",
+                        format!("invalid message from client: {e}"),
+                    ))
+                    .await;
+                    return Request::Gone;
+                }
+            }
+            self.crbuf.reserve(4096);
+            match self.client.read_buf(&mut self.crbuf).await {
+                Ok(0) | Err(_) => return Request::Gone,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Drops the client's current request after a non-fatal pooler error: the simple query,
+    /// or the extended-protocol messages up to and including Sync; then ReadyForQuery.
+    async fn skip_request(&mut self) -> bool {
+        loop {
+            match split_frame(&mut self.crbuf, self.max_message) {
+                Ok(Some((t, _))) => match t {
+                    tag::QUERY | tag::FUNCTION_CALL | tag::SYNC => break,
+                    tag::TERMINATE => return false,
+                    _ => continue,
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    self.fail(PgError::fatal(
+                        "08P01",
+                        format!("invalid message from client: {e}"),
+                    ))
+                    .await;
+                    return false;
+                }
+            }
+            if !self.flush_client().await {
+                return false;
+            }
+            match self.client.read_buf(&mut self.crbuf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        messages::ready_for_query(&mut self.cwbuf, b'I');
+        true
+    }
+
+    /// Waits in the pool's queue. Gives up on the wait timeout, on a cancel request for this
+    /// client, or when the client disconnects; reads ahead from the client meanwhile.
+    async fn checkout(&mut self) -> Result<Lease, Refused> {
+        let pool = self.upstream.pool.clone();
+        let slot = self
+            .registration
+            .as_ref()
+            .map(|r| r.slot.clone())
+            .expect("registered before checkout");
+        let notified = slot.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        slot.set(Activity::Waiting);
+        let started = Instant::now();
+        let wait_limit = self.proxy.config.pool.query_wait_timeout;
+        let deadline = tokio::time::sleep(wait_limit.unwrap_or(Duration::from_secs(86_400 * 365)));
+        tokio::pin!(deadline);
+        let mut ticket = pool.checkout();
+        let result = loop {
+            let may_read = self.crbuf.len() < READ_HIGH;
+            tokio::select! {
+                biased;
+                r = &mut ticket => break r.map_err(Refused::Server),
+                _ = &mut notified => {
+                    break Err(Refused::Error(PgError::error("57014", "canceling statement due to user request")));
+                }
+                _ = &mut deadline, if wait_limit.is_some() => {
+                    let stats = pool.stats();
+                    break Err(Refused::Error(
+                        PgError::error("53300", format!(
+                            "pgsidecar: no server connection became free within {:.1}s (PGSIDECAR_QUERY_WAIT_TIMEOUT); all {} server connections of database \"{}\" were busy and {} clients were waiting",
+                            started.elapsed().as_secs_f64(), stats.max_size, pool.database, stats.waiting
+                        ))
+                        .with_hint("raise PGSIDECAR_POOL_SIZE within the database's connection limit, shorten transactions, or raise PGSIDECAR_QUERY_WAIT_TIMEOUT"),
+                    ));
+                }
+                r = self.client.read_buf(&mut self.crbuf), if may_read => {
+                    if matches!(r, Ok(0) | Err(_)) {
+                        break Err(Refused::Gone);
+                    }
+                }
+            }
+        };
+        drop(ticket);
+        match result {
+            Ok(mut lease) => {
+                let conn = lease.conn();
+                slot.set(Activity::Active {
+                    target: pool.target.clone(),
+                    pid: conn.pid,
+                    secret: conn.secret,
+                });
+                Ok(lease)
+            }
+            Err(e) => {
+                slot.set(Activity::Idle);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes the server's session settings the client's. On failure the client has been
+    /// told, and the session must end.
+    async fn apply_settings(&mut self, mut lease: Lease) -> Option<Lease> {
+        let conn = lease.conn();
+        let Some(sql) = params::sync_statement(&self.settings, &conn.applied) else {
+            return Some(lease);
+        };
+        let mut reported = Vec::new();
+        match tokio::time::timeout(CLEANUP_TIMEOUT, conn.exec(&sql, &mut reported)).await {
+            Ok(Ok(_)) => {
+                conn.applied = self.settings.clone();
+                self.tell(&reported);
+                Some(lease)
+            }
+            Ok(Err(e @ ServerError::Postgres { .. })) => {
+                // The client's own settings were refused (a bad TimeZone, say); the server
+                // rolled the statement back and can serve others.
+                self.slot_set(Activity::Idle);
+                lease.release();
+                self.fail_server(&e).await;
+                None
+            }
+            Ok(Err(e)) => {
+                self.fail_server(&e).await;
+                None
+            }
+            Err(_) => {
+                self.fail(PgError::fatal(
+                    "08006",
+                    "pgsidecar: the server did not answer while settings were applied",
+                ))
+                .await;
+                None
+            }
+        }
+    }
+
+    /// Forwards ParameterStatus values the client has not seen yet.
+    fn tell(&mut self, reported: &[(String, String)]) {
+        for (name, value) in reported {
+            if self.told.get(name) != Some(value) {
+                messages::parameter_status(&mut self.cwbuf, name, value);
+                self.told.insert(name.clone(), value.clone());
+            }
+        }
+    }
+
+    /// Serves the client with a server attached until it can be released (transaction
+    /// mode) or either side leaves.
+    async fn attached(&mut self, mut lease: Lease) -> Flow {
+        let mut relay = Relay::new();
+        let max = self.max_message;
+        loop {
+            if let Err(e) = relay.client_to_server(&mut self.crbuf, &mut self.swbuf, max) {
+                self.fail(PgError::fatal(
+                    "08P01",
+                    format!("invalid message from client: {e}"),
+                ))
+                .await;
+                return Flow::End; // lease dropped: the server is discarded
+            }
+            let conn = lease.conn();
+            if let Err(e) = relay.server_to_client(&mut conn.rbuf, &mut self.cwbuf, max) {
+                self.fail(PgError::fatal(
+                    "08006",
+                    format!("pgsidecar: invalid message from the server: {e}"),
+                ))
+                .await;
+                return Flow::End;
+            }
+            if !relay.reported.is_empty() {
+                self.note_reported(&mut relay, &mut lease);
+            }
+            let conn = lease.conn();
+            let drained = self.swbuf.is_empty() && conn.rbuf.is_empty() && !self.sflush;
+            if self.mode == PoolMode::Transaction
+                && relay.at_rest()
+                && drained
+                && !relay.server_fatal
+            {
+                if relay.settings_changed && !self.read_back_settings(&mut lease).await {
+                    return Flow::End;
+                }
+                self.slot_set(Activity::Idle);
+                lease.release();
+                if relay.terminated {
+                    self.flush_client().await;
+                    return Flow::End;
+                }
+                return Flow::Released;
+            }
+            if relay.terminated && drained {
+                self.flush_client().await;
+                self.slot_set(Activity::Idle);
+                self.give_back(lease, &relay).await;
+                return Flow::End;
+            }
+            let client_may_read =
+                !relay.terminated && self.crbuf.len() < READ_HIGH && self.swbuf.len() < WRITE_HIGH;
+            let server_may_read =
+                conn.rbuf.len() < relay.server_read_limit() && self.cwbuf.len() < WRITE_HIGH;
+            let mut client = Half {
+                io: &mut self.client,
+                rbuf: &mut self.crbuf,
+                wbuf: &mut self.cwbuf,
+                needs_flush: &mut self.cflush,
+                may_read: client_may_read,
+            };
+            let mut server = Half {
+                io: &mut conn.io,
+                rbuf: &mut conn.rbuf,
+                wbuf: &mut self.swbuf,
+                needs_flush: &mut self.sflush,
+                may_read: server_may_read,
+            };
+            let event = std::future::poll_fn(|cx| poll_io(cx, &mut client, &mut server)).await;
+            match event {
+                Ok(ev) => {
+                    if ev.client_read == Some(0) {
+                        tracing::debug!("client_gone_with_server");
+                        self.slot_set(Activity::Idle);
+                        self.swbuf.clear();
+                        self.give_back(lease, &relay).await;
+                        return Flow::End;
+                    }
+                    if ev.server_read == Some(0) {
+                        // Forward whatever the server said last (often a FATAL), then end.
+                        let conn = lease.conn();
+                        let _ = relay.server_to_client(&mut conn.rbuf, &mut self.cwbuf, max);
+                        self.slot_set(Activity::Idle);
+                        drop(lease);
+                        if !relay.server_fatal {
+                            self.fail_server(&ServerError::Closed).await;
+                        } else {
+                            self.flush_client().await;
+                        }
+                        return Flow::End;
+                    }
+                }
+                Err(IoError::Client(_)) => {
+                    self.slot_set(Activity::Idle);
+                    self.swbuf.clear();
+                    self.give_back(lease, &relay).await;
+                    return Flow::End;
+                }
+                Err(IoError::Server(e)) => {
+                    self.slot_set(Activity::Idle);
+                    drop(lease);
+                    self.fail_server(&ServerError::io(e)).await;
+                    return Flow::End;
+                }
+            }
+        }
+    }
+
+    /// Records settings the server reported while the client ran.
+    fn note_reported(&mut self, relay: &mut Relay, lease: &mut Lease) {
+        let conn = lease.conn();
+        for (name, value) in relay.reported.drain(..) {
+            if TRACKED_REPORTED.contains(&name.as_str()) {
+                self.settings.insert(name.clone(), value.clone());
+                conn.applied.insert(name.clone(), value.clone());
+            }
+            self.told.insert(name, value);
+        }
+    }
+
+    /// After SET, RESET or DISCARD: learn the session's settings from the server itself.
+    async fn read_back_settings(&mut self, lease: &mut Lease) -> bool {
+        let conn = lease.conn();
+        let mut reported = Vec::new();
+        match tokio::time::timeout(
+            CLEANUP_TIMEOUT,
+            conn.exec(params::READ_SESSION_SETTINGS, &mut reported),
+        )
+        .await
+        {
+            Ok(Ok(rows)) => {
+                let now = params::from_rows(rows);
+                let mut settings = self.startup_settings.clone();
+                settings.extend(now.iter().map(|(k, v)| (k.clone(), v.clone())));
+                self.settings = settings;
+                conn.applied = now;
+                true
+            }
+            _ => {
+                self.fail(PgError::fatal(
+                    "08006",
+                    "pgsidecar could not read back the session settings from the server",
+                ))
+                .await;
+                false
+            }
+        }
+    }
+
+    /// The client left while holding a server: return it clean, or close it.
+    async fn give_back(&mut self, mut lease: Lease, relay: &Relay) {
+        let reusable = relay.quiet()
+            && self.swbuf.is_empty()
+            && !relay.server_fatal
+            && lease.conn().rbuf.is_empty();
+        if !reusable {
+            lease.close();
+            return;
+        }
+        let mut sql = String::new();
+        if relay.status != b'I' {
+            sql.push_str("ROLLBACK; ");
+        }
+        let discard = self.mode == PoolMode::Session;
+        if discard {
+            sql.push_str("DISCARD ALL; ");
+        }
+        let conn = lease.conn();
+        if !sql.is_empty() {
+            let mut reported = Vec::new();
+            let ok = matches!(
+                tokio::time::timeout(CLEANUP_TIMEOUT, conn.exec(&sql, &mut reported)).await,
+                Ok(Ok(_))
+            );
+            if !ok {
+                lease.close();
+                return;
+            }
+            if discard {
+                conn.applied.clear();
+            }
+        }
+        if relay.settings_changed && !discard {
+            let mut reported = Vec::new();
+            match tokio::time::timeout(
+                CLEANUP_TIMEOUT,
+                conn.exec(params::READ_SESSION_SETTINGS, &mut reported),
+            )
+            .await
+            {
+                Ok(Ok(rows)) => conn.applied = params::from_rows(rows),
+                _ => {
+                    lease.close();
+                    return;
+                }
+            }
+        }
+        lease.release();
+    }
+}
+
+/// Why a checkout did not produce a server.
+enum Refused {
+    Gone,
+    Error(PgError),
+    Server(ServerError),
+}

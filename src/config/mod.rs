@@ -1,0 +1,297 @@
+//! Settings: gathered from flags and the environment ([`settings`]), parsed into a tree of
+//! small per-subsystem structs that is built once and passed down.
+
+pub mod settings;
+pub mod url;
+
+#[cfg(test)]
+mod tests;
+
+use settings::{Env, Raw, RawSettings};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+pub use url::{DbUrl, Secret, SslMode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    Session,
+    Transaction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    ScramSha256,
+    Md5,
+    Trust,
+}
+
+/// One upstream database: the variable it came from and its URL.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Name of the environment variable that held the URL (e.g. `DATABASE_URL`).
+    pub var: String,
+    pub url: DbUrl,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub mode: PoolMode,
+    pub size: usize,
+    pub min_size: usize,
+    pub server_lifetime: Option<Duration>,
+    pub server_idle_timeout: Option<Duration>,
+    pub connect_timeout: Duration,
+    pub connect_parallelism: usize,
+    pub query_wait_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub auth: ClientAuth,
+    pub max_clients: usize,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub login_timeout: Duration,
+    pub max_message_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: String,
+    pub upstreams: Vec<Upstream>,
+    pub pool: PoolConfig,
+    pub client: ClientConfig,
+    pub log_level: tracing::Level,
+    /// Aliases that were used: (alias, the PGSIDECAR_* name it stands for).
+    pub aliases_used: Vec<(&'static str, &'static str)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} ({from}): {message}")]
+    Invalid {
+        name: &'static str,
+        from: String,
+        message: String,
+    },
+    #[error("{var} is not set: it is named in PGSIDECAR_URLS and must hold a postgres:// URL")]
+    MissingUrl { var: String },
+    #[error("{var} {error}")]
+    Url { var: String, error: url::UrlError },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn invalid(raw: &Raw, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name: raw.name,
+        from: raw.source.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Parses `250ms`, `5s`, `2min`, `1h` or a bare number of seconds (fractions allowed).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "" | "s" | "sec" => n,
+        "ms" => n / 1000.0,
+        "us" => n / 1_000_000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0 && secs < 1e9).then(|| Duration::from_secs_f64(secs))
+}
+
+/// Parses `1024`, `64kB`, `8MiB`, `1GB` (binary multiples either way).
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn duration(raw: &Raw) -> Result<Duration, ConfigError> {
+    parse_duration(&raw.value).ok_or_else(|| {
+        invalid(
+            raw,
+            format!("invalid duration {:?}: use e.g. 500ms, 5s, 2min", raw.value),
+        )
+    })
+}
+
+/// A duration where 0 means "no limit".
+fn optional_duration(raw: &Raw) -> Result<Option<Duration>, ConfigError> {
+    duration(raw).map(|d| (!d.is_zero()).then_some(d))
+}
+
+fn number(raw: &Raw, min: usize, max: usize) -> Result<usize, ConfigError> {
+    let n: usize = raw
+        .value
+        .parse()
+        .map_err(|_| invalid(raw, format!("{:?} is not a whole number", raw.value)))?;
+    if n < min || n > max {
+        return Err(invalid(raw, format!("{n} is outside {min}..={max}")));
+    }
+    Ok(n)
+}
+
+fn optional_path(raw: &Raw) -> Option<PathBuf> {
+    (!raw.value.is_empty()).then(|| PathBuf::from(&raw.value))
+}
+
+impl Config {
+    /// Builds the configuration from parsed flags and an environment.
+    pub fn load(
+        flags: &std::collections::BTreeMap<String, String>,
+        env: &dyn Env,
+    ) -> Result<Config, ConfigError> {
+        Config::from_raw(&RawSettings::resolve(flags, env), env)
+    }
+
+    pub fn from_raw(raw: &RawSettings, env: &dyn Env) -> Result<Config, ConfigError> {
+        let upstreams = upstreams(raw.get("urls"), env)?;
+        let listen = raw.get("listen");
+        if listen.value.parse::<SocketAddr>().is_err() && !listen.value.contains(':') {
+            return Err(invalid(listen, "expected host:port, e.g. 127.0.0.1:6432"));
+        }
+        let mode = match raw.get("pool-mode").value.as_str() {
+            "session" => PoolMode::Session,
+            "transaction" => PoolMode::Transaction,
+            other => {
+                return Err(invalid(
+                    raw.get("pool-mode"),
+                    format!("{other:?}: use session or transaction"),
+                ))
+            }
+        };
+        let size = number(raw.get("pool-size"), 1, 10_000)?;
+        let min_size = number(raw.get("min-pool-size"), 0, 10_000)?;
+        if min_size > size {
+            return Err(invalid(
+                raw.get("min-pool-size"),
+                format!("{min_size} is larger than the pool size {size}"),
+            ));
+        }
+        let auth = match raw.get("client-auth").value.to_ascii_lowercase().as_str() {
+            "scram-sha-256" | "scram" => ClientAuth::ScramSha256,
+            "md5" => ClientAuth::Md5,
+            "trust" => ClientAuth::Trust,
+            other => {
+                return Err(invalid(
+                    raw.get("client-auth"),
+                    format!("{other:?}: use scram-sha-256, md5 or trust"),
+                ))
+            }
+        };
+        let tls_cert = optional_path(raw.get("client-tls-cert"));
+        let tls_key = optional_path(raw.get("client-tls-key"));
+        if tls_cert.is_some() != tls_key.is_some() {
+            return Err(invalid(
+                raw.get("client-tls-key"),
+                "set both PGSIDECAR_CLIENT_TLS_CERT and PGSIDECAR_CLIENT_TLS_KEY, or neither",
+            ));
+        }
+        let max_message_size = parse_size(&raw.get("max-message-size").value)
+            .filter(|&n| (64 * 1024..=1 << 30).contains(&n))
+            .ok_or_else(|| {
+                invalid(
+                    raw.get("max-message-size"),
+                    "use a size between 64kB and 1GB, e.g. 256MiB",
+                )
+            })?;
+        let log_level = match raw.get("log-level").value.to_ascii_lowercase().as_str() {
+            "error" => tracing::Level::ERROR,
+            "warn" | "warning" => tracing::Level::WARN,
+            "info" => tracing::Level::INFO,
+            "debug" => tracing::Level::DEBUG,
+            "trace" => tracing::Level::TRACE,
+            other => {
+                return Err(invalid(
+                    raw.get("log-level"),
+                    format!("{other:?}: use error, warn, info, debug or trace"),
+                ))
+            }
+        };
+        Ok(Config {
+            listen: listen.value.clone(),
+            upstreams,
+            pool: PoolConfig {
+                mode,
+                size,
+                min_size,
+                server_lifetime: optional_duration(raw.get("server-lifetime"))?,
+                server_idle_timeout: optional_duration(raw.get("server-idle-timeout"))?,
+                connect_timeout: duration(raw.get("server-connect-timeout"))?
+                    .max(Duration::from_millis(10)),
+                connect_parallelism: number(raw.get("server-connect-parallelism"), 1, 1000)?,
+                query_wait_timeout: optional_duration(raw.get("query-wait-timeout"))?,
+            },
+            client: ClientConfig {
+                auth,
+                max_clients: number(raw.get("max-client-conn"), 1, 1_000_000)?,
+                tls_cert,
+                tls_key,
+                login_timeout: duration(raw.get("client-login-timeout"))?
+                    .max(Duration::from_millis(10)),
+                max_message_size,
+            },
+            log_level,
+            aliases_used: raw.aliases_used.clone(),
+        })
+    }
+
+    /// The upstream a client's database name selects.
+    pub fn upstream(&self, database: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.url.database == database)
+    }
+}
+
+fn upstreams(raw: &Raw, env: &dyn Env) -> Result<Vec<Upstream>, ConfigError> {
+    let vars: Vec<&str> = raw.value.split_whitespace().collect();
+    if vars.is_empty() {
+        return Err(invalid(
+            raw,
+            "names no variable; the default is DATABASE_URL",
+        ));
+    }
+    let mut out: Vec<Upstream> = Vec::new();
+    for var in vars {
+        let value = env
+            .get(var)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| ConfigError::MissingUrl {
+                var: var.to_owned(),
+            })?;
+        let url = DbUrl::parse(value.trim()).map_err(|error| ConfigError::Url {
+            var: var.to_owned(),
+            error,
+        })?;
+        if let Some(other) = out.iter().find(|u| u.url.database == url.database) {
+            return Err(ConfigError::Other(format!(
+                "{var} and {} both name database {:?}; clients choose an upstream by database name, so each URL needs its own",
+                other.var, url.database
+            )));
+        }
+        out.push(Upstream {
+            var: var.to_owned(),
+            url,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,158 @@
+//! The table of settings: each one is a flag, a `PGSIDECAR_*` variable, and possibly a
+//! Heroku or heroku-buildpack-pgbouncer name accepted as an alias.
+//!
+//! Resolution order: flag, then the `PGSIDECAR_*` variable, then the aliases in the order
+//! listed, then the default. The first stage only gathers strings and where they came from;
+//! typed parsing happens in `config::Config::from_raw` so that errors can name the source.
+
+use std::collections::BTreeMap;
+
+/// Where the process reads its environment. Tests pass a map instead of touching the real one.
+pub trait Env {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct OsEnv;
+
+impl Env for OsEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        BTreeMap::get(self, key).cloned()
+    }
+}
+
+impl Env for std::collections::HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        std::collections::HashMap::get(self, key).cloned()
+    }
+}
+
+pub struct Setting {
+    /// Flag name without the leading dashes; also the key in [`RawSettings`].
+    pub flag: &'static str,
+    pub env: &'static str,
+    pub aliases: &'static [&'static str],
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+macro_rules! settings {
+    ($( $flag:literal, $env:literal, [$($alias:literal),*], $default:literal, $help:literal; )*) => {
+        pub const SETTINGS: &[Setting] = &[
+            $( Setting { flag: $flag, env: $env, aliases: &[$($alias),*], default: $default, help: $help }, )*
+        ];
+    };
+}
+
+settings! {
+    "urls", "PGSIDECAR_URLS", ["PGBOUNCER_URLS"], "DATABASE_URL",
+        "Space-separated names of the environment variables that hold upstream database URLs; one pool per URL";
+    "listen", "PGSIDECAR_LISTEN", [], "127.0.0.1:6432",
+        "Address the proxy listens on for application connections";
+    "pool-mode", "PGSIDECAR_POOL_MODE", ["PGBOUNCER_POOL_MODE"], "transaction",
+        "session (a server per client for its whole connection) or transaction (a server per transaction)";
+    "pool-size", "PGSIDECAR_POOL_SIZE", ["PGBOUNCER_DEFAULT_POOL_SIZE"], "10",
+        "Maximum server connections per pool";
+    "min-pool-size", "PGSIDECAR_MIN_POOL_SIZE", ["PGBOUNCER_MIN_POOL_SIZE"], "0",
+        "Server connections kept open even when idle";
+    "max-client-conn", "PGSIDECAR_MAX_CLIENT_CONN", ["PGBOUNCER_MAX_CLIENT_CONN"], "10000",
+        "Maximum client connections; further clients get SQLSTATE 53300";
+    "query-wait-timeout", "PGSIDECAR_QUERY_WAIT_TIMEOUT", ["PGBOUNCER_QUERY_WAIT_TIMEOUT"], "20s",
+        "Longest a client waits in the queue for a server before it gets an error (0 = forever)";
+    "server-lifetime", "PGSIDECAR_SERVER_LIFETIME", ["PGBOUNCER_SERVER_LIFETIME"], "3600s",
+        "Server connections older than this are closed when they next become idle (0 = never)";
+    "server-idle-timeout", "PGSIDECAR_SERVER_IDLE_TIMEOUT", ["PGBOUNCER_SERVER_IDLE_TIMEOUT"], "600s",
+        "Server connections idle longer than this are closed, down to the minimum pool size (0 = never)";
+    "server-connect-timeout", "PGSIDECAR_SERVER_CONNECT_TIMEOUT", [], "5s",
+        "Limit for connecting and logging in to the server (the URL's connect_timeout wins)";
+    "server-connect-parallelism", "PGSIDECAR_SERVER_CONNECT_PARALLELISM", [], "4",
+        "Server connections a pool may be opening at the same time when demand rises";
+    "client-auth", "PGSIDECAR_CLIENT_AUTH", ["PGBOUNCER_AUTH_TYPE"], "scram-sha-256",
+        "How clients authenticate: scram-sha-256, md5 or trust (against the upstream URL's user and password)";
+    "client-tls-cert", "PGSIDECAR_CLIENT_TLS_CERT", [], "",
+        "PEM certificate chain for TLS towards clients (with --client-tls-key); empty = no client TLS";
+    "client-tls-key", "PGSIDECAR_CLIENT_TLS_KEY", [], "",
+        "PEM private key for TLS towards clients";
+    "client-login-timeout", "PGSIDECAR_CLIENT_LOGIN_TIMEOUT", [], "15s",
+        "Time a client has to finish its startup and authentication";
+    "max-message-size", "PGSIDECAR_MAX_MESSAGE_SIZE", [], "256MiB",
+        "Largest protocol message the proxy accepts from a client or server";
+    "log-level", "PGSIDECAR_LOG_LEVEL", ["LOG_LEVEL"], "info",
+        "error, warn, info, debug or trace";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env(&'static str),
+    Default,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Flag => f.write_str("flag"),
+            Source::Env(name) => f.write_str(name),
+            Source::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// One resolved value and where it came from.
+#[derive(Debug, Clone)]
+pub struct Raw {
+    pub value: String,
+    pub source: Source,
+    /// The setting's own name for messages: the `PGSIDECAR_*` variable.
+    pub name: &'static str,
+}
+
+/// Settings as strings, keyed by flag name.
+#[derive(Debug, Clone, Default)]
+pub struct RawSettings {
+    pub values: BTreeMap<&'static str, Raw>,
+    /// Aliases that were used, for a one-line notice each.
+    pub aliases_used: Vec<(&'static str, &'static str)>,
+}
+
+impl RawSettings {
+    /// Gathers every setting from flags (already parsed into `flags`) and the environment.
+    pub fn resolve(flags: &BTreeMap<String, String>, env: &dyn Env) -> RawSettings {
+        let mut out = RawSettings::default();
+        for s in SETTINGS {
+            let (value, source) = if let Some(v) = flags.get(s.flag) {
+                (v.clone(), Source::Flag)
+            } else if let Some(v) = env.get(s.env) {
+                (v, Source::Env(s.env))
+            } else if let Some((alias, v)) =
+                s.aliases.iter().find_map(|a| env.get(a).map(|v| (*a, v)))
+            {
+                out.aliases_used.push((alias, s.env));
+                (v, Source::Env(alias))
+            } else {
+                (s.default.to_owned(), Source::Default)
+            };
+            out.values.insert(
+                s.flag,
+                Raw {
+                    value: value.trim().to_owned(),
+                    source,
+                    name: s.env,
+                },
+            );
+        }
+        out
+    }
+
+    pub fn get(&self, flag: &str) -> &Raw {
+        self.values
+            .get(flag)
+            .unwrap_or_else(|| panic!("setting {flag} is not in SETTINGS"))
+    }
+}

@@ -1,0 +1,111 @@
+use super::*;
+use std::collections::BTreeMap;
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const URL: &str = "postgres://app:s3cret@db.example.com:5433/appdb?sslmode=require";
+
+#[test]
+fn defaults() {
+    let c = Config::load(&BTreeMap::new(), &env(&[("DATABASE_URL", URL)])).unwrap();
+    assert_eq!(c.listen, "127.0.0.1:6432");
+    assert_eq!(c.pool.mode, PoolMode::Transaction);
+    assert_eq!(c.pool.size, 10);
+    assert_eq!(c.client.auth, ClientAuth::ScramSha256);
+    assert_eq!(c.client.max_clients, 10_000);
+    assert_eq!(c.pool.query_wait_timeout, Some(Duration::from_secs(20)));
+    assert_eq!(c.upstreams.len(), 1);
+    assert_eq!(c.upstreams[0].url.port, 5433);
+    assert!(c.aliases_used.is_empty());
+}
+
+#[test]
+fn flag_beats_env_beats_alias() {
+    let e = env(&[
+        ("DATABASE_URL", URL),
+        ("PGSIDECAR_POOL_SIZE", "7"),
+        ("PGBOUNCER_DEFAULT_POOL_SIZE", "3"),
+        ("PGBOUNCER_POOL_MODE", "session"),
+    ]);
+    let c = Config::load(&BTreeMap::new(), &e).unwrap();
+    assert_eq!(c.pool.size, 7);
+    assert_eq!(c.pool.mode, PoolMode::Session);
+    assert_eq!(
+        c.aliases_used,
+        vec![("PGBOUNCER_POOL_MODE", "PGSIDECAR_POOL_MODE")]
+    );
+    let flags: BTreeMap<String, String> = [("pool-size".to_string(), "4".to_string())].into();
+    assert_eq!(Config::load(&flags, &e).unwrap().pool.size, 4);
+}
+
+#[test]
+fn errors_name_the_variable() {
+    let e = env(&[("DATABASE_URL", URL), ("PGSIDECAR_POOL_SIZE", "lots")]);
+    let err = Config::load(&BTreeMap::new(), &e).unwrap_err().to_string();
+    assert!(err.contains("PGSIDECAR_POOL_SIZE"), "{err}");
+    let e = env(&[
+        ("DATABASE_URL", URL),
+        ("PGBOUNCER_QUERY_WAIT_TIMEOUT", "soon"),
+    ]);
+    let err = Config::load(&BTreeMap::new(), &e).unwrap_err().to_string();
+    assert!(
+        err.contains("PGSIDECAR_QUERY_WAIT_TIMEOUT")
+            && err.contains("PGBOUNCER_QUERY_WAIT_TIMEOUT"),
+        "{err}"
+    );
+    let err = Config::load(&BTreeMap::new(), &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("DATABASE_URL"), "{err}");
+}
+
+#[test]
+fn bad_url_error_hides_password() {
+    let e = env(&[("DATABASE_URL", "postgres://app:s3cret@h/db?bogus=1")]);
+    let err = Config::load(&BTreeMap::new(), &e).unwrap_err().to_string();
+    assert!(
+        err.contains("DATABASE_URL") && err.contains("bogus"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+    let c = Config::load(&BTreeMap::new(), &env(&[("DATABASE_URL", URL)])).unwrap();
+    assert!(!format!("{c:?}").contains("s3cret"));
+}
+
+#[test]
+fn several_urls() {
+    let e = env(&[
+        ("DATABASE_URL", URL),
+        (
+            "HEROKU_POSTGRESQL_ROSE_URL",
+            "postgres://app:x@other/rosedb",
+        ),
+        ("PGSIDECAR_URLS", "DATABASE_URL HEROKU_POSTGRESQL_ROSE_URL"),
+    ]);
+    let c = Config::load(&BTreeMap::new(), &e).unwrap();
+    assert_eq!(
+        c.upstream("rosedb").unwrap().var,
+        "HEROKU_POSTGRESQL_ROSE_URL"
+    );
+    assert!(c.upstream("nope").is_none());
+    let e = env(&[("A", URL), ("B", URL), ("PGSIDECAR_URLS", "A B")]);
+    assert!(Config::load(&BTreeMap::new(), &e).is_err());
+}
+
+#[test]
+fn durations_and_sizes() {
+    assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+    assert_eq!(parse_duration("5"), Some(Duration::from_secs(5)));
+    assert_eq!(parse_duration("5.5"), Some(Duration::from_millis(5500)));
+    assert_eq!(parse_duration("2min"), Some(Duration::from_secs(120)));
+    assert_eq!(parse_duration("-1"), None);
+    assert_eq!(parse_duration("soon"), None);
+    assert_eq!(parse_size("64kB"), Some(65536));
+    assert_eq!(parse_size("256MiB"), Some(256 << 20));
+    assert_eq!(parse_size("1x"), None);
+}

@@ -1,0 +1,38 @@
+//! pgsidecar: a Postgres connection-pooling sidecar for Heroku-style dynos.
+//!
+//! Applications connect to pgsidecar on localhost as if it were their database; pgsidecar
+//! multiplexes those client connections onto a small, bounded pool of server connections per
+//! upstream database, in transaction or session pooling mode.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings from flags and the environment (`PGSIDECAR_*`, Heroku names,
+//!   `PGBOUNCER_*` aliases), `postgres://` URL parsing, the typed configuration tree.
+//! - [`wire`]: the Postgres protocol without I/O: framing with length limits, startup packets,
+//!   the messages the proxy builds or reads.
+//! - [`auth`]: client authentication (SCRAM-SHA-256 server side, md5, trust).
+//! - [`tls`]: rustls configurations per `sslmode` towards Postgres and for client-facing TLS.
+//! - [`stream`]: a TCP stream that may be TLS in either direction.
+//! - [`server`]: one server connection (connect, TLS, login, internal queries) and the
+//!   bounded FIFO pool with its RAII lease.
+//! - [`client`]: the client handshake, the session loop, the relay that moves bytes while a
+//!   server is attached, and session settings that follow a client between servers.
+//! - [`cancel`]: proxy-issued cancel keys mapped to what each client is doing.
+//! - [`proxy`]: the running proxy: upstreams, pools, accept loop, maintenance.
+//! - [`cli`]: the command line (`serve`) and process setup.
+//! - [`logging`]: logfmt log lines on stderr.
+
+pub mod auth;
+pub mod cancel;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod logging;
+pub mod proxy;
+pub mod server;
+pub mod stream;
+pub mod tls;
+pub mod wire;
+
+pub use config::Config;
+pub use proxy::Proxy;

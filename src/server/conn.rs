@@ -1,0 +1,356 @@
+//! One connection to Postgres: TCP, TLS per sslmode, startup, authentication, and the
+//! values the server reported at login.
+
+use super::ServerError;
+use crate::config::{DbUrl, SslMode};
+use crate::stream::Stream;
+use crate::wire::frame::split_frame;
+use crate::wire::messages::{self, parse_parameter_status, parse_ready_for_query, ErrorFields};
+use crate::wire::{startup::parse_options, tag};
+use bytes::{Buf, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::frontend;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
+
+/// Largest message the proxy reads whole from a server during login and internal queries.
+const MAX_CONTROL_MESSAGE: usize = 1 << 20;
+
+/// Where and how to connect: one per upstream, shared by its pool and the cancel path.
+pub struct Target {
+    pub url: DbUrl,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub connect_timeout: std::time::Duration,
+}
+
+impl Target {
+    pub fn new(
+        url: DbUrl,
+        default_timeout: std::time::Duration,
+    ) -> Result<Target, crate::tls::TlsConfigError> {
+        let tls = crate::tls::server_side_config(url.sslmode, url.sslrootcert.as_deref())?;
+        let connect_timeout = url.connect_timeout.unwrap_or(default_timeout);
+        Ok(Target {
+            url,
+            tls,
+            connect_timeout,
+        })
+    }
+
+    /// Opens TCP and negotiates TLS as the sslmode asks.
+    pub async fn open(&self) -> Result<Stream, ServerError> {
+        let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
+            .await
+            .map_err(|e| {
+                ServerError::Connect(format!("cannot connect to {}: {e}", self.url.host_port()))
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return Ok(Stream::Plain(tcp));
+        };
+        let mut tcp = tcp;
+        let mut req = BytesMut::new();
+        frontend::ssl_request(&mut req);
+        tcp.write_all(&req).await.map_err(ServerError::io)?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await.map_err(ServerError::io)?;
+        match answer[0] {
+            b'S' => {
+                let name = crate::tls::server_name(&self.url.host)
+                    .map_err(|e| ServerError::Tls(e.to_string()))?;
+                let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| {
+                        ServerError::Tls(format!(
+                            "TLS handshake with {} failed: {e}",
+                            self.url.host_port()
+                        ))
+                    })?;
+                Ok(Stream::Connected(Box::new(stream)))
+            }
+            b'N' if !self.url.sslmode.tls_required() => {
+                // sslmode=prefer/allow: carry on unencrypted on the same socket.
+                Ok(Stream::Plain(tcp))
+            }
+            b'N' => Err(ServerError::Tls(format!(
+                "server {} refused TLS but sslmode={} requires it",
+                self.url.host_port(),
+                self.url.sslmode.as_str()
+            ))),
+            _ => Err(ServerError::Protocol(
+                "unexpected answer to SSLRequest".into(),
+            )),
+        }
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// An authenticated server connection.
+pub struct ServerConn {
+    pub id: u64,
+    pub io: Stream,
+    pub rbuf: BytesMut,
+    pub pid: i32,
+    pub secret: i32,
+    /// ParameterStatus values reported at login.
+    pub login_params: BTreeMap<String, String>,
+    /// Session settings the proxy has applied on behalf of clients (name -> value).
+    pub applied: BTreeMap<String, String>,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
+impl std::fmt::Debug for ServerConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConn")
+            .field("id", &self.id)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerConn {
+    /// Connects and logs in, within the target's connect timeout.
+    pub async fn connect(target: &Target) -> Result<ServerConn, ServerError> {
+        match tokio::time::timeout(target.connect_timeout, Self::connect_inner(target)).await {
+            Ok(r) => r,
+            Err(_) => Err(ServerError::Timeout(format!(
+                "connecting to {} took longer than {:?} (PGSIDECAR_SERVER_CONNECT_TIMEOUT or the URL's connect_timeout)",
+                target.url.host_port(),
+                target.connect_timeout
+            ))),
+        }
+    }
+
+    async fn connect_inner(target: &Target) -> Result<ServerConn, ServerError> {
+        let io = target.open().await?;
+        let url = &target.url;
+        let mut conn = ServerConn {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            io,
+            rbuf: BytesMut::with_capacity(8192),
+            pid: 0,
+            secret: 0,
+            login_params: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            created: Instant::now(),
+            last_used: Instant::now(),
+        };
+        let mut params: Vec<(&str, &str)> = vec![("user", &url.user), ("database", &url.database)];
+        if let Some(app) = &url.application_name {
+            params.push(("application_name", app));
+        }
+        if let Some(options) = &url.options {
+            // Validate here so a bad URL fails loudly; Postgres parses the same syntax.
+            parse_options(options)
+                .map_err(|e| ServerError::Protocol(format!("the URL's options: {e}")))?;
+            params.push(("options", options));
+        }
+        let mut buf = BytesMut::new();
+        frontend::startup_message(params.iter().copied(), &mut buf).map_err(ServerError::io)?;
+        conn.io.write_all(&buf).await.map_err(ServerError::io)?;
+        conn.authenticate(url).await?;
+        loop {
+            let (t, body) = conn.read_message().await?;
+            match t {
+                tag::PARAMETER_STATUS => {
+                    let (k, v) = parse_parameter_status(&body).map_err(ServerError::protocol)?;
+                    conn.login_params.insert(k, v);
+                }
+                tag::BACKEND_KEY_DATA if body.len() == 8 => {
+                    conn.pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                    conn.secret = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                }
+                tag::READY_FOR_QUERY => break,
+                tag::ERROR_RESPONSE => return Err(ServerError::from_error_body(&body)),
+                tag::NOTICE_RESPONSE => {}
+                other => {
+                    return Err(ServerError::Protocol(format!(
+                        "unexpected message {:?} during login",
+                        other as char
+                    )))
+                }
+            }
+        }
+        Ok(conn)
+    }
+
+    async fn authenticate(&mut self, url: &DbUrl) -> Result<(), ServerError> {
+        let password = url.password.expose().as_bytes();
+        let mut buf = BytesMut::new();
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let (t, body) = self.read_message().await?;
+            if t == tag::ERROR_RESPONSE {
+                return Err(ServerError::from_error_body(&body));
+            }
+            if t != tag::AUTHENTICATION || body.len() < 4 {
+                return Err(ServerError::Protocol(
+                    "expected an authentication request".into(),
+                ));
+            }
+            let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+            let data = &body[4..];
+            buf.clear();
+            match code {
+                0 => return Ok(()),
+                3 => frontend::password_message(password, &mut buf).map_err(ServerError::io)?,
+                5 if data.len() == 4 => {
+                    let salt = [data[0], data[1], data[2], data[3]];
+                    let hash = postgres_protocol::authentication::md5_hash(url.user.as_bytes(), password, salt);
+                    frontend::password_message(hash.as_bytes(), &mut buf).map_err(ServerError::io)?;
+                }
+                10 => {
+                    let offers_scram = data.split(|&b| b == 0).any(|m| m == SCRAM_SHA_256.as_bytes());
+                    if !offers_scram {
+                        return Err(ServerError::Protocol("server offers no SASL mechanism pgsidecar supports".into()));
+                    }
+                    let s = ScramSha256::new(password, ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut buf).map_err(ServerError::io)?;
+                    scram = Some(s);
+                }
+                11 => {
+                    let s = scram.as_mut().ok_or_else(|| ServerError::Protocol("SASL continue before start".into()))?;
+                    s.update(data).map_err(|e| ServerError::Auth(format!("SCRAM: {e}")))?;
+                    frontend::sasl_response(s.message(), &mut buf).map_err(ServerError::io)?;
+                }
+                12 => {
+                    let mut s = scram.take().ok_or_else(|| ServerError::Protocol("SASL final before start".into()))?;
+                    s.finish(data).map_err(|e| ServerError::Auth(format!("server's SCRAM signature is invalid: {e}")))?;
+                    continue;
+                }
+                other => {
+                    return Err(ServerError::Auth(format!("server asks for authentication method {other}, which pgsidecar does not support")))
+                }
+            }
+            self.io.write_all(&buf).await.map_err(ServerError::io)?;
+        }
+    }
+
+    /// Reads one whole message (bounded) during login or an internal query.
+    pub async fn read_message(&mut self) -> Result<(u8, BytesMut), ServerError> {
+        loop {
+            if let Some(frame) =
+                split_frame(&mut self.rbuf, MAX_CONTROL_MESSAGE).map_err(ServerError::protocol)?
+            {
+                return Ok(frame);
+            }
+            self.rbuf.reserve(8192);
+            let n = std::future::poll_fn(|cx| {
+                poll_read_buf(std::pin::Pin::new(&mut self.io), cx, &mut self.rbuf)
+            })
+            .await
+            .map_err(ServerError::io)?;
+            if n == 0 {
+                return Err(ServerError::Closed);
+            }
+        }
+    }
+
+    /// Runs statements of the proxy's own and returns the text rows; the server must be idle.
+    /// ParameterStatus changes are recorded in `reported`.
+    pub async fn exec(
+        &mut self,
+        sql: &str,
+        reported: &mut Vec<(String, String)>,
+    ) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        let mut buf = BytesMut::new();
+        messages::query(&mut buf, sql);
+        self.io.write_all(&buf).await.map_err(ServerError::io)?;
+        self.io.flush().await.map_err(ServerError::io)?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let (t, body) = self.read_message().await?;
+            match t {
+                tag::DATA_ROW => rows.push(parse_data_row(&body)?),
+                tag::ERROR_RESPONSE => error = Some(ServerError::from_error_body(&body)),
+                tag::PARAMETER_STATUS => {
+                    reported.push(parse_parameter_status(&body).map_err(ServerError::protocol)?)
+                }
+                tag::READY_FOR_QUERY => {
+                    let status = parse_ready_for_query(&body).map_err(ServerError::protocol)?;
+                    if let Some(e) = error {
+                        return Err(e);
+                    }
+                    if status != b'I' {
+                        return Err(ServerError::Protocol(
+                            "server is still in a transaction after an internal query".into(),
+                        ));
+                    }
+                    return Ok(rows);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends Terminate and closes, ignoring errors: the connection is going away anyway.
+    pub async fn close(mut self) {
+        let mut buf = BytesMut::new();
+        messages::terminate(&mut buf);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            let _ = self.io.write_all(&buf).await;
+            let _ = self.io.shutdown().await;
+        })
+        .await;
+    }
+
+    /// Whether the idle connection has been closed or has sent something unasked (a FATAL
+    /// after pg_terminate_backend, say). Never blocks.
+    pub fn is_stale(&mut self) -> bool {
+        if !self.rbuf.is_empty() {
+            return true;
+        }
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        self.rbuf.reserve(64);
+        match poll_read_buf(std::pin::Pin::new(&mut self.io), &mut cx, &mut self.rbuf) {
+            std::task::Poll::Pending => false,
+            std::task::Poll::Ready(_) => true,
+        }
+    }
+}
+
+fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, ServerError> {
+    let mut b = body;
+    if b.len() < 2 {
+        return Err(ServerError::Protocol("short DataRow".into()));
+    }
+    let n = b.get_i16();
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        if b.len() < 4 {
+            return Err(ServerError::Protocol("short DataRow".into()));
+        }
+        let len = b.get_i32();
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let len = len as usize;
+        if b.len() < len {
+            return Err(ServerError::Protocol("short DataRow".into()));
+        }
+        out.push(Some(String::from_utf8_lossy(&b[..len]).into_owned()));
+        b.advance(len);
+    }
+    Ok(out)
+}
+
+/// The ErrorResponse fields of a server error, when the server sent one.
+pub fn error_fields(body: &[u8]) -> Option<ErrorFields> {
+    ErrorFields::parse(body).ok()
+}
+
+/// Whether TLS is in use for this mode at all (for logs).
+pub fn uses_tls(mode: SslMode) -> bool {
+    mode != SslMode::Disable
+}

@@ -1,0 +1,89 @@
+//! The server side: one backend connection ([`conn`]) and the bounded FIFO pool ([`pool`]).
+
+pub mod conn;
+pub mod pool;
+
+use crate::wire::messages::{ErrorFields, PgError};
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Why talking to a server failed. Every variant can be turned into a message for a client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Connect(String),
+    #[error("{0}")]
+    Tls(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("server authentication failed: {0}")]
+    Auth(String),
+    #[error("protocol error from server: {0}")]
+    Protocol(String),
+    #[error("server closed the connection unexpectedly")]
+    Closed,
+    #[error("server connection failed: {0}")]
+    Io(String),
+    /// The server's own ErrorResponse, kept as sent so clients see the server's message.
+    #[error("server error {}: {}", .fields.code, .fields.message)]
+    Postgres { fields: ErrorFields, raw: Bytes },
+}
+
+impl ServerError {
+    pub fn io(e: std::io::Error) -> ServerError {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ServerError::Closed
+        } else {
+            ServerError::Io(e.to_string())
+        }
+    }
+
+    pub fn protocol(e: impl std::fmt::Display) -> ServerError {
+        ServerError::Protocol(e.to_string())
+    }
+
+    pub fn from_error_body(body: &[u8]) -> ServerError {
+        ServerError::Postgres {
+            fields: ErrorFields::parse(body).unwrap_or_default(),
+            raw: Bytes::copy_from_slice(body),
+        }
+    }
+
+    /// Short kind name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerError::Connect(_) => "connect",
+            ServerError::Tls(_) => "tls",
+            ServerError::Timeout(_) => "timeout",
+            ServerError::Auth(_) => "auth",
+            ServerError::Protocol(_) => "protocol",
+            ServerError::Closed | ServerError::Io(_) => "io",
+            ServerError::Postgres { .. } => "server_error",
+        }
+    }
+
+    /// Appends an ErrorResponse for a client to `buf`: the server's own message when there is
+    /// one, otherwise a FATAL 08006/08001 naming what failed.
+    pub fn encode_for_client(&self, buf: &mut BytesMut) {
+        match self {
+            ServerError::Postgres { raw, .. } => {
+                buf.put_u8(b'E');
+                buf.put_i32(raw.len() as i32 + 4);
+                buf.put_slice(raw);
+            }
+            ServerError::Connect(_)
+            | ServerError::Tls(_)
+            | ServerError::Timeout(_)
+            | ServerError::Auth(_) => PgError::fatal(
+                "08001",
+                format!("pgsidecar could not connect to the database server: {self}"),
+            )
+            .with_hint("check that the database is up and that DATABASE_URL is current")
+            .encode(buf),
+            _ => PgError::fatal(
+                "08006",
+                format!("pgsidecar lost the server connection: {self}"),
+            )
+            .encode(buf),
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The bounded server pool of one upstream, in three parts: synchronous state behind a short
+//! lock ([`State`]), the async side ([`Pool::checkout`] returning a [`Ticket`]), and the RAII
+//! [`Lease`] whose drop discards a connection that was not given back cleanly.
+//!
+//! Waiters are served strictly first come, first served: a returned or newly opened
+//! connection goes to the oldest waiter. When demand rises, up to `connect_parallelism`
+//! connections are opened at once. A waiter that gives up (timeout, cancel, client gone) is
+//! removed by dropping its ticket.
+
+use super::conn::{ServerConn, Target};
+use super::ServerError;
+use crate::config::PoolConfig;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+type Handoff = Result<ServerConn, ServerError>;
+
+struct Waiter {
+    id: u64,
+    since: Instant,
+    tx: oneshot::Sender<Handoff>,
+}
+
+struct State {
+    idle: Vec<ServerConn>,
+    /// Connections out on leases (or in a channel on their way to a waiter).
+    active: usize,
+    connecting: usize,
+    waiters: VecDeque<Waiter>,
+    next_waiter: u64,
+    max_size: usize,
+    login_params: Option<Arc<BTreeMap<String, String>>>,
+    closed: bool,
+    opened_total: u64,
+    closed_total: u64,
+}
+
+impl State {
+    fn total(&self) -> usize {
+        self.idle.len() + self.active + self.connecting
+    }
+}
+
+/// Counts for the admin console and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub active: usize,
+    pub idle: usize,
+    pub connecting: usize,
+    pub waiting: usize,
+    pub max_size: usize,
+    pub oldest_wait: Duration,
+    pub opened_total: u64,
+    pub closed_total: u64,
+}
+
+pub struct Pool {
+    pub database: String,
+    pub target: Arc<Target>,
+    cfg: PoolConfig,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    pub fn new(database: String, target: Arc<Target>, cfg: PoolConfig) -> Arc<Pool> {
+        let max_size = cfg.size;
+        Arc::new(Pool {
+            database,
+            target,
+            cfg,
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                active: 0,
+                connecting: 0,
+                waiters: VecDeque::new(),
+                next_waiter: 0,
+                max_size,
+                login_params: None,
+                closed: false,
+                opened_total: 0,
+                closed_total: 0,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The lock is never held across an await or user code, so poisoning means a bug in
+        // this file; keep serving rather than cascade the panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let s = self.lock();
+        PoolStats {
+            active: s.active,
+            idle: s.idle.len(),
+            connecting: s.connecting,
+            waiting: s.waiters.len(),
+            max_size: s.max_size,
+            oldest_wait: s
+                .waiters
+                .front()
+                .map(|w| w.since.elapsed())
+                .unwrap_or_default(),
+            opened_total: s.opened_total,
+            closed_total: s.closed_total,
+        }
+    }
+
+    /// The ParameterStatus values servers report at login, once one server has connected.
+    pub fn login_params(&self) -> Option<Arc<BTreeMap<String, String>>> {
+        self.lock().login_params.clone()
+    }
+
+    /// Changes the maximum number of servers. Shrinking closes idle servers first and lets
+    /// active ones finish; nothing in flight is cut.
+    pub fn set_max_size(self: &Arc<Self>, size: usize) {
+        let mut doomed = Vec::new();
+        {
+            let mut s = self.lock();
+            s.max_size = size.max(1);
+            while s.total() > s.max_size && !s.idle.is_empty() {
+                doomed.push(s.idle.remove(0));
+                s.closed_total += 1;
+            }
+            self.spawn_connects(&mut s);
+        }
+        close_all(doomed);
+    }
+
+    /// Asks for a server. Ready at once when one is idle; otherwise the caller awaits the
+    /// ticket, and dropping the ticket leaves the queue.
+    pub fn checkout(self: &Arc<Self>) -> Ticket {
+        let mut doomed = Vec::new();
+        let mut s = self.lock();
+        while let Some(mut conn) = s.idle.pop() {
+            if conn.is_stale() || self.expired(&conn) {
+                s.closed_total += 1;
+                doomed.push(conn);
+                continue;
+            }
+            s.active += 1;
+            drop(s);
+            close_all(doomed);
+            return Ticket {
+                pool: self.clone(),
+                inner: TicketState::Ready(Some(conn)),
+            };
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = s.next_waiter;
+        s.next_waiter += 1;
+        s.waiters.push_back(Waiter {
+            id,
+            since: Instant::now(),
+            tx,
+        });
+        self.spawn_connects(&mut s);
+        drop(s);
+        close_all(doomed);
+        Ticket {
+            pool: self.clone(),
+            inner: TicketState::Waiting { id, rx },
+        }
+    }
+
+    fn expired(&self, conn: &ServerConn) -> bool {
+        self.cfg
+            .server_lifetime
+            .is_some_and(|l| conn.created.elapsed() >= l)
+    }
+
+    /// Opens connections for waiters not yet covered, within the size and parallelism limits.
+    fn spawn_connects(self: &Arc<Self>, s: &mut State) {
+        if s.closed {
+            return;
+        }
+        while s.waiters.len() > s.connecting
+            && s.connecting < self.cfg.connect_parallelism
+            && s.total() < s.max_size
+        {
+            s.connecting += 1;
+            let pool = self.clone();
+            tokio::spawn(async move {
+                let result = ServerConn::connect(&pool.target).await;
+                pool.connected(result);
+            });
+        }
+    }
+
+    fn connected(self: &Arc<Self>, result: Result<ServerConn, ServerError>) {
+        let mut s = self.lock();
+        s.connecting -= 1;
+        match result {
+            Ok(conn) => {
+                s.opened_total += 1;
+                if s.login_params.is_none() {
+                    s.login_params = Some(Arc::new(conn.login_params.clone()));
+                }
+                tracing::debug!(database = %self.database, server_pid = conn.pid, "server_connected");
+                s.active += 1;
+                self.put_back_locked(s, conn);
+            }
+            Err(e) => {
+                tracing::warn!(database = %self.database, kind = e.kind(), error = %e, "server_connect_failed");
+                // The oldest waiter gets the server's own message; the others keep waiting
+                // for the next attempt.
+                while let Some(w) = s.waiters.pop_front() {
+                    if w.tx.send(Err(e.clone())).is_ok() {
+                        break;
+                    }
+                }
+                self.spawn_connects(&mut s);
+            }
+        }
+    }
+
+    /// Gives a connection back: to the oldest waiter, or to the idle list.
+    fn put_back(self: &Arc<Self>, conn: ServerConn) {
+        let s = self.lock();
+        self.put_back_locked(s, conn);
+    }
+
+    fn put_back_locked(self: &Arc<Self>, mut s: MutexGuard<'_, State>, mut conn: ServerConn) {
+        if s.closed || self.expired(&conn) || s.total() > s.max_size {
+            s.active -= 1;
+            s.closed_total += 1;
+            self.spawn_connects(&mut s);
+            drop(s);
+            close_all(vec![conn]);
+            return;
+        }
+        conn.last_used = Instant::now();
+        while let Some(w) = s.waiters.pop_front() {
+            match w.tx.send(Ok(conn)) {
+                Ok(()) => return,
+                Err(Ok(back)) => conn = back,
+                Err(Err(_)) => unreachable!("we sent Ok"),
+            }
+        }
+        s.active -= 1;
+        s.idle.push(conn);
+    }
+
+    /// A leased connection that cannot be reused: forget it and replace it if needed.
+    fn discard(self: &Arc<Self>) {
+        let mut s = self.lock();
+        s.active -= 1;
+        s.closed_total += 1;
+        self.spawn_connects(&mut s);
+    }
+
+    fn leave_queue(self: &Arc<Self>, id: u64, rx: &mut oneshot::Receiver<Handoff>) {
+        {
+            let mut s = self.lock();
+            if let Some(at) = s.waiters.iter().position(|w| w.id == id) {
+                s.waiters.remove(at);
+                return;
+            }
+        }
+        // Already served: a connection may be waiting in the channel.
+        if let Ok(Ok(conn)) = rx.try_recv() {
+            self.put_back(conn);
+        }
+    }
+
+    /// Closes idle servers past their idle timeout or lifetime (keeping the minimum) and opens
+    /// servers up to the minimum. Called periodically.
+    pub fn maintain(self: &Arc<Self>) {
+        let mut doomed = Vec::new();
+        {
+            let mut s = self.lock();
+            let min = self.cfg.min_size.min(s.max_size);
+            let idle_timeout = self.cfg.server_idle_timeout;
+            let mut i = 0;
+            while i < s.idle.len() {
+                let conn = &mut s.idle[i];
+                let too_idle = idle_timeout.is_some_and(|t| conn.last_used.elapsed() >= t);
+                let stale = conn.is_stale();
+                let expired = self.expired(&s.idle[i]);
+                if stale || expired || (too_idle && s.total() > min) {
+                    doomed.push(s.idle.remove(i));
+                    s.closed_total += 1;
+                } else {
+                    i += 1;
+                }
+            }
+            while !s.closed && s.total() < min && s.connecting < self.cfg.connect_parallelism {
+                s.connecting += 1;
+                let pool = self.clone();
+                tokio::spawn(async move {
+                    let result = ServerConn::connect(&pool.target).await;
+                    pool.connected(result);
+                });
+            }
+        }
+        close_all(doomed);
+    }
+
+    /// Stops handing out servers and closes the idle ones; active ones close when returned.
+    pub fn close(self: &Arc<Self>) {
+        let doomed = {
+            let mut s = self.lock();
+            s.closed = true;
+            s.closed_total += s.idle.len() as u64;
+            std::mem::take(&mut s.idle)
+        };
+        close_all(doomed);
+    }
+}
+
+fn close_all(conns: Vec<ServerConn>) {
+    if conns.is_empty() {
+        return;
+    }
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::spawn(async move {
+            for c in conns {
+                c.close().await;
+            }
+        });
+    }
+}
+
+enum TicketState {
+    Ready(Option<ServerConn>),
+    Waiting {
+        id: u64,
+        rx: oneshot::Receiver<Handoff>,
+    },
+    Done,
+}
+
+/// A place in a pool's queue. Resolves to a [`Lease`]; dropping it leaves the queue.
+pub struct Ticket {
+    pool: Arc<Pool>,
+    inner: TicketState,
+}
+
+impl Future for Ticket {
+    type Output = Result<Lease, ServerError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let result = match &mut this.inner {
+            TicketState::Ready(conn) => Ok(conn.take().expect("ticket polled after completion")),
+            TicketState::Waiting { rx, .. } => match Pin::new(rx).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(r)) => r,
+                Poll::Ready(Err(_)) => Err(ServerError::Closed),
+            },
+            TicketState::Done => panic!("ticket polled after completion"),
+        };
+        this.inner = TicketState::Done;
+        Poll::Ready(result.map(|conn| Lease {
+            conn: Some(conn),
+            pool: this.pool.clone(),
+        }))
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.inner, TicketState::Done) {
+            TicketState::Waiting { id, mut rx } => self.pool.leave_queue(id, &mut rx),
+            TicketState::Ready(Some(conn)) => self.pool.put_back(conn),
+            _ => {}
+        }
+    }
+}
+
+/// A server on loan. [`Lease::release`] returns it; dropping the lease any other way
+/// discards the connection, so a server in an unknown state never reaches another client.
+pub struct Lease {
+    conn: Option<ServerConn>,
+    pool: Arc<Pool>,
+}
+
+impl Lease {
+    pub fn conn(&mut self) -> &mut ServerConn {
+        self.conn
+            .as_mut()
+            .expect("lease holds a connection until consumed")
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Returns a clean, idle connection to the pool.
+    pub fn release(mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.put_back(conn);
+        }
+    }
+
+    /// Closes the connection politely (Terminate) and frees its slot.
+    pub fn close(mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.discard();
+            close_all(vec![conn]);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.conn.take().is_some() {
+            self.pool.discard();
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Framing of regular (typed) protocol messages: a type byte, then a big-endian length that
+//! counts itself but not the type byte.
+//!
+//! Two ways to take frames out of a buffer:
+//! - [`split_frame`] returns a whole message, for the messages the proxy must read;
+//! - [`Header::parse`] looks only at the five header bytes, so that a message the proxy merely
+//!   forwards (a 1 GB `DataRow`, a `CopyData` chunk) can stream through without being buffered.
+
+use bytes::{Buf, BytesMut};
+
+/// Bytes of a message header: type byte plus the 4-byte length.
+pub const HEADER_LEN: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub tag: u8,
+    /// Length of the body, without type byte and length field.
+    pub body_len: usize,
+}
+
+impl Header {
+    /// The total length of the message on the wire.
+    pub fn total_len(&self) -> usize {
+        HEADER_LEN + self.body_len
+    }
+
+    /// Reads a header from the start of `buf`.
+    ///
+    /// `Ok(None)` while fewer than five bytes are there. A length below 4 or above `max` is an
+    /// error before anything is reserved for the body.
+    pub fn parse(buf: &[u8], max: usize) -> Result<Option<Header>, FrameError> {
+        if buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+        if len < 4 {
+            return Err(FrameError::BadLength {
+                tag: buf[0],
+                len: i64::from(len),
+            });
+        }
+        let body_len = len as usize - 4;
+        if body_len + HEADER_LEN > max {
+            return Err(FrameError::TooLong {
+                tag: buf[0],
+                len: body_len + HEADER_LEN,
+                max,
+            });
+        }
+        Ok(Some(Header {
+            tag: buf[0],
+            body_len,
+        }))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("invalid message length {len} for message type {}", printable(*tag))]
+    BadLength { tag: u8, len: i64 },
+    #[error("message of type {} is {len} bytes, above the limit of {max} bytes", printable(*tag))]
+    TooLong { tag: u8, len: usize, max: usize },
+    #[error("malformed {what} message")]
+    Malformed { what: &'static str },
+}
+
+fn printable(tag: u8) -> String {
+    if tag.is_ascii_graphic() {
+        format!("'{}'", tag as char)
+    } else {
+        format!("0x{tag:02x}")
+    }
+}
+
+/// Splits one whole message off the front of `buf` without copying.
+///
+/// `Ok(None)` when the message is not complete yet; capacity for the rest is reserved, which
+/// the length check in [`Header::parse`] bounds.
+pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<(u8, BytesMut)>, FrameError> {
+    let Some(header) = Header::parse(buf, max)? else {
+        return Ok(None);
+    };
+    if buf.len() < header.total_len() {
+        buf.reserve(header.total_len() - buf.len());
+        return Ok(None);
+    }
+    let mut frame = buf.split_to(header.total_len());
+    frame.advance(HEADER_LEN);
+    Ok(Some((header.tag, frame)))
+}
+
+/// A cursor over a message body for reading its fields.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8], what: &'static str) -> Self {
+        Reader { buf, what }
+    }
+
+    fn malformed(&self) -> FrameError {
+        FrameError::Malformed { what: self.what }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub fn remaining(&self) -> &'a [u8] {
+        self.buf
+    }
+
+    pub fn u8(&mut self) -> Result<u8, FrameError> {
+        let (&b, rest) = self.buf.split_first().ok_or_else(|| self.malformed())?;
+        self.buf = rest;
+        Ok(b)
+    }
+
+    pub fn i16(&mut self) -> Result<i16, FrameError> {
+        let bytes = self.bytes(2)?;
+        Ok(i16::from_be_bytes([bytes[0], bytes[1]]))
+    }
+
+    pub fn i32(&mut self) -> Result<i32, FrameError> {
+        let bytes = self.bytes(4)?;
+        Ok(i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.buf.len() < n {
+            return Err(self.malformed());
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    /// A NUL-terminated string, as raw bytes without the terminator.
+    pub fn cstr_bytes(&mut self) -> Result<&'a [u8], FrameError> {
+        let end = self
+            .buf
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| self.malformed())?;
+        let s = &self.buf[..end];
+        self.buf = &self.buf[end + 1..];
+        Ok(s)
+    }
+
+    /// A NUL-terminated string that must be UTF-8.
+    pub fn cstr(&mut self) -> Result<&'a str, FrameError> {
+        let bytes = self.cstr_bytes()?;
+        std::str::from_utf8(bytes).map_err(|_| self.malformed())
+    }
+}

@@ -1,0 +1,167 @@
+use super::frame::{split_frame, FrameError, Header};
+use super::messages::{ErrorFields, PgError};
+use super::startup::{parse_options, split_startup, StartupError, StartupPacket};
+use bytes::{BufMut, BytesMut};
+
+fn startup_bytes(version: i32, params: &[(&str, &str)]) -> BytesMut {
+    let mut body = BytesMut::new();
+    body.put_i32(version);
+    for (k, v) in params {
+        body.put_slice(k.as_bytes());
+        body.put_u8(0);
+        body.put_slice(v.as_bytes());
+        body.put_u8(0);
+    }
+    body.put_u8(0);
+    let mut buf = BytesMut::new();
+    buf.put_i32(body.len() as i32 + 4);
+    buf.put_slice(&body);
+    buf
+}
+
+#[test]
+fn frame_incomplete_then_complete() {
+    let mut buf = BytesMut::from(&b"Q\0\0\0\x0bsel"[..]);
+    assert_eq!(split_frame(&mut buf, 1024).unwrap(), None);
+    buf.put_slice(b"ect\0Z");
+    let (tag, body) = split_frame(&mut buf, 1024).unwrap().unwrap();
+    assert_eq!(tag, b'Q');
+    assert_eq!(&body[..], b"select\0");
+    assert_eq!(&buf[..], b"Z");
+}
+
+#[test]
+fn frame_rejects_short_negative_and_huge_lengths() {
+    for len in [0i32, 3, -1, i32::MIN] {
+        let mut buf = BytesMut::new();
+        buf.put_u8(b'Q');
+        buf.put_i32(len);
+        assert!(
+            matches!(
+                split_frame(&mut buf, 1024),
+                Err(FrameError::BadLength { .. })
+            ),
+            "{len}"
+        );
+    }
+    let mut buf = BytesMut::new();
+    buf.put_u8(b'Q');
+    buf.put_i32(i32::MAX);
+    assert!(matches!(
+        split_frame(&mut buf, 1 << 20),
+        Err(FrameError::TooLong { .. })
+    ));
+    // Nothing was reserved for the announced body.
+    assert!(buf.capacity() < 1 << 20);
+}
+
+#[test]
+fn header_only_parse_for_streaming() {
+    let h = Header::parse(b"D\0\0\x10\0", usize::MAX).unwrap().unwrap();
+    assert_eq!(
+        h,
+        Header {
+            tag: b'D',
+            body_len: 4092
+        }
+    );
+    assert_eq!(h.total_len(), 4097);
+    assert_eq!(Header::parse(b"D\0\0", 100).unwrap(), None);
+}
+
+#[test]
+fn startup_parses_params_and_requests() {
+    let mut buf = startup_bytes(196_608, &[("user", "app"), ("database", "db")]);
+    match split_startup(&mut buf).unwrap().unwrap() {
+        StartupPacket::Startup(s) => {
+            assert_eq!((s.major, s.minor), (3, 0));
+            assert_eq!(s.param("user"), Some("app"));
+            assert_eq!(s.param("database"), Some("db"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut ssl = BytesMut::from(&[0u8, 0, 0, 8, 4, 210, 22, 47][..]);
+    assert_eq!(
+        split_startup(&mut ssl).unwrap(),
+        Some(StartupPacket::SslRequest)
+    );
+    let mut cancel = BytesMut::new();
+    cancel.put_i32(16);
+    cancel.put_i32(80_877_102);
+    cancel.put_i32(42);
+    cancel.put_i32(-7);
+    assert_eq!(
+        split_startup(&mut cancel).unwrap(),
+        Some(StartupPacket::Cancel {
+            pid: 42,
+            secret: -7
+        })
+    );
+}
+
+#[test]
+fn startup_rejects_bad_input() {
+    // Too long, too short, negative.
+    for len in [10_001i32, 7, -8] {
+        let mut buf = BytesMut::new();
+        buf.put_i32(len);
+        buf.put_i32(196_608);
+        assert!(
+            matches!(split_startup(&mut buf), Err(StartupError::BadLength(_))),
+            "{len}"
+        );
+    }
+    // Missing terminator.
+    let mut buf = BytesMut::new();
+    buf.put_i32(4 + 4 + 4);
+    buf.put_i32(196_608);
+    buf.put_slice(b"user");
+    assert!(split_startup(&mut buf).is_err());
+    // Invalid UTF-8 in a value.
+    let mut buf = startup_bytes(196_608, &[("user", "a")]);
+    let at = buf.len() - 3;
+    buf[at] = 0xff;
+    assert!(split_startup(&mut buf).is_err());
+    // Protocol 2.
+    let mut buf = startup_bytes(131_072, &[("user", "a")]);
+    assert!(matches!(
+        split_startup(&mut buf),
+        Err(StartupError::UnsupportedProtocol { major: 2, .. })
+    ));
+}
+
+#[test]
+fn options_are_split_like_libpq() {
+    let got = parse_options("-c statement_timeout=5s  -csearch_path=app,public --lock-timeout=1s")
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![
+            ("statement_timeout".into(), "5s".into()),
+            ("search_path".into(), "app,public".into()),
+            ("lock_timeout".into(), "1s".into()),
+        ]
+    );
+    assert_eq!(
+        parse_options(r"-c application_name=my\ app").unwrap(),
+        vec![("application_name".into(), "my app".into())]
+    );
+    assert!(parse_options("-x foo").is_err());
+    assert!(parse_options("-c").is_err());
+    assert!(parse_options("-c novalue").is_err());
+}
+
+#[test]
+fn error_response_round_trips() {
+    let mut buf = BytesMut::new();
+    PgError::fatal("53300", "too many clients")
+        .with_hint("raise it")
+        .encode(&mut buf);
+    let (tag, body) = split_frame(&mut buf, 1024).unwrap().unwrap();
+    assert_eq!(tag, b'E');
+    let fields = ErrorFields::parse(&body).unwrap();
+    assert_eq!(fields.code, "53300");
+    assert_eq!(fields.severity, "FATAL");
+    assert_eq!(fields.message, "too many clients");
+    assert!(fields.is_fatal());
+}
