@@ -24,6 +24,8 @@ pub const WRITE_HIGH: usize = 64 * 1024;
 /// proxy must read is larger).
 pub const READ_HIGH: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
+/// Largest message streamed through: anything the length field can express.
+pub const MAX_STREAMED: usize = i32::MAX as usize;
 
 /// Settings the server reports that follow the client (re-applied on another server).
 pub const TRACKED_REPORTED: &[&str] = &[
@@ -153,7 +155,9 @@ impl Relay {
             if out.len() >= WRITE_HIGH {
                 return Ok(());
             }
-            let Some(h) = Header::parse(input, max)? else {
+            // Results stream through whatever their size; only messages read whole below
+            // are held to `max`.
+            let Some(h) = Header::parse(input, MAX_STREAMED)? else {
                 return Ok(());
             };
             let inspect = matches!(
@@ -166,6 +170,13 @@ impl Relay {
             if !inspect {
                 self.s2c_remaining = h.total_len();
                 continue;
+            }
+            if h.total_len() > max {
+                return Err(FrameError::TooLong {
+                    tag: h.tag,
+                    len: h.total_len(),
+                    max,
+                });
             }
             if input.len() < h.total_len() {
                 self.s2c_need = h.total_len();

@@ -1,0 +1,130 @@
+//! Starts pgsidecar in-process on 127.0.0.1:0 for integration tests.
+
+use super::pg::{TestPg, SCRAM_PASS, SCRAM_USER};
+use pgsidecar::{Config, Proxy};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.proxy.close_pools();
+    }
+}
+
+/// Environment for a proxy in front of `db` as `user`, with `extra` settings on top.
+pub fn env_for(
+    pg: &TestPg,
+    user: &str,
+    db: &str,
+    sslmode: &str,
+    extra: &[(&str, &str)],
+) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert("DATABASE_URL".into(), pg.url(user, db, sslmode));
+    env.insert("PGSIDECAR_LOG_LEVEL".into(), "warn".into());
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    env
+}
+
+pub async fn start_with_env(env: BTreeMap<String, String>) -> TestProxy {
+    let config = Config::load(&BTreeMap::new(), &env).expect("test config is valid");
+    let proxy = Proxy::new(config).expect("proxy starts");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(proxy.clone().serve(listener, async move {
+        let _ = rx.await;
+    }));
+    TestProxy {
+        addr,
+        proxy,
+        stop: Some(tx),
+    }
+}
+
+/// A proxy for scram_user on `db`, TLS to the server (sslmode=require).
+pub async fn start(pg: &TestPg, db: &str, extra: &[(&str, &str)]) -> TestProxy {
+    start_with_env(env_for(pg, SCRAM_USER, db, "require", extra)).await
+}
+
+impl TestProxy {
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// A libpq-style URL to the proxy for the given user and password.
+    pub fn url_as(&self, user: &str, password: &str, db: &str) -> String {
+        format!(
+            "postgres://{}:{}@127.0.0.1:{}/{}?sslmode=disable",
+            enc(user),
+            enc(password),
+            self.addr.port(),
+            enc(db)
+        )
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        self.url_as(SCRAM_USER, SCRAM_PASS, db)
+    }
+
+    /// Connects with tokio-postgres (no TLS to the proxy).
+    pub async fn connect(&self, db: &str) -> tokio_postgres::Client {
+        self.connect_with(db, "")
+            .await
+            .expect("connect through pgsidecar")
+    }
+
+    /// Connects with extra key=value connection parameters (e.g. "options='-c TimeZone=UTC'").
+    pub async fn connect_with(
+        &self,
+        db: &str,
+        extra: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let conn_str = format!(
+            "host=127.0.0.1 port={} user={SCRAM_USER} password='{}' dbname={db} sslmode=disable {extra}",
+            self.addr.port(),
+            SCRAM_PASS.replace('\'', "\\'")
+        );
+        let (client, connection) =
+            tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+}
+
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Server connections pgsidecar holds to `db` right now, as Postgres sees them.
+pub fn server_count(pg: &TestPg, db: &str) -> i64 {
+    pg.sql("postgres", &format!("select count(*) from pg_stat_activity where datname = '{db}' and backend_type = 'client backend'"))
+        .parse()
+        .unwrap()
+}
