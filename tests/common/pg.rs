@@ -675,6 +675,11 @@ fn tools() -> &'static Tools {
 /// PATH first, then the highest `/usr/lib/postgresql/<version>/bin`.
 /// Debian's `pg_wrapper` shims (/usr/bin/psql etc.) are skipped when a real
 /// binary exists under /usr/lib/postgresql: they work, but cost ~90 ms per call.
+/// A PostgreSQL client tool (psql, pgbench, ...) found the same way as the server binaries.
+pub fn pg_tool(name: &str) -> PathBuf {
+    find_pg_tool(name)
+}
+
 fn find_pg_tool(name: &str) -> PathBuf {
     let in_path = find_in_path(name);
     if let Some(p) = &in_path {
@@ -850,13 +855,13 @@ fn tail_file(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-struct TlsFiles {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
+pub struct TlsFiles {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
-fn generate_tls() -> TlsFiles {
+pub fn generate_tls() -> TlsFiles {
     use rcgen::{
         date_time_ymd, BasicConstraints, CertificateParams, DistinguishedName, DnType,
         ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
