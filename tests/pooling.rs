@@ -53,7 +53,7 @@ async fn cancel_reaches_the_running_query() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    let err = q.await.unwrap().err().expect("cancelled");
+    let err = q.await.unwrap().expect_err("cancelled");
     assert_eq!(code(&err), "57014");
     assert!(started.elapsed() < Duration::from_secs(9));
 }
@@ -70,7 +70,7 @@ async fn cancel_of_a_queued_client_takes_it_out_of_the_queue() {
     let q = tokio::spawn(async move { waiter.simple_query("select 'ran'").await.map(|_| waiter) });
     until_waiting(&p, 1).await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    let err = q.await.unwrap().err().expect("cancelled while queued");
+    let err = q.await.unwrap().expect_err("cancelled while queued");
     assert_eq!(code(&err), "57014");
     assert_eq!(p.proxy.upstreams()[0].pool.stats().waiting, 0);
     holder.simple_query("commit").await.unwrap();
@@ -92,11 +92,7 @@ async fn queued_client_can_continue_after_cancel_and_wait_timeout() {
     let holder = p.connect(&db).await;
     holder.simple_query("begin; select 1").await.unwrap();
     let c = p.connect(&db).await;
-    let err = c
-        .simple_query("select 2")
-        .await
-        .err()
-        .expect("wait timeout");
+    let err = c.simple_query("select 2").await.expect_err("wait timeout");
     assert_eq!(code(&err), "53300");
     let msg = err.as_db_error().unwrap().message().to_owned();
     assert!(msg.contains("PGSIDECAR_QUERY_WAIT_TIMEOUT"), "{msg}");
@@ -133,8 +129,7 @@ async fn max_client_conn_refuses_with_53300() {
     let err = p
         .connect_with(&db, "")
         .await
-        .err()
-        .expect("third client refused");
+        .expect_err("third client refused");
     assert_eq!(code(&err), "53300");
     drop(_a);
     // The slot frees when a client leaves.

@@ -68,22 +68,22 @@ async fn wrong_password_gets_28p01_and_unknown_database_3d000() {
         "host=127.0.0.1 port={} user={SCRAM_USER} password=wrong dbname={db}",
         p.port()
     );
-    let err = tokio_postgres::connect(&bad, tokio_postgres::NoTls)
-        .await
-        .err()
-        .expect("refused");
+    let err = common::must_fail(
+        tokio_postgres::connect(&bad, tokio_postgres::NoTls).await,
+        "refused",
+    );
     assert_eq!(code(&err), "28P01");
     // A user other than the URL's gets the same answer.
     let other = format!(
         "host=127.0.0.1 port={} user=intruder password='{SCRAM_PASS}' dbname={db}",
         p.port()
     );
-    let err = tokio_postgres::connect(&other, tokio_postgres::NoTls)
-        .await
-        .err()
-        .expect("refused");
+    let err = common::must_fail(
+        tokio_postgres::connect(&other, tokio_postgres::NoTls).await,
+        "refused",
+    );
     assert_eq!(code(&err), "28P01");
-    let err = p.connect_with("nosuchdb", "").await.err().expect("refused");
+    let err = p.connect_with("nosuchdb", "").await.expect_err("refused");
     assert_eq!(code(&err), "3D000");
     // The proxy still serves good clients.
     let c = p.connect(&db).await;

@@ -114,6 +114,10 @@ impl Relay {
             let Some(h) = Header::parse(input, max)? else {
                 return Ok(());
             };
+            if !crate::wire::is_frontend_tag(h.tag) {
+                // Postgres would end the session; the proxy does so without involving a server.
+                return Err(FrameError::UnknownType(h.tag));
+            }
             match h.tag {
                 tag::TERMINATE => {
                     input.advance(h.total_len().min(input.len()));

@@ -228,6 +228,15 @@ impl Session {
         loop {
             match Header::parse(&self.crbuf, self.max_message) {
                 Ok(Some(h)) if h.tag == tag::TERMINATE => return Request::Terminate,
+                Ok(Some(h)) if !crate::wire::is_frontend_tag(h.tag) => {
+                    let e = crate::wire::frame::FrameError::UnknownType(h.tag);
+                    self.fail(PgError::fatal(
+                        "08P01",
+                        format!("invalid message from client: {e}"),
+                    ))
+                    .await;
+                    return Request::Gone;
+                }
                 Ok(Some(_)) => return Request::Message,
                 Ok(None) => {}
                 Err(e) => {

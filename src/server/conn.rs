@@ -312,10 +312,7 @@ impl ServerConn {
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
         self.rbuf.reserve(64);
-        match poll_read_buf(std::pin::Pin::new(&mut self.io), &mut cx, &mut self.rbuf) {
-            std::task::Poll::Pending => false,
-            std::task::Poll::Ready(_) => true,
-        }
+        poll_read_buf(std::pin::Pin::new(&mut self.io), &mut cx, &mut self.rbuf).is_ready()
     }
 }
 

@@ -62,6 +62,8 @@ pub enum FrameError {
     TooLong { tag: u8, len: usize, max: usize },
     #[error("malformed {what} message")]
     Malformed { what: &'static str },
+    #[error("invalid frontend message type {0}")]
+    UnknownType(u8),
 }
 
 fn printable(tag: u8) -> String {

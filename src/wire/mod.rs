@@ -23,6 +23,27 @@ pub const MAX_STARTUP_PACKET: usize = 10_000;
 /// Largest message accepted from a client before it has authenticated.
 pub const MAX_PRE_AUTH_MESSAGE: usize = 8 * 1024;
 
+/// Whether `t` is a message type a client may send once logged in.
+pub fn is_frontend_tag(t: u8) -> bool {
+    use tag::*;
+    matches!(
+        t,
+        QUERY
+            | PARSE
+            | BIND
+            | DESCRIBE
+            | EXECUTE
+            | CLOSE
+            | SYNC
+            | FLUSH
+            | TERMINATE
+            | FUNCTION_CALL
+            | COPY_DATA
+            | COPY_DONE
+            | COPY_FAIL
+    )
+}
+
 /// Message type bytes the proxy acts on.
 pub mod tag {
     // frontend

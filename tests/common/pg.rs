@@ -701,7 +701,7 @@ fn find_pg_tool(name: &str) -> PathBuf {
                 .collect();
             let Some(version) = version else { continue };
             let candidate = entry.path().join("bin").join(name);
-            if is_executable(&candidate) && best.as_ref().map_or(true, |(v, _)| version > *v) {
+            if is_executable(&candidate) && best.as_ref().is_none_or(|(v, _)| version > *v) {
                 best = Some((version, candidate));
             }
         }

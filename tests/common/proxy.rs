@@ -42,6 +42,7 @@ pub fn env_for(
 
 pub async fn start_with_env(env: BTreeMap<String, String>) -> TestProxy {
     let config = Config::load(&BTreeMap::new(), &env).expect("test config is valid");
+    pgsidecar::logging::init(config.log_level, true);
     let proxy = Proxy::new(config).expect("proxy starts");
     let listener = TcpListener::bind("127.0.0.1:0")
         .await

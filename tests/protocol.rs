@@ -1,0 +1,377 @@
+//! Raw wire-level behaviour: SSL/GSS negotiation, protocol version negotiation, malformed
+//! input before and after authentication, and errors from the server side.
+
+mod common;
+
+use bytes::{Buf, BufMut, BytesMut};
+use common::pg::{TestPg, SCRAM_USER};
+use common::proxy::{self, env_for, start, start_with_env};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn startup(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = BytesMut::new();
+    body.put_i32(version);
+    for (k, v) in params {
+        body.put_slice(k.as_bytes());
+        body.put_u8(0);
+        body.put_slice(v.as_bytes());
+        body.put_u8(0);
+    }
+    body.put_u8(0);
+    let mut out = Vec::new();
+    out.put_i32(body.len() as i32 + 4);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Reads one typed message.
+async fn read_msg(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).await.ok()?;
+    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body).await.ok()?;
+    Some((head[0], body))
+}
+
+fn sqlstate(body: &[u8]) -> String {
+    let mut b = body;
+    while !b.is_empty() && b[0] != 0 {
+        let field = b[0];
+        b.advance(1);
+        let end = b.iter().position(|&c| c == 0).unwrap();
+        if field == b'C' {
+            return String::from_utf8_lossy(&b[..end]).into_owned();
+        }
+        b.advance(end + 1);
+    }
+    String::new()
+}
+
+/// Reads until an ErrorResponse or the end of the stream; returns the SQLSTATE if any.
+async fn error_or_close(s: &mut TcpStream) -> Option<String> {
+    while let Some((t, body)) = read_msg(s).await {
+        if t == b'E' {
+            return Some(sqlstate(&body));
+        }
+    }
+    None
+}
+
+/// Logs in with client auth `trust` and waits for ReadyForQuery.
+async fn trusted_login(p: &proxy::TestProxy, db: &str) -> TcpStream {
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&startup(196_608, &[("user", SCRAM_USER), ("database", db)]))
+        .await
+        .unwrap();
+    loop {
+        let (t, _) = read_msg(&mut s).await.expect("login messages");
+        if t == b'Z' {
+            return s;
+        }
+        assert_ne!(t, b'E');
+    }
+}
+
+async fn still_serves(p: &proxy::TestProxy, db: &str) {
+    let c = p.connect(db).await;
+    assert_eq!(c.simple_query("select 1").await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn ssl_and_gss_requests_are_refused_then_login_proceeds() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("sslreq");
+    let p = start(pg, &db, &[]).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
+        .await
+        .unwrap(); // GSSENCRequest
+    assert_eq!(s.read_u8().await.unwrap(), b'N');
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap(); // SSLRequest
+    assert_eq!(s.read_u8().await.unwrap(), b'N');
+    s.write_all(&startup(
+        196_608,
+        &[("user", SCRAM_USER), ("database", &db)],
+    ))
+    .await
+    .unwrap();
+    let (t, body) = read_msg(&mut s).await.unwrap();
+    assert_eq!(
+        (t, &body[..4]),
+        (b'R', &10i32.to_be_bytes()[..]),
+        "SCRAM requested"
+    );
+}
+
+#[tokio::test]
+async fn newer_protocol_minor_is_negotiated_down() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("negotiate");
+    let p = start(pg, &db, &[]).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&startup(
+        196_610,
+        &[
+            ("user", SCRAM_USER),
+            ("database", &db),
+            ("_pq_.future", "1"),
+        ],
+    ))
+    .await
+    .unwrap();
+    let (t, body) = read_msg(&mut s).await.unwrap();
+    assert_eq!(t, b'v');
+    let mut b = &body[..];
+    assert_eq!(b.get_i32(), 0, "newest minor supported");
+    assert_eq!(b.get_i32(), 1);
+    assert_eq!(b, b"_pq_.future\0");
+    let (t, _) = read_msg(&mut s).await.unwrap();
+    assert_eq!(t, b'R');
+}
+
+#[tokio::test]
+async fn malformed_startup_packets_get_a_clean_error() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("badstartup");
+    let p = start(pg, &db, &[]).await;
+    let cases: Vec<Vec<u8>> = vec![
+        0x7fff_ffffi32.to_be_bytes().to_vec(), // huge length
+        (-8i32).to_be_bytes().to_vec(),        // negative length
+        vec![0, 0, 0, 4],                      // too short
+        startup(131_072, &[("user", "x")]),    // protocol 2
+        {
+            let mut v = startup(196_608, &[("user", "x")]);
+            let n = v.len();
+            v[n - 3] = 0xff;
+            v
+        }, // invalid UTF-8
+        {
+            let mut v = startup(196_608, &[("user", "x")]);
+            v.truncate(v.len() - 1);
+            let n = v.len() as i32;
+            v[..4].copy_from_slice(&n.to_be_bytes());
+            v
+        }, // no terminator
+    ];
+    for case in cases {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(&case).await.unwrap();
+        let code = error_or_close(&mut s).await;
+        assert!(
+            matches!(code.as_deref(), Some("08P01") | Some("0A000") | None),
+            "{case:?}: {code:?}"
+        );
+    }
+    // A password message where SASLInitialResponse is expected, with garbage.
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&startup(
+        196_608,
+        &[("user", SCRAM_USER), ("database", &db)],
+    ))
+    .await
+    .unwrap();
+    s.write_all(b"p\0\0\0\x08abcd").await.unwrap();
+    assert_eq!(error_or_close(&mut s).await.as_deref(), Some("08P01"));
+    // A non-password message during authentication.
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&startup(
+        196_608,
+        &[("user", SCRAM_USER), ("database", &db)],
+    ))
+    .await
+    .unwrap();
+    s.write_all(b"Q\0\0\0\x0dselect 1\0").await.unwrap();
+    assert_eq!(error_or_close(&mut s).await.as_deref(), Some("08P01"));
+    // An oversized password message is refused before it is read.
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&startup(
+        196_608,
+        &[("user", SCRAM_USER), ("database", &db)],
+    ))
+    .await
+    .unwrap();
+    s.write_all(b"p\x10\0\0\0").await.unwrap();
+    assert_eq!(error_or_close(&mut s).await.as_deref(), Some("08P01"));
+    still_serves(&p, &db).await;
+}
+
+#[tokio::test]
+async fn bad_lengths_after_login_close_only_that_client() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("badafter");
+    let p = start(
+        pg,
+        &db,
+        &[
+            ("PGSIDECAR_CLIENT_AUTH", "trust"),
+            ("PGSIDECAR_MAX_MESSAGE_SIZE", "1MiB"),
+        ],
+    )
+    .await;
+    for bad in [
+        &b"Q\x7f\xff\xff\xff"[..],
+        b"Q\xff\xff\xff\xf0",
+        b"Q\0\0\0\x02",
+    ] {
+        let mut s = trusted_login(&p, &db).await;
+        s.write_all(bad).await.unwrap();
+        assert_eq!(
+            error_or_close(&mut s).await.as_deref(),
+            Some("08P01"),
+            "{bad:?}"
+        );
+    }
+    // An unknown message type ends the session, as Postgres would, without reaching a server.
+    let mut s = trusted_login(&p, &db).await;
+    s.write_all(b"y\0\0\0\x04").await.unwrap();
+    assert_eq!(error_or_close(&mut s).await.as_deref(), Some("08P01"));
+    still_serves(&p, &db).await;
+    assert_eq!(p.proxy.upstreams()[0].pool.stats().active, 0);
+}
+
+#[tokio::test]
+async fn server_login_failure_reaches_the_client_with_the_servers_message() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("srvfail");
+    let mut env = env_for(pg, SCRAM_USER, &db, "require", &[]);
+    // The proxy accepts clients with the right password, but the URL's password is wrong.
+    env.insert(
+        "DATABASE_URL".into(),
+        pg.url(SCRAM_USER, &db, "require")
+            .replace("scram-pass%2F1", "scram-pass%2F9"),
+    );
+    let p = start_with_env(env).await;
+    let conn = format!(
+        "host=127.0.0.1 port={} user={SCRAM_USER} password=scram-pass/9 dbname={db}",
+        p.port()
+    );
+    let err = common::must_fail(
+        tokio_postgres::connect(&conn, tokio_postgres::NoTls).await,
+        "server refuses",
+    );
+    let db_err = err.as_db_error().expect("a server error");
+    assert_eq!(db_err.code().code(), "28P01");
+    assert!(
+        db_err.message().contains("password authentication failed"),
+        "{}",
+        db_err.message()
+    );
+}
+
+#[tokio::test]
+async fn database_down_gives_a_fast_clear_error() {
+    let pg = TestPg::shared();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut env = env_for(pg, SCRAM_USER, "down", "require", &[]);
+    env.insert(
+        "DATABASE_URL".into(),
+        format!("postgres://{SCRAM_USER}:x@127.0.0.1:{port}/down"),
+    );
+    let p = start_with_env(env).await;
+    let conn = format!(
+        "host=127.0.0.1 port={} user={SCRAM_USER} password=x dbname=down",
+        p.port()
+    );
+    let err = common::must_fail(
+        tokio_postgres::connect(&conn, tokio_postgres::NoTls).await,
+        "no server",
+    );
+    let db_err = err.as_db_error().expect("an error message, not a hang-up");
+    assert_eq!(db_err.code().code(), "08001");
+    assert!(
+        db_err.message().contains("could not connect"),
+        "{}",
+        db_err.message()
+    );
+}
+
+#[tokio::test]
+async fn server_tls_modes() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("tlsmodes");
+    let ca = pg.ca_cert_path().to_str().unwrap().to_owned();
+    let url = pg.url(SCRAM_USER, &db, "");
+    let with = |q: &str| format!("{url}?{q}");
+    // verify-full against the CA that signed the server certificate (SAN 127.0.0.1).
+    for q in [
+        format!("sslmode=verify-full&sslrootcert={ca}"),
+        format!("sslmode=verify-ca&sslrootcert={ca}"),
+        "sslmode=require".into(),
+        "sslmode=prefer".into(),
+        "sslmode=disable".into(),
+    ] {
+        let mut env = env_for(pg, SCRAM_USER, &db, "", &[]);
+        env.insert("DATABASE_URL".into(), with(&q));
+        let p = start_with_env(env).await;
+        let c = p.connect(&db).await;
+        let rows = c
+            .simple_query("select ssl::text from pg_stat_ssl where pid = pg_backend_pid()")
+            .await
+            .unwrap();
+        let ssl = match &rows[1] {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).unwrap().to_owned(),
+            _ => panic!(),
+        };
+        assert_eq!(
+            ssl,
+            if q == "sslmode=disable" {
+                "false"
+            } else {
+                "true"
+            },
+            "{q}"
+        );
+    }
+    // A certificate from another CA is refused by verify-ca and verify-full.
+    let dir = tempfile::tempdir().unwrap();
+    let other_ca = dir.path().join("other.pem");
+    std::fs::write(&other_ca, common::pg::generate_tls().ca_pem).unwrap();
+    for mode in ["verify-ca", "verify-full"] {
+        let mut env = env_for(pg, SCRAM_USER, &db, "", &[]);
+        env.insert(
+            "DATABASE_URL".into(),
+            with(&format!(
+                "sslmode={mode}&sslrootcert={}",
+                other_ca.display()
+            )),
+        );
+        let p = start_with_env(env).await;
+        let err = p.connect_with(&db, "").await.expect_err("refused");
+        assert_eq!(err.code().map(|c| c.code()), Some("08001"), "{mode}: {err}");
+    }
+    // verify-full to a host name the certificate does not carry: reach the same server as
+    // 127.0.0.2 through a relay.
+    let relay = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let relay_port = relay.local_addr().unwrap().port();
+    let pg_port = pg.port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = relay.accept().await {
+            tokio::spawn(async move {
+                let mut outbound = TcpStream::connect(("127.0.0.1", pg_port)).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    for (mode, ok) in [("verify-full", false), ("verify-ca", true)] {
+        let mut env = env_for(pg, SCRAM_USER, &db, "", &[]);
+        let relayed = url.replace(
+            &format!("127.0.0.1:{pg_port}"),
+            &format!("127.0.0.2:{relay_port}"),
+        );
+        env.insert(
+            "DATABASE_URL".into(),
+            format!("{relayed}?sslmode={mode}&sslrootcert={ca}"),
+        );
+        let p = start_with_env(env).await;
+        let r = p.connect_with(&db, "").await;
+        assert_eq!(r.is_ok(), ok, "{mode}: {:?}", r.err());
+    }
+}
