@@ -57,15 +57,8 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut map = self
-            .registry
-            .entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if map
-            .get(&self.pid)
-            .is_some_and(|e| Arc::ptr_eq(&e.slot, &self.slot))
-        {
+        let mut map = self.registry.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&self.pid).is_some_and(|e| Arc::ptr_eq(&e.slot, &self.slot)) {
             map.remove(&self.pid);
         }
     }
@@ -75,10 +68,7 @@ impl Registry {
     /// Issues a key. `pid` is fixed in session mode (the server's real process id) and
     /// random otherwise.
     pub fn register(self: &Arc<Self>, fixed_pid: Option<i32>) -> Registration {
-        let slot = Arc::new(CancelSlot {
-            activity: Mutex::new(Activity::Idle),
-            wake: Notify::new(),
-        });
+        let slot = Arc::new(CancelSlot { activity: Mutex::new(Activity::Idle), wake: Notify::new() });
         let mut rng = rand::rng();
         let secret: i32 = rng.random();
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -91,19 +81,8 @@ impl Registry {
                 }
             },
         };
-        map.insert(
-            pid,
-            Entry {
-                secret,
-                slot: slot.clone(),
-            },
-        );
-        Registration {
-            registry: self.clone(),
-            pid,
-            secret,
-            slot,
-        }
+        map.insert(pid, Entry { secret, slot: slot.clone() });
+        Registration { registry: self.clone(), pid, secret, slot }
     }
 
     /// Handles a CancelRequest. Runs detached from the requesting socket, which libpq closes
@@ -113,12 +92,7 @@ impl Registry {
             let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             match map.get(&pid) {
                 Some(e) if bool::from(e.secret.to_be_bytes().ct_eq(&secret.to_be_bytes())) => {
-                    let a = e
-                        .slot
-                        .activity
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clone();
+                    let a = e.slot.activity.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     if matches!(a, Activity::Waiting) {
                         e.slot.wake.notify_waiters();
                     }
@@ -130,12 +104,7 @@ impl Registry {
                 }
             }
         };
-        if let Activity::Active {
-            target,
-            pid,
-            secret,
-        } = activity
-        {
+        if let Activity::Active { target, pid, secret } = activity {
             tokio::spawn(async move {
                 if let Err(e) = send_cancel(&target, pid, secret).await {
                     tracing::warn!(error = %e, "cancel_forward_failed");
@@ -145,23 +114,13 @@ impl Registry {
     }
 }
 
-async fn send_cancel(
-    target: &Target,
-    pid: i32,
-    secret: i32,
-) -> Result<(), crate::server::ServerError> {
+async fn send_cancel(target: &Target, pid: i32, secret: i32) -> Result<(), crate::server::ServerError> {
     let fut = async {
         let mut stream = target.open().await?;
         let mut buf = BytesMut::new();
         postgres_protocol::message::frontend::cancel_request(pid, secret, &mut buf);
-        stream
-            .write_all(&buf)
-            .await
-            .map_err(crate::server::ServerError::io)?;
-        stream
-            .flush()
-            .await
-            .map_err(crate::server::ServerError::io)?;
+        stream.write_all(&buf).await.map_err(crate::server::ServerError::io)?;
+        stream.flush().await.map_err(crate::server::ServerError::io)?;
         // Postgres closes the connection once it has read the request.
         let mut sink = [0u8; 16];
         let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await;
@@ -169,9 +128,5 @@ async fn send_cancel(
     };
     tokio::time::timeout(target.connect_timeout, fut)
         .await
-        .unwrap_or_else(|_| {
-            Err(crate::server::ServerError::Timeout(
-                "cancel request timed out".into(),
-            ))
-        })
+        .unwrap_or_else(|_| Err(crate::server::ServerError::Timeout("cancel request timed out".into())))
 }

@@ -19,18 +19,24 @@
 //!   server is attached, and session settings that follow a client between servers.
 //! - [`cancel`]: proxy-issued cancel keys mapped to what each client is doing.
 //! - [`proxy`]: the running proxy: upstreams, pools, accept loop, maintenance.
-//! - [`cli`]: the command line (`serve`) and process setup.
+//! - [`supervise`]: `pgsidecar run -- CMD` (URL rewrite, signals, drain) and `serve`.
+//! - [`check`]: `pgsidecar check`, settings and upstream diagnosis without starting the proxy.
+//! - [`cli`]: the command line and process setup.
 //! - [`logging`]: logfmt log lines on stderr.
+//! - [`observe`]: latency histograms kept by the proxy (checkout wait).
 
 pub mod auth;
 pub mod cancel;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod logging;
+pub mod observe;
 pub mod proxy;
 pub mod server;
 pub mod stream;
+pub mod supervise;
 pub mod tls;
 pub mod wire;
 

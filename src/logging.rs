@@ -17,10 +17,7 @@ struct Fields<'a> {
 }
 
 fn push_value(out: &mut String, v: &str) {
-    if !v.is_empty()
-        && v.chars()
-            .all(|c| c.is_ascii_graphic() && c != '"' && c != '=' && c != '\\')
-    {
+    if !v.is_empty() && v.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '=' && c != '\\') {
         out.push_str(v);
     } else {
         out.push('"');
@@ -38,11 +35,7 @@ fn push_value(out: &mut String, v: &str) {
 
 impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        let name = if field.name() == "message" {
-            "event"
-        } else {
-            field.name()
-        };
+        let name = if field.name() == "message" { "event" } else { field.name() };
         let _ = write!(self.out, " {name}=");
         push_value(self.out, value);
     }
@@ -81,16 +74,10 @@ where
     ) -> std::fmt::Result {
         let mut line = String::with_capacity(160);
         if self.timestamps {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             let _ = write!(line, "ts={}.{:03} ", now.as_secs(), now.subsec_millis());
         }
-        let _ = write!(
-            line,
-            "level={}",
-            event.metadata().level().as_str().to_ascii_lowercase()
-        );
+        let _ = write!(line, "level={}", event.metadata().level().as_str().to_ascii_lowercase());
         event.record(&mut Fields { out: &mut line });
         line.push('\n');
         writer.write_str(&line)

@@ -4,9 +4,12 @@ use crate::auth::Credentials;
 use crate::cancel::Registry;
 use crate::client::handshake::{handshake, Outcome};
 use crate::client::session::Session;
+use crate::config::sizing::{self, DbLimits, Sizing};
 use crate::config::Config;
+use crate::server::conn::ServerConn;
 use crate::server::conn::Target;
 use crate::server::pool::Pool;
+use crate::server::ServerError;
 use crate::stream::Stream;
 use bytes::BytesMut;
 use std::future::Future;
@@ -21,6 +24,8 @@ pub struct Upstream {
     pub var: String,
     pub pool: Arc<Pool>,
     pub credentials: Credentials,
+    /// The last sizing decision (pool-size auto), for logs and the admin console.
+    pub sizing: std::sync::Mutex<Option<Sizing>>,
 }
 
 pub struct Proxy {
@@ -29,15 +34,14 @@ pub struct Proxy {
     pub cancels: Arc<Registry>,
     pub client_tls: Option<tokio_rustls::TlsAcceptor>,
     clients: AtomicUsize,
+    /// Woken when the last client leaves.
+    idle: tokio::sync::Notify,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("{var}: {error}")]
-    Tls {
-        var: String,
-        error: crate::tls::TlsConfigError,
-    },
+    Tls { var: String, error: crate::tls::TlsConfigError },
     #[error("client TLS: {0}")]
     ClientTls(crate::tls::TlsConfigError),
 }
@@ -47,7 +51,9 @@ struct ClientGuard(Arc<Proxy>);
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+        if self.0.clients.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
@@ -55,22 +61,14 @@ impl Proxy {
     pub fn new(config: Config) -> Result<Arc<Proxy>, ProxyError> {
         let mut upstreams = Vec::new();
         for up in &config.upstreams {
-            let target =
-                Target::new(up.url.clone(), config.pool.connect_timeout).map_err(|error| {
-                    ProxyError::Tls {
-                        var: up.var.clone(),
-                        error,
-                    }
-                })?;
-            let pool = Pool::new(
-                up.url.database.clone(),
-                Arc::new(target),
-                config.pool.clone(),
-            );
+            let target = Target::new(up.url.clone(), config.pool.connect_timeout)
+                .map_err(|error| ProxyError::Tls { var: up.var.clone(), error })?;
+            let pool = Pool::new(up.url.database.clone(), Arc::new(target), config.pool.clone());
             upstreams.push(Arc::new(Upstream {
                 var: up.var.clone(),
                 pool,
                 credentials: Credentials::new(&up.url.user, &up.url.password),
+                sizing: std::sync::Mutex::new(None),
             }));
         }
         let client_tls = match (&config.client.tls_cert, &config.client.tls_key) {
@@ -85,14 +83,12 @@ impl Proxy {
             cancels: Arc::new(Registry::default()),
             client_tls,
             clients: AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
         }))
     }
 
     pub fn upstream(&self, database: &str) -> Option<Arc<Upstream>> {
-        self.upstreams
-            .iter()
-            .find(|u| u.pool.database == database)
-            .cloned()
+        self.upstreams.iter().find(|u| u.pool.database == database).cloned()
     }
 
     pub fn upstreams(&self) -> &[Arc<Upstream>] {
@@ -101,7 +97,41 @@ impl Proxy {
 
     /// Client connections open right now.
     pub fn clients(&self) -> usize {
-        self.clients.load(Ordering::Relaxed)
+        self.clients.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no client is connected.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.clients() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Sizes every pool whose size is `auto` from its database's connection limit (or the
+    /// plan's), and logs every input with the result. Pools keep their fallback size when
+    /// neither is known.
+    pub async fn size_pools(&self) {
+        let cfg = &self.config.pool.sizing;
+        if !cfg.auto {
+            return;
+        }
+        for up in &self.upstreams {
+            let probe = probe_limits(&up.pool.target).await;
+            let (db, error) = match probe {
+                Ok((limits, _)) => (Some(limits), None),
+                Err(e) => (None, Some(e)),
+            };
+            let s = sizing::compute(db, cfg.plan.clone(), cfg.reserved, cfg.processes);
+            up.pool.set_max_size(s.pool_size);
+            log_sizing(&up.var, &up.pool.database, &s, error.as_ref());
+            *up.sizing.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+        }
     }
 
     /// Accepts clients until `shutdown` completes, then stops accepting. Sessions already
@@ -158,9 +188,7 @@ impl Proxy {
             }
             Ok(Outcome::Cancel) | Ok(Outcome::Refused) => {}
             Err(refusal) => {
-                if refusal.log == "auth_failed"
-                    || refusal.error.as_ref().is_some_and(|e| e.code == "53300")
-                {
+                if refusal.log == "auth_failed" || refusal.error.as_ref().is_some_and(|e| e.code == "53300") {
                     tracing::warn!(peer = %peer, reason = refusal.log, "client_refused");
                 } else {
                     tracing::debug!(peer = %peer, reason = refusal.log, "client_refused");
@@ -184,6 +212,48 @@ impl Proxy {
             u.pool.close();
         }
     }
+}
+
+/// Connects once and reads the connection limits and the server version.
+pub async fn probe_limits(target: &Target) -> Result<(DbLimits, String), ServerError> {
+    let mut conn = ServerConn::connect(target).await?;
+    let rows = conn.exec(sizing::LIMITS_QUERY, &mut Vec::new()).await;
+    let version = conn.login_params.get("server_version").cloned().unwrap_or_default();
+    conn.close().await;
+    let rows = rows?;
+    let limits = rows
+        .first()
+        .and_then(|r| sizing::parse_limits(r))
+        .ok_or_else(|| ServerError::Protocol("unexpected answer to the connection-limit query".into()))?;
+    Ok((limits, version))
+}
+
+fn log_sizing(var: &str, database: &str, s: &Sizing, error: Option<&ServerError>) {
+    let opt = |v: Option<u32>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
+    let db = s.db;
+    if let Some(e) = error {
+        tracing::warn!(
+            var,
+            error = %e,
+            hint = "the database could not be asked for its connection limit: set PGSIDECAR_PLAN or PGSIDECAR_POOL_SIZE",
+            "pool_limit_unknown"
+        );
+    }
+    tracing::info!(
+        var,
+        database,
+        source = s.source.as_str(),
+        max_connections = %opt(db.map(|d| d.max_connections)),
+        superuser_reserved = %opt(db.map(|d| d.superuser_reserved)),
+        role_limit = %opt(db.and_then(|d| d.role_limit)),
+        in_use = %opt(db.map(|d| d.in_use)),
+        plan = s.plan.as_ref().map_or("none", |(p, _)| p.as_str()),
+        limit = %opt(s.limit),
+        reserved = s.reserved,
+        processes = s.processes,
+        pool_size = s.pool_size,
+        "pool_sized"
+    );
 }
 
 async fn maintain(proxy: std::sync::Weak<Proxy>) {

@@ -32,24 +32,13 @@ fn psql(p: &proxy::TestProxy, db: &str) -> Command {
 
 fn pgbench(p: &proxy::TestProxy, db: &str, args: &[&str]) -> String {
     let out = Command::new(pg_tool("pgbench"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p.port().to_string(),
-            "-U",
-            SCRAM_USER,
-        ])
+        .args(["-h", "127.0.0.1", "-p", &p.port().to_string(), "-U", SCRAM_USER])
         .args(args)
         .arg(db)
         .env("PGPASSWORD", SCRAM_PASS)
         .output()
         .expect("run pgbench");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
     text
 }
@@ -74,17 +63,11 @@ fn pgbench_simple_and_extended_with_a_small_pool() {
     for mode in ["simple", "extended"] {
         let out = pgbench(&p, &db, &["-c", "20", "-j", "2", "-T", "3", "-M", mode]);
         assert!(out.contains("number of failed transactions: 0 "), "{out}");
-        assert!(
-            !out.contains("number of transactions actually processed: 0/"),
-            "{out}"
-        );
+        assert!(!out.contains("number of transactions actually processed: 0/"), "{out}");
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let max = watcher.join().unwrap();
-    assert!(
-        (1..=4).contains(&max),
-        "saw {max} server connections for a pool of 4"
-    );
+    assert!((1..=4).contains(&max), "saw {max} server connections for a pool of 4");
 }
 
 #[test]
@@ -104,18 +87,11 @@ fn psql_copy_both_directions_and_options() {
         .args(["-c", &format!("\\copy cp to '{}'", output.display())])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(&output).unwrap(), data);
     // PGOPTIONS reaches the session through the startup packet's options.
     let out = psql(&p, &db)
-        .env(
-            "PGOPTIONS",
-            "-c search_path=app,public -c statement_timeout=5s",
-        )
+        .env("PGOPTIONS", "-c search_path=app,public -c statement_timeout=5s")
         .args(["-c", "show search_path", "-c", "show statement_timeout"])
         .output()
         .unwrap();
@@ -145,23 +121,13 @@ fn psql_ctrl_c_cancels_the_query() {
         assert!(Instant::now() < deadline, "query never started");
     }
     let signalled = Instant::now();
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("canceling statement due to user request"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("canceling statement due to user request"), "{stderr}");
     // Far sooner than the 10 s the statement would have slept.
-    assert!(
-        signalled.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        signalled.elapsed()
-    );
+    assert!(signalled.elapsed() < Duration::from_secs(5), "{:?}", signalled.elapsed());
 }
 
 #[test]
@@ -170,11 +136,7 @@ fn client_facing_tls_with_psql() {
     let db = pg.create_db("clienttls");
     let dir = tempfile::tempdir().unwrap();
     let tls = common::pg::generate_tls();
-    let (cert, key, ca) = (
-        dir.path().join("c.pem"),
-        dir.path().join("k.pem"),
-        dir.path().join("ca.pem"),
-    );
+    let (cert, key, ca) = (dir.path().join("c.pem"), dir.path().join("k.pem"), dir.path().join("ca.pem"));
     std::fs::write(&cert, &tls.cert_pem).unwrap();
     std::fs::write(&key, &tls.key_pem).unwrap();
     std::fs::write(&ca, &tls.ca_pem).unwrap();
@@ -191,30 +153,13 @@ fn client_facing_tls_with_psql() {
         .env("PGSSLMODE", "verify-full")
         .env("PGSSLROOTCERT", &ca)
         .env("PGHOST", "localhost")
-        .args([
-            "-h",
-            "localhost",
-            "-c",
-            "select 'over tls'",
-            "-c",
-            "\\conninfo",
-        ])
+        .args(["-h", "localhost", "-c", "select 'over tls'", "-c", "\\conninfo"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("over tls") && stdout.contains("SSL connection"),
-        "{stdout}"
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("over tls") && stdout.contains("SSL connection"), "{stdout}");
     // Plain connections still work when the client does not ask for TLS.
-    let out = psql(&p, &db)
-        .args(["-c", "select 'plain'"])
-        .output()
-        .unwrap();
+    let out = psql(&p, &db).args(["-c", "select 'plain'"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "plain\n");
 }

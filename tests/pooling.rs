@@ -19,9 +19,7 @@ fn first_value(msgs: &[SimpleQueryMessage]) -> String {
 }
 
 fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_owned())
-        .unwrap_or_else(|| format!("no code: {e}"))
+    e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no code: {e}"))
 }
 
 /// Waits until the pool reports `n` waiting clients.
@@ -80,15 +78,7 @@ async fn cancel_of_a_queued_client_takes_it_out_of_the_queue() {
 async fn queued_client_can_continue_after_cancel_and_wait_timeout() {
     let pg = TestPg::shared();
     let db = pg.create_db("waitto");
-    let p = start(
-        pg,
-        &db,
-        &[
-            ("PGSIDECAR_POOL_SIZE", "1"),
-            ("PGSIDECAR_QUERY_WAIT_TIMEOUT", "200ms"),
-        ],
-    )
-    .await;
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "1"), ("PGSIDECAR_QUERY_WAIT_TIMEOUT", "200ms")]).await;
     let holder = p.connect(&db).await;
     holder.simple_query("begin; select 1").await.unwrap();
     let c = p.connect(&db).await;
@@ -97,25 +87,13 @@ async fn queued_client_can_continue_after_cancel_and_wait_timeout() {
     let msg = err.as_db_error().unwrap().message().to_owned();
     assert!(msg.contains("PGSIDECAR_QUERY_WAIT_TIMEOUT"), "{msg}");
     // Extended protocol request is skipped up to its Sync as well.
-    let err = c
-        .query_typed(
-            "select $1::int",
-            &[(&5i32, tokio_postgres::types::Type::INT4)],
-        )
-        .await
-        .err()
-        .unwrap();
+    let err =
+        c.query_typed("select $1::int", &[(&5i32, tokio_postgres::types::Type::INT4)]).await.err().unwrap();
     assert_eq!(code(&err), "53300");
     holder.simple_query("commit").await.unwrap();
     // Same connection, now served.
     assert_eq!(first_value(&c.simple_query("select 3").await.unwrap()), "3");
-    let rows = c
-        .query_typed(
-            "select $1::int",
-            &[(&5i32, tokio_postgres::types::Type::INT4)],
-        )
-        .await
-        .unwrap();
+    let rows = c.query_typed("select $1::int", &[(&5i32, tokio_postgres::types::Type::INT4)]).await.unwrap();
     assert_eq!(rows[0].get::<_, i32>(0), 5);
 }
 
@@ -126,10 +104,7 @@ async fn max_client_conn_refuses_with_53300() {
     let p = start(pg, &db, &[("PGSIDECAR_MAX_CLIENT_CONN", "2")]).await;
     let _a = p.connect(&db).await;
     let _b = p.connect(&db).await;
-    let err = p
-        .connect_with(&db, "")
-        .await
-        .expect_err("third client refused");
+    let err = p.connect_with(&db, "").await.expect_err("third client refused");
     assert_eq!(code(&err), "53300");
     drop(_a);
     // The slot frees when a client leaves.
@@ -149,32 +124,17 @@ async fn max_client_conn_refuses_with_53300() {
 async fn client_leaving_mid_transaction_never_hands_a_dirty_server_over() {
     let pg = TestPg::shared();
     let db = pg.create_db("dirty");
-    pg.sql(
-        &db,
-        "create table t(v int); alter table t owner to scram_user",
-    );
+    pg.sql(&db, "create table t(v int); alter table t owner to scram_user");
     let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "1")]).await;
     {
         let a = p.connect(&db).await;
-        a.simple_query("begin; insert into t values (1)")
-            .await
-            .unwrap();
+        a.simple_query("begin; insert into t values (1)").await.unwrap();
         drop(a);
     }
     let b = p.connect(&db).await;
     // Same single server: it must not be inside A's transaction.
-    assert_eq!(
-        first_value(&b.simple_query("select count(*) from t").await.unwrap()),
-        "0"
-    );
-    assert_eq!(
-        first_value(
-            &b.simple_query("select now() = statement_timestamp()")
-                .await
-                .unwrap()
-        ),
-        "t"
-    );
+    assert_eq!(first_value(&b.simple_query("select count(*) from t").await.unwrap()), "0");
+    assert_eq!(first_value(&b.simple_query("select now() = statement_timestamp()").await.unwrap()), "t");
     assert_eq!(proxy::server_count(pg, &db), 1);
 }
 
@@ -184,10 +144,7 @@ async fn settings_follow_each_client_and_never_leak() {
     let db = pg.create_db("settings");
     let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "1")]).await;
     let a = p
-        .connect_with(
-            &db,
-            "options='-c TimeZone=Asia/Tokyo -c statement_timeout=5s' application_name=app_a",
-        )
+        .connect_with(&db, "options='-c TimeZone=Asia/Tokyo -c statement_timeout=5s' application_name=app_a")
         .await
         .unwrap();
     let b = p.connect_with(&db, "application_name=app_b").await.unwrap();
@@ -202,29 +159,17 @@ async fn settings_follow_each_client_and_never_leak() {
         assert_eq!(first_value(&b.simple_query(show).await.unwrap()), b_default);
     }
     // SET outside a transaction sticks to the client that ran it.
-    b.simple_query("set search_path = pg_catalog, public")
-        .await
-        .unwrap();
-    b.simple_query("set TimeZone = 'America/New_York'")
-        .await
-        .unwrap();
-    assert_eq!(
-        first_value(&a.simple_query(show).await.unwrap()),
-        "Asia/Tokyo|5s|app_a|\"$user\", public"
-    );
+    b.simple_query("set search_path = pg_catalog, public").await.unwrap();
+    b.simple_query("set TimeZone = 'America/New_York'").await.unwrap();
+    assert_eq!(first_value(&a.simple_query(show).await.unwrap()), "Asia/Tokyo|5s|app_a|\"$user\", public");
     assert_eq!(
         first_value(&b.simple_query(show).await.unwrap()),
         "America/New_York|0|app_b|pg_catalog, public"
     );
     // RESET goes back to the startup value; SET LOCAL vanishes at commit.
     a.simple_query("reset TimeZone").await.unwrap();
-    a.simple_query("begin; set local statement_timeout = '1s'; commit")
-        .await
-        .unwrap();
-    assert_eq!(
-        first_value(&a.simple_query(show).await.unwrap()),
-        "Asia/Tokyo|5s|app_a|\"$user\", public"
-    );
+    a.simple_query("begin; set local statement_timeout = '1s'; commit").await.unwrap();
+    assert_eq!(first_value(&a.simple_query(show).await.unwrap()), "Asia/Tokyo|5s|app_a|\"$user\", public");
     assert_eq!(
         first_value(&b.simple_query(show).await.unwrap()),
         "America/New_York|0|app_b|pg_catalog, public"
@@ -235,10 +180,7 @@ async fn settings_follow_each_client_and_never_leak() {
 async fn copy_both_directions_streams_every_row() {
     let pg = TestPg::shared();
     let db = pg.create_db("copy");
-    pg.sql(
-        &db,
-        "create table c(id int, t text); alter table c owner to scram_user",
-    );
+    pg.sql(&db, "create table c(id int, t text); alter table c owner to scram_user");
     let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "2")]).await;
     let c = p.connect(&db).await;
     let sink = c.copy_in("copy c from stdin").await.unwrap();
@@ -247,34 +189,20 @@ async fn copy_both_directions_streams_every_row() {
     for i in 0..50_000 {
         chunk.extend_from_slice(format!("{i}\trow {i}\n").as_bytes());
         if chunk.len() > 32 * 1024 {
-            sink.send(bytes::Bytes::from(std::mem::take(&mut chunk)))
-                .await
-                .unwrap();
+            sink.send(bytes::Bytes::from(std::mem::take(&mut chunk))).await.unwrap();
         }
     }
     sink.send(bytes::Bytes::from(chunk)).await.unwrap();
     assert_eq!(sink.finish().await.unwrap(), 50_000);
-    let out = c
-        .copy_out("copy (select * from c order by id) to stdout")
-        .await
-        .unwrap();
+    let out = c.copy_out("copy (select * from c order by id) to stdout").await.unwrap();
     let data: Vec<bytes::Bytes> = out.try_collect().await.unwrap();
-    let text: String = data
-        .iter()
-        .map(|b| std::str::from_utf8(b).unwrap())
-        .collect();
+    let text: String = data.iter().map(|b| std::str::from_utf8(b).unwrap()).collect();
     assert_eq!(text.lines().count(), 50_000);
     assert_eq!(text.lines().nth(49_999), Some("49999\trow 49999"));
     // A failed COPY leaves the client usable.
-    let sink = c
-        .copy_in::<_, bytes::Bytes>("copy c from stdin")
-        .await
-        .unwrap();
+    let sink = c.copy_in::<_, bytes::Bytes>("copy c from stdin").await.unwrap();
     drop(sink); // sends CopyFail
-    assert_eq!(
-        first_value(&c.simple_query("select count(*) from c").await.unwrap()),
-        "50000"
-    );
+    assert_eq!(first_value(&c.simple_query("select count(*) from c").await.unwrap()), "50000");
 }
 
 #[tokio::test]
@@ -285,10 +213,7 @@ async fn large_results_stream_through() {
     let c = p.connect(&db).await;
     // Each row is 4 MiB, larger than the proxy's message limit for messages it must read
     // whole: DataRows are streamed, never buffered whole.
-    let rows = c
-        .simple_query("select repeat('x', 4*1024*1024) from generate_series(1, 16)")
-        .await
-        .unwrap();
+    let rows = c.simple_query("select repeat('x', 4*1024*1024) from generate_series(1, 16)").await.unwrap();
     let lens: Vec<usize> = rows
         .iter()
         .filter_map(|m| match m {
@@ -303,23 +228,13 @@ async fn large_results_stream_through() {
 async fn session_mode_shows_the_real_backend_pid_and_delivers_notify() {
     let pg = TestPg::shared();
     let db = pg.create_db("session");
-    let p = start(
-        pg,
-        &db,
-        &[
-            ("PGSIDECAR_POOL_MODE", "session"),
-            ("PGSIDECAR_POOL_SIZE", "2"),
-        ],
-    )
-    .await;
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_MODE", "session"), ("PGSIDECAR_POOL_SIZE", "2")]).await;
     let conn_str = format!(
         "host=127.0.0.1 port={} user=scram_user password='{}' dbname={db}",
         p.port(),
         common::pg::SCRAM_PASS
     );
-    let (listener, mut connection) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (listener, mut connection) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     tokio::spawn(stream.for_each(move |m| {
@@ -330,44 +245,21 @@ async fn session_mode_shows_the_real_backend_pid_and_delivers_notify() {
     }));
     listener.simple_query("listen chan").await.unwrap();
     let talker = p.connect(&db).await;
-    let talker_pid: i32 = first_value(
-        &talker
-            .simple_query("select pg_backend_pid()")
-            .await
-            .unwrap(),
-    )
-    .parse()
-    .unwrap();
+    let talker_pid: i32 =
+        first_value(&talker.simple_query("select pg_backend_pid()").await.unwrap()).parse().unwrap();
     talker.simple_query("notify chan, 'hello'").await.unwrap();
-    let (pid, payload) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let (pid, payload) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
     assert_eq!(payload, "hello");
     // The sender pid in the notification is the real backend pid, the one the talker sees.
     assert_eq!(pid, talker_pid);
     // Session settings persist and are discarded before another client gets the server.
-    listener
-        .simple_query("set statement_timeout = '7s'")
-        .await
-        .unwrap();
-    assert_eq!(
-        first_value(
-            &listener
-                .simple_query("show statement_timeout")
-                .await
-                .unwrap()
-        ),
-        "7s"
-    );
+    listener.simple_query("set statement_timeout = '7s'").await.unwrap();
+    assert_eq!(first_value(&listener.simple_query("show statement_timeout").await.unwrap()), "7s");
     drop(listener);
     drop(talker);
     let c1 = p.connect(&db).await;
     let c2 = p.connect(&db).await;
     for c in [&c1, &c2] {
-        assert_eq!(
-            first_value(&c.simple_query("show statement_timeout").await.unwrap()),
-            "0"
-        );
+        assert_eq!(first_value(&c.simple_query("show statement_timeout").await.unwrap()), "0");
     }
 }

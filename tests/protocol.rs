@@ -62,9 +62,7 @@ async fn error_or_close(s: &mut TcpStream) -> Option<String> {
 /// Logs in with client auth `trust` and waits for ReadyForQuery.
 async fn trusted_login(p: &proxy::TestProxy, db: &str) -> TcpStream {
     let mut s = TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(&startup(196_608, &[("user", SCRAM_USER), ("database", db)]))
-        .await
-        .unwrap();
+    s.write_all(&startup(196_608, &[("user", SCRAM_USER), ("database", db)])).await.unwrap();
     loop {
         let (t, _) = read_msg(&mut s).await.expect("login messages");
         if t == b'Z' {
@@ -85,26 +83,13 @@ async fn ssl_and_gss_requests_are_refused_then_login_proceeds() {
     let db = pg.create_db("sslreq");
     let p = start(pg, &db, &[]).await;
     let mut s = TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
-        .await
-        .unwrap(); // GSSENCRequest
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await.unwrap(); // GSSENCRequest
     assert_eq!(s.read_u8().await.unwrap(), b'N');
-    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-        .await
-        .unwrap(); // SSLRequest
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap(); // SSLRequest
     assert_eq!(s.read_u8().await.unwrap(), b'N');
-    s.write_all(&startup(
-        196_608,
-        &[("user", SCRAM_USER), ("database", &db)],
-    ))
-    .await
-    .unwrap();
+    s.write_all(&startup(196_608, &[("user", SCRAM_USER), ("database", &db)])).await.unwrap();
     let (t, body) = read_msg(&mut s).await.unwrap();
-    assert_eq!(
-        (t, &body[..4]),
-        (b'R', &10i32.to_be_bytes()[..]),
-        "SCRAM requested"
-    );
+    assert_eq!((t, &body[..4]), (b'R', &10i32.to_be_bytes()[..]), "SCRAM requested");
 }
 
 #[tokio::test]
@@ -113,16 +98,9 @@ async fn newer_protocol_minor_is_negotiated_down() {
     let db = pg.create_db("negotiate");
     let p = start(pg, &db, &[]).await;
     let mut s = TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(&startup(
-        196_610,
-        &[
-            ("user", SCRAM_USER),
-            ("database", &db),
-            ("_pq_.future", "1"),
-        ],
-    ))
-    .await
-    .unwrap();
+    s.write_all(&startup(196_610, &[("user", SCRAM_USER), ("database", &db), ("_pq_.future", "1")]))
+        .await
+        .unwrap();
     let (t, body) = read_msg(&mut s).await.unwrap();
     assert_eq!(t, b'v');
     let mut b = &body[..];
@@ -161,39 +139,21 @@ async fn malformed_startup_packets_get_a_clean_error() {
         let mut s = TcpStream::connect(p.addr).await.unwrap();
         s.write_all(&case).await.unwrap();
         let code = error_or_close(&mut s).await;
-        assert!(
-            matches!(code.as_deref(), Some("08P01") | Some("0A000") | None),
-            "{case:?}: {code:?}"
-        );
+        assert!(matches!(code.as_deref(), Some("08P01") | Some("0A000") | None), "{case:?}: {code:?}");
     }
     // A password message where SASLInitialResponse is expected, with garbage.
     let mut s = TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(&startup(
-        196_608,
-        &[("user", SCRAM_USER), ("database", &db)],
-    ))
-    .await
-    .unwrap();
+    s.write_all(&startup(196_608, &[("user", SCRAM_USER), ("database", &db)])).await.unwrap();
     s.write_all(b"p\0\0\0\x08abcd").await.unwrap();
     assert_eq!(error_or_close(&mut s).await.as_deref(), Some("08P01"));
     // A non-password message during authentication.
     let mut s = TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(&startup(
-        196_608,
-        &[("user", SCRAM_USER), ("database", &db)],
-    ))
-    .await
-    .unwrap();
+    s.write_all(&startup(196_608, &[("user", SCRAM_USER), ("database", &db)])).await.unwrap();
     s.write_all(b"Q\0\0\0\x0dselect 1\0").await.unwrap();
     assert_eq!(error_or_close(&mut s).await.as_deref(), Some("08P01"));
     // An oversized password message is refused before it is read.
     let mut s = TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(&startup(
-        196_608,
-        &[("user", SCRAM_USER), ("database", &db)],
-    ))
-    .await
-    .unwrap();
+    s.write_all(&startup(196_608, &[("user", SCRAM_USER), ("database", &db)])).await.unwrap();
     s.write_all(b"p\x10\0\0\0").await.unwrap();
     assert_eq!(error_or_close(&mut s).await.as_deref(), Some("08P01"));
     still_serves(&p, &db).await;
@@ -203,27 +163,12 @@ async fn malformed_startup_packets_get_a_clean_error() {
 async fn bad_lengths_after_login_close_only_that_client() {
     let pg = TestPg::shared();
     let db = pg.create_db("badafter");
-    let p = start(
-        pg,
-        &db,
-        &[
-            ("PGSIDECAR_CLIENT_AUTH", "trust"),
-            ("PGSIDECAR_MAX_MESSAGE_SIZE", "1MiB"),
-        ],
-    )
-    .await;
-    for bad in [
-        &b"Q\x7f\xff\xff\xff"[..],
-        b"Q\xff\xff\xff\xf0",
-        b"Q\0\0\0\x02",
-    ] {
+    let p =
+        start(pg, &db, &[("PGSIDECAR_CLIENT_AUTH", "trust"), ("PGSIDECAR_MAX_MESSAGE_SIZE", "1MiB")]).await;
+    for bad in [&b"Q\x7f\xff\xff\xff"[..], b"Q\xff\xff\xff\xf0", b"Q\0\0\0\x02"] {
         let mut s = trusted_login(&p, &db).await;
         s.write_all(bad).await.unwrap();
-        assert_eq!(
-            error_or_close(&mut s).await.as_deref(),
-            Some("08P01"),
-            "{bad:?}"
-        );
+        assert_eq!(error_or_close(&mut s).await.as_deref(), Some("08P01"), "{bad:?}");
     }
     // An unknown message type ends the session, as Postgres would, without reaching a server.
     let mut s = trusted_login(&p, &db).await;
@@ -241,56 +186,30 @@ async fn server_login_failure_reaches_the_client_with_the_servers_message() {
     // The proxy accepts clients with the right password, but the URL's password is wrong.
     env.insert(
         "DATABASE_URL".into(),
-        pg.url(SCRAM_USER, &db, "require")
-            .replace("scram-pass%2F1", "scram-pass%2F9"),
+        pg.url(SCRAM_USER, &db, "require").replace("scram-pass%2F1", "scram-pass%2F9"),
     );
     let p = start_with_env(env).await;
-    let conn = format!(
-        "host=127.0.0.1 port={} user={SCRAM_USER} password=scram-pass/9 dbname={db}",
-        p.port()
-    );
-    let err = common::must_fail(
-        tokio_postgres::connect(&conn, tokio_postgres::NoTls).await,
-        "server refuses",
-    );
+    let conn =
+        format!("host=127.0.0.1 port={} user={SCRAM_USER} password=scram-pass/9 dbname={db}", p.port());
+    let err =
+        common::must_fail(tokio_postgres::connect(&conn, tokio_postgres::NoTls).await, "server refuses");
     let db_err = err.as_db_error().expect("a server error");
     assert_eq!(db_err.code().code(), "28P01");
-    assert!(
-        db_err.message().contains("password authentication failed"),
-        "{}",
-        db_err.message()
-    );
+    assert!(db_err.message().contains("password authentication failed"), "{}", db_err.message());
 }
 
 #[tokio::test]
 async fn database_down_gives_a_fast_clear_error() {
     let pg = TestPg::shared();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut env = env_for(pg, SCRAM_USER, "down", "require", &[]);
-    env.insert(
-        "DATABASE_URL".into(),
-        format!("postgres://{SCRAM_USER}:x@127.0.0.1:{port}/down"),
-    );
+    env.insert("DATABASE_URL".into(), format!("postgres://{SCRAM_USER}:x@127.0.0.1:{port}/down"));
     let p = start_with_env(env).await;
-    let conn = format!(
-        "host=127.0.0.1 port={} user={SCRAM_USER} password=x dbname=down",
-        p.port()
-    );
-    let err = common::must_fail(
-        tokio_postgres::connect(&conn, tokio_postgres::NoTls).await,
-        "no server",
-    );
+    let conn = format!("host=127.0.0.1 port={} user={SCRAM_USER} password=x dbname=down", p.port());
+    let err = common::must_fail(tokio_postgres::connect(&conn, tokio_postgres::NoTls).await, "no server");
     let db_err = err.as_db_error().expect("an error message, not a hang-up");
     assert_eq!(db_err.code().code(), "08001");
-    assert!(
-        db_err.message().contains("could not connect"),
-        "{}",
-        db_err.message()
-    );
+    assert!(db_err.message().contains("could not connect"), "{}", db_err.message());
 }
 
 #[tokio::test]
@@ -312,23 +231,13 @@ async fn server_tls_modes() {
         env.insert("DATABASE_URL".into(), with(&q));
         let p = start_with_env(env).await;
         let c = p.connect(&db).await;
-        let rows = c
-            .simple_query("select ssl::text from pg_stat_ssl where pid = pg_backend_pid()")
-            .await
-            .unwrap();
+        let rows =
+            c.simple_query("select ssl::text from pg_stat_ssl where pid = pg_backend_pid()").await.unwrap();
         let ssl = match &rows[1] {
             tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).unwrap().to_owned(),
             _ => panic!(),
         };
-        assert_eq!(
-            ssl,
-            if q == "sslmode=disable" {
-                "false"
-            } else {
-                "true"
-            },
-            "{q}"
-        );
+        assert_eq!(ssl, if q == "sslmode=disable" { "false" } else { "true" }, "{q}");
     }
     // A certificate from another CA is refused by verify-ca and verify-full.
     let dir = tempfile::tempdir().unwrap();
@@ -338,10 +247,7 @@ async fn server_tls_modes() {
         let mut env = env_for(pg, SCRAM_USER, &db, "", &[]);
         env.insert(
             "DATABASE_URL".into(),
-            with(&format!(
-                "sslmode={mode}&sslrootcert={}",
-                other_ca.display()
-            )),
+            with(&format!("sslmode={mode}&sslrootcert={}", other_ca.display())),
         );
         let p = start_with_env(env).await;
         let err = p.connect_with(&db, "").await.expect_err("refused");
@@ -362,14 +268,8 @@ async fn server_tls_modes() {
     });
     for (mode, ok) in [("verify-full", false), ("verify-ca", true)] {
         let mut env = env_for(pg, SCRAM_USER, &db, "", &[]);
-        let relayed = url.replace(
-            &format!("127.0.0.1:{pg_port}"),
-            &format!("127.0.0.2:{relay_port}"),
-        );
-        env.insert(
-            "DATABASE_URL".into(),
-            format!("{relayed}?sslmode={mode}&sslrootcert={ca}"),
-        );
+        let relayed = url.replace(&format!("127.0.0.1:{pg_port}"), &format!("127.0.0.2:{relay_port}"));
+        env.insert("DATABASE_URL".into(), format!("{relayed}?sslmode={mode}&sslrootcert={ca}"));
         let p = start_with_env(env).await;
         let r = p.connect_with(&db, "").await;
         assert_eq!(r.is_ok(), ok, "{mode}: {:?}", r.err());

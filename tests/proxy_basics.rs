@@ -8,9 +8,7 @@ use common::proxy::{self, env_for, start, start_with_env};
 use tokio_postgres::types::Type;
 
 fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_owned())
-        .unwrap_or_else(|| format!("no code: {e}"))
+    e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no code: {e}"))
 }
 
 #[tokio::test]
@@ -19,10 +17,7 @@ async fn simple_and_extended_queries_over_tls_to_server() {
     let db = pg.create_db("basics");
     let p = start(pg, &db, &[]).await;
     let c = p.connect(&db).await;
-    let rows = c
-        .simple_query("select 1 as one; select 'two'")
-        .await
-        .unwrap();
+    let rows = c.simple_query("select 1 as one; select 'two'").await.unwrap();
     let values: Vec<String> = rows
         .iter()
         .filter_map(|m| match m {
@@ -35,13 +30,7 @@ async fn simple_and_extended_queries_over_tls_to_server() {
     let row = c
         .query_typed_raw(
             "select $1::int + 1, $2::text",
-            [
-                (
-                    &41i32 as &(dyn tokio_postgres::types::ToSql + Sync),
-                    Type::INT4,
-                ),
-                (&"x", Type::TEXT),
-            ],
+            [(&41i32 as &(dyn tokio_postgres::types::ToSql + Sync), Type::INT4), (&"x", Type::TEXT)],
         )
         .await;
     use futures_util::TryStreamExt;
@@ -49,10 +38,7 @@ async fn simple_and_extended_queries_over_tls_to_server() {
     assert_eq!(rows[0].get::<_, i32>(0), 42);
     assert_eq!(rows[0].get::<_, String>(1), "x");
     // The server connection really is TLS.
-    let ssl = c
-        .simple_query("select ssl::text from pg_stat_ssl where pid = pg_backend_pid()")
-        .await
-        .unwrap();
+    let ssl = c.simple_query("select ssl::text from pg_stat_ssl where pid = pg_backend_pid()").await.unwrap();
     match &ssl[1] {
         tokio_postgres::SimpleQueryMessage::Row(r) => assert_eq!(r.get(0), Some("true")),
         other => panic!("{other:?}"),
@@ -64,24 +50,12 @@ async fn wrong_password_gets_28p01_and_unknown_database_3d000() {
     let pg = TestPg::shared();
     let db = pg.create_db("auth");
     let p = start(pg, &db, &[]).await;
-    let bad = format!(
-        "host=127.0.0.1 port={} user={SCRAM_USER} password=wrong dbname={db}",
-        p.port()
-    );
-    let err = common::must_fail(
-        tokio_postgres::connect(&bad, tokio_postgres::NoTls).await,
-        "refused",
-    );
+    let bad = format!("host=127.0.0.1 port={} user={SCRAM_USER} password=wrong dbname={db}", p.port());
+    let err = common::must_fail(tokio_postgres::connect(&bad, tokio_postgres::NoTls).await, "refused");
     assert_eq!(code(&err), "28P01");
     // A user other than the URL's gets the same answer.
-    let other = format!(
-        "host=127.0.0.1 port={} user=intruder password='{SCRAM_PASS}' dbname={db}",
-        p.port()
-    );
-    let err = common::must_fail(
-        tokio_postgres::connect(&other, tokio_postgres::NoTls).await,
-        "refused",
-    );
+    let other = format!("host=127.0.0.1 port={} user=intruder password='{SCRAM_PASS}' dbname={db}", p.port());
+    let err = common::must_fail(tokio_postgres::connect(&other, tokio_postgres::NoTls).await, "refused");
     assert_eq!(code(&err), "28P01");
     let err = p.connect_with("nosuchdb", "").await.expect_err("refused");
     assert_eq!(code(&err), "3D000");
@@ -95,42 +69,18 @@ async fn md5_and_trust_client_auth_and_md5_cleartext_servers() {
     let pg = TestPg::shared();
     let db = pg.create_db("authmodes");
     // Server side md5 (md5_user) and cleartext (plain_user); client side md5 and trust.
-    for (user, pass, client_auth) in [
-        (MD5_USER, MD5_PASS, "md5"),
-        (PLAIN_USER, PLAIN_PASS, "trust"),
-    ] {
-        let p = start_with_env(env_for(
-            pg,
-            user,
-            &db,
-            "require",
-            &[("PGSIDECAR_CLIENT_AUTH", client_auth)],
-        ))
-        .await;
-        let given = if client_auth == "trust" {
-            "anything"
-        } else {
-            pass
-        };
-        let conn = format!(
-            "host=127.0.0.1 port={} user={user} password='{given}' dbname={db}",
-            p.port()
-        );
-        let (c, conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-            .await
-            .unwrap();
+    for (user, pass, client_auth) in [(MD5_USER, MD5_PASS, "md5"), (PLAIN_USER, PLAIN_PASS, "trust")] {
+        let p = start_with_env(env_for(pg, user, &db, "require", &[("PGSIDECAR_CLIENT_AUTH", client_auth)]))
+            .await;
+        let given = if client_auth == "trust" { "anything" } else { pass };
+        let conn = format!("host=127.0.0.1 port={} user={user} password='{given}' dbname={db}", p.port());
+        let (c, conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
         let row = c.query_one("select current_user::text", &[]).await.unwrap();
         assert_eq!(row.get::<_, String>(0), user);
         if client_auth == "md5" {
-            let bad = format!(
-                "host=127.0.0.1 port={} user={user} password=nope dbname={db}",
-                p.port()
-            );
-            let err = tokio_postgres::connect(&bad, tokio_postgres::NoTls)
-                .await
-                .err()
-                .unwrap();
+            let bad = format!("host=127.0.0.1 port={} user={user} password=nope dbname={db}", p.port());
+            let err = tokio_postgres::connect(&bad, tokio_postgres::NoTls).await.err().unwrap();
             assert_eq!(code(&err), "28P01");
         }
     }
@@ -147,10 +97,7 @@ async fn pool_is_bounded_and_clients_all_served() {
         let c = p.connect(&url_db).await;
         tasks.push(tokio::spawn(async move {
             for _ in 0..5 {
-                let rows = c
-                    .simple_query(&format!("select {i}, pg_sleep(0.01)"))
-                    .await
-                    .unwrap();
+                let rows = c.simple_query(&format!("select {i}, pg_sleep(0.01)")).await.unwrap();
                 match &rows[1] {
                     tokio_postgres::SimpleQueryMessage::Row(r) => {
                         assert_eq!(r.get(0), Some(i.to_string().as_str()))

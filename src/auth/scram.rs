@@ -71,37 +71,25 @@ pub struct Exchange<'a> {
 
 enum State {
     Start,
-    SentFirst {
-        gs2_header: String,
-        client_first_bare: String,
-        server_first: String,
-        nonce: String,
-    },
+    SentFirst { gs2_header: String, client_first_bare: String, server_first: String, nonce: String },
     Done,
 }
 
 impl<'a> Exchange<'a> {
     pub fn new(verifier: &'a Verifier) -> Self {
-        Exchange {
-            verifier,
-            state: State::Start,
-        }
+        Exchange { verifier, state: State::Start }
     }
 
     /// Takes the client-first-message; returns the server-first-message.
     pub fn client_first(&mut self, msg: &[u8]) -> Result<String, ScramError> {
         let msg = std::str::from_utf8(msg).map_err(|_| ScramError::Malformed("not UTF-8"))?;
-        let (cbind, rest) = msg
-            .split_once(',')
-            .ok_or(ScramError::Malformed("no GS2 header"))?;
+        let (cbind, rest) = msg.split_once(',').ok_or(ScramError::Malformed("no GS2 header"))?;
         match cbind {
             "n" | "y" => {}
             c if c.starts_with("p=") => return Err(ScramError::ChannelBinding),
             _ => return Err(ScramError::Malformed("bad channel binding flag")),
         }
-        let (authzid, bare) = rest
-            .split_once(',')
-            .ok_or(ScramError::Malformed("no GS2 header"))?;
+        let (authzid, bare) = rest.split_once(',').ok_or(ScramError::Malformed("no GS2 header"))?;
         if !authzid.is_empty() && !authzid.starts_with("a=") {
             return Err(ScramError::Malformed("bad authzid"));
         }
@@ -122,11 +110,8 @@ impl<'a> Exchange<'a> {
         let mut ours = [0u8; 18];
         rand::rng().fill_bytes(&mut ours);
         let nonce = format!("{client_nonce}{}", B64.encode(ours));
-        let server_first = format!(
-            "r={nonce},s={},i={}",
-            B64.encode(&self.verifier.salt),
-            self.verifier.iterations
-        );
+        let server_first =
+            format!("r={nonce},s={},i={}", B64.encode(&self.verifier.salt), self.verifier.iterations);
         self.state = State::SentFirst {
             gs2_header,
             client_first_bare: bare.to_owned(),
@@ -138,41 +123,27 @@ impl<'a> Exchange<'a> {
 
     /// Takes the client-final-message; returns the server-final-message when the proof holds.
     pub fn client_final(&mut self, msg: &[u8]) -> Result<String, ScramError> {
-        let State::SentFirst {
-            gs2_header,
-            client_first_bare,
-            server_first,
-            nonce,
-        } = std::mem::replace(&mut self.state, State::Done)
+        let State::SentFirst { gs2_header, client_first_bare, server_first, nonce } =
+            std::mem::replace(&mut self.state, State::Done)
         else {
             return Err(ScramError::Malformed("client-final-message out of order"));
         };
         let msg = std::str::from_utf8(msg).map_err(|_| ScramError::Malformed("not UTF-8"))?;
-        let (without_proof, proof) = msg
-            .rsplit_once(",p=")
-            .ok_or(ScramError::Malformed("no proof"))?;
+        let (without_proof, proof) = msg.rsplit_once(",p=").ok_or(ScramError::Malformed("no proof"))?;
         let mut parts = without_proof.split(',');
         let cbind = parts
             .next()
             .and_then(|p| p.strip_prefix("c="))
             .ok_or(ScramError::Malformed("no channel binding"))?;
-        if B64
-            .decode(cbind)
-            .map_err(|_| ScramError::Malformed("channel binding"))?
-            != gs2_header.as_bytes()
-        {
+        if B64.decode(cbind).map_err(|_| ScramError::Malformed("channel binding"))? != gs2_header.as_bytes() {
             return Err(ScramError::ChannelBinding);
         }
-        let got_nonce = parts
-            .next()
-            .and_then(|p| p.strip_prefix("r="))
-            .ok_or(ScramError::Malformed("no nonce"))?;
+        let got_nonce =
+            parts.next().and_then(|p| p.strip_prefix("r=")).ok_or(ScramError::Malformed("no nonce"))?;
         if got_nonce.as_bytes().ct_eq(nonce.as_bytes()).unwrap_u8() != 1 {
             return Err(ScramError::Nonce);
         }
-        let proof = B64
-            .decode(proof)
-            .map_err(|_| ScramError::Malformed("proof"))?;
+        let proof = B64.decode(proof).map_err(|_| ScramError::Malformed("proof"))?;
         if proof.len() != 32 {
             return Err(ScramError::BadProof);
         }
@@ -200,16 +171,11 @@ mod tests {
     fn run(server_password: &str, client_password: &str) -> Result<(), ScramError> {
         let verifier = Verifier::new(server_password);
         let mut ex = Exchange::new(&verifier);
-        let mut client =
-            ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
+        let mut client = ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
         let server_first = ex.client_first(client.message())?;
-        client
-            .update(server_first.as_bytes())
-            .expect("client accepts server-first");
+        client.update(server_first.as_bytes()).expect("client accepts server-first");
         let server_final = ex.client_final(client.message())?;
-        client
-            .finish(server_final.as_bytes())
-            .expect("client verifies the server signature");
+        client.finish(server_final.as_bytes()).expect("client verifies the server signature");
         Ok(())
     }
 
@@ -235,18 +201,12 @@ mod tests {
             b"n,,m=x,r=abc",
             b"n,,n=,r=",
         ] {
-            assert!(
-                Exchange::new(&verifier).client_first(msg).is_err(),
-                "{msg:?}"
-            );
+            assert!(Exchange::new(&verifier).client_first(msg).is_err(), "{msg:?}");
         }
         let mut ex = Exchange::new(&verifier);
         assert!(ex.client_final(b"c=biws,r=x,p=AAAA").is_err());
         let mut ex = Exchange::new(&verifier);
         ex.client_first(b"n,,n=,r=abcdef").unwrap();
-        assert_eq!(
-            ex.client_final(b"c=biws,r=abcdef,p=AAAA"),
-            Err(ScramError::Nonce)
-        );
+        assert_eq!(ex.client_final(b"c=biws,r=abcdef,p=AAAA"), Err(ScramError::Nonce));
     }
 }

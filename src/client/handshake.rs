@@ -42,10 +42,7 @@ pub struct Refusal {
 
 impl Refusal {
     fn send(error: PgError, log: &'static str) -> Refusal {
-        Refusal {
-            error: Some(error),
-            log,
-        }
+        Refusal { error: Some(error), log }
     }
     fn silent(log: &'static str) -> Refusal {
         Refusal { error: None, log }
@@ -107,9 +104,7 @@ async fn read_startup(
                 }
                 out.extend_from_slice(b"S");
                 write(&mut stream, &mut out).await?;
-                let Stream::Plain(tcp) = stream else {
-                    unreachable!()
-                };
+                let Stream::Plain(tcp) = stream else { unreachable!() };
                 stream = match tls.accept(tcp).await {
                     Ok(s) => Stream::Accepted(Box::new(s)),
                     Err(_) => return Err(Refusal::silent("client_tls_handshake_failed")),
@@ -129,10 +124,7 @@ async fn read_startup(
 }
 
 /// Reads one password-type message ('p') before authentication completes.
-async fn read_password_message(
-    stream: &mut Stream,
-    rbuf: &mut BytesMut,
-) -> Result<BytesMut, Refusal> {
+async fn read_password_message(stream: &mut Stream, rbuf: &mut BytesMut) -> Result<BytesMut, Refusal> {
     loop {
         match split_frame(rbuf, MAX_PRE_AUTH_MESSAGE) {
             Ok(Some((tag::PASSWORD, body))) => return Ok(body),
@@ -140,10 +132,7 @@ async fn read_password_message(
                 return Err(Refusal::send(
                     PgError::fatal(
                         "08P01",
-                        format!(
-                            "expected a password response, got message type {:?}",
-                            t as char
-                        ),
+                        format!("expected a password response, got message type {:?}", t as char),
                     ),
                     "unexpected_message_during_auth",
                 ))
@@ -151,10 +140,7 @@ async fn read_password_message(
             Ok(None) => read_more(stream, rbuf).await?,
             Err(e) => {
                 return Err(Refusal::send(
-                    PgError::fatal(
-                        "08P01",
-                        format!("invalid message during authentication: {e}"),
-                    ),
+                    PgError::fatal("08P01", format!("invalid message during authentication: {e}")),
                     "bad_auth_message",
                 ))
             }
@@ -164,10 +150,7 @@ async fn read_password_message(
 
 fn auth_failed(user: &str) -> Refusal {
     Refusal::send(
-        PgError::fatal(
-            "28P01",
-            format!("password authentication failed for user \"{user}\""),
-        ),
+        PgError::fatal("28P01", format!("password authentication failed for user \"{user}\"")),
         "auth_failed",
     )
 }
@@ -187,9 +170,7 @@ async fn authenticate(
         ClientAuth::Trust => Err(Refusal::send(
             PgError::fatal(
                 "28000",
-                format!(
-                    "role \"{user}\" is not served here: connect as the user of the database URL"
-                ),
+                format!("role \"{user}\" is not served here: connect as the user of the database URL"),
             ),
             "auth_failed",
         )),
@@ -212,15 +193,15 @@ async fn authenticate(
             let body = read_password_message(stream, rbuf).await?;
             let mut r = Reader::new(&body, "SASLInitialResponse");
             let malformed = || {
-                Refusal::send(
-                    PgError::fatal("08P01", "malformed SASLInitialResponse"),
-                    "bad_auth_message",
-                )
+                Refusal::send(PgError::fatal("08P01", "malformed SASLInitialResponse"), "bad_auth_message")
             };
             let mechanism = r.cstr().map_err(|_| malformed())?;
             if mechanism != scram::MECHANISM {
                 return Err(Refusal::send(
-                    PgError::fatal("28000", format!("client selected an invalid SASL authentication mechanism {mechanism:?}")),
+                    PgError::fatal(
+                        "28000",
+                        format!("client selected an invalid SASL authentication mechanism {mechanism:?}"),
+                    ),
                     "auth_failed",
                 ));
             }
@@ -232,10 +213,7 @@ async fn authenticate(
             let mut exchange = Exchange::new(&creds.scram);
             let scram_err = |e: ScramError| match e {
                 ScramError::BadProof | ScramError::Nonce => auth_failed(user),
-                other => Refusal::send(
-                    PgError::fatal("08P01", other.to_string()),
-                    "bad_auth_message",
-                ),
+                other => Refusal::send(PgError::fatal("08P01", other.to_string()), "bad_auth_message"),
             };
             let server_first = exchange.client_first(data).map_err(scram_err)?;
             messages::auth_sasl_continue(out, server_first.as_bytes());
@@ -284,13 +262,7 @@ pub async fn handshake(
     }
 }
 
-type LoginParts = (
-    Startup,
-    String,
-    String,
-    Arc<Upstream>,
-    super::params::Settings,
-);
+type LoginParts = (Startup, String, String, Arc<Upstream>, super::params::Settings);
 
 async fn login(
     proxy: &Arc<Proxy>,
@@ -302,22 +274,12 @@ async fn login(
     let mut out = BytesMut::new();
     let Some(user) = startup.param("user").map(str::to_owned) else {
         return Err(Refusal::send(
-            PgError::fatal(
-                "28000",
-                "no PostgreSQL user name specified in startup packet",
-            ),
+            PgError::fatal("28000", "no PostgreSQL user name specified in startup packet"),
             "no_user",
         ));
     };
-    let database = startup
-        .param("database")
-        .filter(|d| !d.is_empty())
-        .unwrap_or(&user)
-        .to_owned();
-    if startup
-        .param("replication")
-        .is_some_and(|r| r != "false" && r != "0" && r != "off")
-    {
+    let database = startup.param("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_owned();
+    if startup.param("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
         return Err(Refusal::send(
             PgError::fatal(
                 "0A000",
@@ -328,17 +290,21 @@ async fn login(
     }
     if over_limit {
         return Err(Refusal::send(
-            PgError::fatal("53300", format!("sorry, too many clients already: pgsidecar serves at most {} client connections", proxy.config.client.max_clients))
-                .with_hint("raise PGSIDECAR_MAX_CLIENT_CONN, or lower the number of connections the application opens"),
+            PgError::fatal(
+                "53300",
+                format!(
+                    "sorry, too many clients already: pgsidecar serves at most {} client connections",
+                    proxy.config.client.max_clients
+                ),
+            )
+            .with_hint(
+                "raise PGSIDECAR_MAX_CLIENT_CONN, or lower the number of connections the application opens",
+            ),
             "max_client_conn",
         ));
     }
-    let unrecognized: Vec<&str> = startup
-        .params
-        .iter()
-        .map(|(k, _)| k.as_str())
-        .filter(|k| k.starts_with("_pq_."))
-        .collect();
+    let unrecognized: Vec<&str> =
+        startup.params.iter().map(|(k, _)| k.as_str()).filter(|k| k.starts_with("_pq_.")).collect();
     if startup.minor > 0 || !unrecognized.is_empty() {
         messages::negotiate_protocol_version(&mut out, 0, &unrecognized);
     }
@@ -357,15 +323,7 @@ async fn login(
             "unknown_database",
         ));
     };
-    authenticate(
-        stream,
-        rbuf,
-        proxy.config.client.auth,
-        &upstream,
-        &user,
-        &mut out,
-    )
-    .await?;
+    authenticate(stream, rbuf, proxy.config.client.auth, &upstream, &user, &mut out).await?;
     if !out.is_empty() {
         write(stream, &mut out).await?;
     }

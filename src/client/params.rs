@@ -50,19 +50,10 @@ pub fn sync_statement(wanted: &Settings, applied: &Settings) -> Option<String> {
     let sets: Vec<String> = wanted
         .iter()
         .filter(|(k, v)| applied.get(*k) != Some(*v))
-        .map(|(k, v)| {
-            format!(
-                "pg_catalog.set_config({}, {}, false)",
-                literal(k),
-                literal(v)
-            )
-        })
+        .map(|(k, v)| format!("pg_catalog.set_config({}, {}, false)", literal(k), literal(v)))
         .collect();
-    let resets: Vec<String> = applied
-        .keys()
-        .filter(|k| !wanted.contains_key(*k))
-        .map(|k| format!("RESET {}", ident(k)))
-        .collect();
+    let resets: Vec<String> =
+        applied.keys().filter(|k| !wanted.contains_key(*k)).map(|k| format!("RESET {}", ident(k))).collect();
     if sets.is_empty() && resets.is_empty() {
         return None;
     }
@@ -100,10 +91,7 @@ mod tests {
     use super::*;
 
     fn s(pairs: &[(&str, &str)]) -> Settings {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -138,9 +126,6 @@ mod tests {
             ("_pq_.x".to_string(), "1".to_string()),
         ];
         let opts = vec![("statement_timeout".to_string(), "5s".to_string())];
-        assert_eq!(
-            from_startup(&params, &opts),
-            s(&[("TimeZone", "UTC"), ("statement_timeout", "5s")])
-        );
+        assert_eq!(from_startup(&params, &opts), s(&[("TimeZone", "UTC"), ("statement_timeout", "5s")]));
     }
 }

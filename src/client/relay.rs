@@ -7,9 +7,7 @@
 //! the high-water marks below whatever the result size.
 
 use crate::wire::frame::{FrameError, Header, HEADER_LEN};
-use crate::wire::messages::{
-    parse_command_tag, parse_parameter_status, parse_ready_for_query, ErrorFields,
-};
+use crate::wire::messages::{parse_command_tag, parse_parameter_status, parse_ready_for_query, ErrorFields};
 use crate::wire::tag;
 use bytes::{Buf, BytesMut};
 use std::io;
@@ -63,10 +61,7 @@ pub struct Relay {
 
 impl Relay {
     pub fn new() -> Relay {
-        Relay {
-            status: b'I',
-            ..Relay::default()
-        }
+        Relay { status: b'I', ..Relay::default() }
     }
 
     /// Nothing is owed, half-sent or pending: the server can go back to the pool.
@@ -80,10 +75,7 @@ impl Relay {
 
     /// Nothing is owed or half-sent, though a transaction may be open.
     pub fn quiet(&self) -> bool {
-        self.outstanding == 0
-            && !self.in_batch
-            && self.c2s_remaining == 0
-            && self.s2c_remaining == 0
+        self.outstanding == 0 && !self.in_batch && self.c2s_remaining == 0 && self.s2c_remaining == 0
     }
 
     /// How many bytes of server data may be buffered before reading pauses.
@@ -166,21 +158,14 @@ impl Relay {
             };
             let inspect = matches!(
                 h.tag,
-                tag::READY_FOR_QUERY
-                    | tag::PARAMETER_STATUS
-                    | tag::COMMAND_COMPLETE
-                    | tag::ERROR_RESPONSE
+                tag::READY_FOR_QUERY | tag::PARAMETER_STATUS | tag::COMMAND_COMPLETE | tag::ERROR_RESPONSE
             );
             if !inspect {
                 self.s2c_remaining = h.total_len();
                 continue;
             }
             if h.total_len() > max {
-                return Err(FrameError::TooLong {
-                    tag: h.tag,
-                    len: h.total_len(),
-                    max,
-                });
+                return Err(FrameError::TooLong { tag: h.tag, len: h.total_len(), max });
             }
             if input.len() < h.total_len() {
                 self.s2c_need = h.total_len();
@@ -206,10 +191,7 @@ impl Relay {
                     }
                 }
                 tag::ERROR_RESPONSE => {
-                    if ErrorFields::parse(body)
-                        .map(|f| f.is_fatal())
-                        .unwrap_or(false)
-                    {
+                    if ErrorFields::parse(body).map(|f| f.is_fatal()).unwrap_or(false) {
                         self.server_fatal = true;
                     }
                 }
@@ -297,12 +279,8 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Poll::Ready(wrote_s) = poll_write_half(server, cx).map_err(IoError::Server)? else {
-        unreachable!()
-    };
-    let Poll::Ready(wrote_c) = poll_write_half(client, cx).map_err(IoError::Client)? else {
-        unreachable!()
-    };
+    let Poll::Ready(wrote_s) = poll_write_half(server, cx).map_err(IoError::Server)? else { unreachable!() };
+    let Poll::Ready(wrote_c) = poll_write_half(client, cx).map_err(IoError::Client)? else { unreachable!() };
     let mut ev = IoEvent::default();
     if let Poll::Ready(r) = poll_read_half(client, cx) {
         ev.client_read = Some(r.map_err(IoError::Client)?);

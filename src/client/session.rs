@@ -61,13 +61,7 @@ enum Request {
 
 impl Session {
     pub fn new(proxy: Arc<Proxy>, login: Login) -> Session {
-        let Login {
-            stream,
-            rbuf,
-            upstream,
-            settings,
-            ..
-        } = login;
+        let Login { stream, rbuf, upstream, settings, .. } = login;
         Session {
             mode: proxy.config.pool.mode,
             max_message: proxy.config.client.max_message_size,
@@ -90,8 +84,7 @@ impl Session {
         if self.cwbuf.is_empty() && !self.cflush {
             return true;
         }
-        let ok =
-            self.client.write_all(&self.cwbuf).await.is_ok() && self.client.flush().await.is_ok();
+        let ok = self.client.write_all(&self.cwbuf).await.is_ok() && self.client.flush().await.is_ok();
         self.cwbuf.clear();
         self.cflush = false;
         ok
@@ -230,21 +223,13 @@ impl Session {
                 Ok(Some(h)) if h.tag == tag::TERMINATE => return Request::Terminate,
                 Ok(Some(h)) if !crate::wire::is_frontend_tag(h.tag) => {
                     let e = crate::wire::frame::FrameError::UnknownType(h.tag);
-                    self.fail(PgError::fatal(
-                        "08P01",
-                        format!("invalid message from client: {e}"),
-                    ))
-                    .await;
+                    self.fail(PgError::fatal("08P01", format!("invalid message from client: {e}"))).await;
                     return Request::Gone;
                 }
                 Ok(Some(_)) => return Request::Message,
                 Ok(None) => {}
                 Err(e) => {
-                    self.fail(PgError::fatal(
-                        "08P01",
-                        format!("invalid message from client: {e}"),
-                    ))
-                    .await;
+                    self.fail(PgError::fatal("08P01", format!("invalid message from client: {e}"))).await;
                     return Request::Gone;
                 }
             }
@@ -268,11 +253,7 @@ impl Session {
                 },
                 Ok(None) => {}
                 Err(e) => {
-                    self.fail(PgError::fatal(
-                        "08P01",
-                        format!("invalid message from client: {e}"),
-                    ))
-                    .await;
+                    self.fail(PgError::fatal("08P01", format!("invalid message from client: {e}"))).await;
                     return false;
                 }
             }
@@ -292,11 +273,7 @@ impl Session {
     /// client, or when the client disconnects; reads ahead from the client meanwhile.
     async fn checkout(&mut self) -> Result<Lease, Refused> {
         let pool = self.upstream.pool.clone();
-        let slot = self
-            .registration
-            .as_ref()
-            .map(|r| r.slot.clone())
-            .expect("registered before checkout");
+        let slot = self.registration.as_ref().map(|r| r.slot.clone()).expect("registered before checkout");
         let notified = slot.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -403,11 +380,7 @@ impl Session {
         let max = self.max_message;
         loop {
             if let Err(e) = relay.client_to_server(&mut self.crbuf, &mut self.swbuf, max) {
-                self.fail(PgError::fatal(
-                    "08P01",
-                    format!("invalid message from client: {e}"),
-                ))
-                .await;
+                self.fail(PgError::fatal("08P01", format!("invalid message from client: {e}"))).await;
                 return Flow::End; // lease dropped: the server is discarded
             }
             let conn = lease.conn();
@@ -424,11 +397,7 @@ impl Session {
             }
             let conn = lease.conn();
             let drained = self.swbuf.is_empty() && conn.rbuf.is_empty() && !self.sflush;
-            if self.mode == PoolMode::Transaction
-                && relay.at_rest()
-                && drained
-                && !relay.server_fatal
-            {
+            if self.mode == PoolMode::Transaction && relay.at_rest() && drained && !relay.server_fatal {
                 if relay.settings_changed && !self.read_back_settings(&mut lease).await {
                     return Flow::End;
                 }
@@ -520,11 +489,8 @@ impl Session {
     async fn read_back_settings(&mut self, lease: &mut Lease) -> bool {
         let conn = lease.conn();
         let mut reported = Vec::new();
-        match tokio::time::timeout(
-            CLEANUP_TIMEOUT,
-            conn.exec(params::READ_SESSION_SETTINGS, &mut reported),
-        )
-        .await
+        match tokio::time::timeout(CLEANUP_TIMEOUT, conn.exec(params::READ_SESSION_SETTINGS, &mut reported))
+            .await
         {
             Ok(Ok(rows)) => {
                 let now = params::from_rows(rows);
@@ -547,10 +513,8 @@ impl Session {
 
     /// The client left while holding a server: return it clean, or close it.
     async fn give_back(&mut self, mut lease: Lease, relay: &Relay) {
-        let reusable = relay.quiet()
-            && self.swbuf.is_empty()
-            && !relay.server_fatal
-            && lease.conn().rbuf.is_empty();
+        let reusable =
+            relay.quiet() && self.swbuf.is_empty() && !relay.server_fatal && lease.conn().rbuf.is_empty();
         if !reusable {
             lease.close();
             return;

@@ -2,6 +2,7 @@
 //! small per-subsystem structs that is built once and passed down.
 
 pub mod settings;
+pub mod sizing;
 pub mod url;
 
 #[cfg(test)]
@@ -19,6 +20,15 @@ pub enum PoolMode {
     Transaction,
 }
 
+impl PoolMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientAuth {
     ScramSha256,
@@ -34,10 +44,23 @@ pub struct Upstream {
     pub url: DbUrl,
 }
 
+/// Inputs of `pool-size auto`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SizingConfig {
+    /// Size from the database's limit (true) or the fixed `PoolConfig::size` (false).
+    pub auto: bool,
+    pub plan: Option<(String, u32)>,
+    pub processes: u32,
+    /// Explicit reserve; `None` for the default (the larger of 3 and 10%).
+    pub reserved: Option<u32>,
+}
+
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub mode: PoolMode,
+    /// The fixed size, or the starting size until `auto` sizing has run.
     pub size: usize,
+    pub sizing: SizingConfig,
     pub min_size: usize,
     pub server_lifetime: Option<Duration>,
     pub server_idle_timeout: Option<Duration>,
@@ -63,6 +86,11 @@ pub struct Config {
     pub pool: PoolConfig,
     pub client: ClientConfig,
     pub log_level: tracing::Level,
+    pub shutdown_timeout: Duration,
+    /// `pgsidecar run` starts the proxy (true) or only the application (false).
+    pub enabled: bool,
+    /// heroku-buildpack-pgbouncer variables that are set but have no meaning here, with why.
+    pub ignored_vars: Vec<(&'static str, &'static str)>,
     /// Aliases that were used: (alias, the PGSIDECAR_* name it stands for).
     pub aliases_used: Vec<(&'static str, &'static str)>,
 }
@@ -70,11 +98,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     #[error("{name} ({from}): {message}")]
-    Invalid {
-        name: &'static str,
-        from: String,
-        message: String,
-    },
+    Invalid { name: &'static str, from: String, message: String },
     #[error("{var} is not set: it is named in PGSIDECAR_URLS and must hold a postgres:// URL")]
     MissingUrl { var: String },
     #[error("{var} {error}")]
@@ -84,19 +108,13 @@ pub enum ConfigError {
 }
 
 fn invalid(raw: &Raw, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        name: raw.name,
-        from: raw.source.to_string(),
-        message: message.into(),
-    }
+    ConfigError::Invalid { name: raw.name, from: raw.source.to_string(), message: message.into() }
 }
 
 /// Parses `250ms`, `5s`, `2min`, `1h` or a bare number of seconds (fractions allowed).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().ok()?;
     let secs = match unit.trim() {
@@ -127,12 +145,8 @@ pub fn parse_size(s: &str) -> Option<usize> {
 }
 
 fn duration(raw: &Raw) -> Result<Duration, ConfigError> {
-    parse_duration(&raw.value).ok_or_else(|| {
-        invalid(
-            raw,
-            format!("invalid duration {:?}: use e.g. 500ms, 5s, 2min", raw.value),
-        )
-    })
+    parse_duration(&raw.value)
+        .ok_or_else(|| invalid(raw, format!("invalid duration {:?}: use e.g. 500ms, 5s, 2min", raw.value)))
 }
 
 /// A duration where 0 means "no limit".
@@ -141,15 +155,44 @@ fn optional_duration(raw: &Raw) -> Result<Option<Duration>, ConfigError> {
 }
 
 fn number(raw: &Raw, min: usize, max: usize) -> Result<usize, ConfigError> {
-    let n: usize = raw
-        .value
-        .parse()
-        .map_err(|_| invalid(raw, format!("{:?} is not a whole number", raw.value)))?;
+    let n: usize =
+        raw.value.parse().map_err(|_| invalid(raw, format!("{:?} is not a whole number", raw.value)))?;
     if n < min || n > max {
         return Err(invalid(raw, format!("{n} is outside {min}..={max}")));
     }
     Ok(n)
 }
+
+fn flag(raw: &Raw) -> Result<bool, ConfigError> {
+    match raw.value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(invalid(raw, format!("{other:?}: use 1 or 0"))),
+    }
+}
+
+/// heroku-buildpack-pgbouncer settings without a counterpart, and what pgsidecar does instead.
+pub const IGNORED_VARS: &[(&str, &str)] = &[
+    (
+        "PGBOUNCER_RESERVE_POOL_SIZE",
+        "no reserve pool: size the pool with PGSIDECAR_POOL_SIZE=auto and PGSIDECAR_RESERVED_CONNECTIONS",
+    ),
+    (
+        "PGBOUNCER_RESERVE_POOL_TIMEOUT",
+        "no reserve pool; clients wait in FIFO order up to PGSIDECAR_QUERY_WAIT_TIMEOUT",
+    ),
+    (
+        "PGBOUNCER_SERVER_RESET_QUERY",
+        "session mode always runs DISCARD ALL; transaction mode re-applies each client's settings",
+    ),
+    ("PGBOUNCER_IGNORE_STARTUP_PARAMETERS", "every startup parameter is applied as a session setting"),
+    ("PGBOUNCER_STATS_PERIOD", "not used yet"),
+    ("PGBOUNCER_LOG_CONNECTIONS", "connection lines are logged at debug level"),
+    ("PGBOUNCER_LOG_DISCONNECTIONS", "disconnection lines are logged at debug level"),
+    ("PGBOUNCER_LOG_POOLER_ERRORS", "pooler errors are always logged at warn level"),
+    ("PGBOUNCER_MAX_PREPARED_STATEMENTS", "not used yet"),
+    ("PGBOUNCER_PREPARED_STATEMENTS", "not used yet"),
+];
 
 fn optional_path(raw: &Raw) -> Option<PathBuf> {
     (!raw.value.is_empty()).then(|| PathBuf::from(&raw.value))
@@ -165,7 +208,16 @@ impl Config {
     }
 
     pub fn from_raw(raw: &RawSettings, env: &dyn Env) -> Result<Config, ConfigError> {
-        let upstreams = upstreams(raw.get("urls"), env)?;
+        let server_sslmode = raw.get("server-sslmode");
+        let default_sslmode = SslMode::parse(&server_sslmode.value).ok_or_else(|| {
+            invalid(server_sslmode, "use disable, allow, prefer, require, verify-ca or verify-full")
+        })?;
+        let mut upstreams = upstreams(raw.get("urls"), env)?;
+        for u in &mut upstreams {
+            if !u.url.sslmode_explicit {
+                u.url.sslmode = default_sslmode;
+            }
+        }
         let listen = raw.get("listen");
         if listen.value.parse::<SocketAddr>().is_err() && !listen.value.contains(':') {
             return Err(invalid(listen, "expected host:port, e.g. 127.0.0.1:6432"));
@@ -174,15 +226,38 @@ impl Config {
             "session" => PoolMode::Session,
             "transaction" => PoolMode::Transaction,
             other => {
-                return Err(invalid(
-                    raw.get("pool-mode"),
-                    format!("{other:?}: use session or transaction"),
-                ))
+                return Err(invalid(raw.get("pool-mode"), format!("{other:?}: use session or transaction")))
             }
         };
-        let size = number(raw.get("pool-size"), 1, 10_000)?;
+        let size_raw = raw.get("pool-size");
+        let auto = size_raw.value.eq_ignore_ascii_case("auto");
+        let size = if auto { sizing::FALLBACK_POOL_SIZE } else { number(size_raw, 1, 10_000)? };
+        let plan_raw = raw.get("plan");
+        let plan = if plan_raw.value.is_empty() {
+            None
+        } else {
+            let limit = sizing::plan_limit(&plan_raw.value).ok_or_else(|| {
+                invalid(
+                    plan_raw,
+                    format!("unknown plan {:?}: use e.g. essential-0, standard-0, premium-2", plan_raw.value),
+                )
+            })?;
+            Some((plan_raw.value.to_ascii_lowercase(), limit))
+        };
+        let reserved_raw = raw.get("reserved-connections");
+        let reserved = if reserved_raw.value.eq_ignore_ascii_case("auto") {
+            None
+        } else {
+            Some(number(reserved_raw, 0, 100_000)? as u32)
+        };
+        let sizing = SizingConfig {
+            auto,
+            plan,
+            processes: number(raw.get("processes"), 1, 100_000)? as u32,
+            reserved,
+        };
         let min_size = number(raw.get("min-pool-size"), 0, 10_000)?;
-        if min_size > size {
+        if !auto && min_size > size {
             return Err(invalid(
                 raw.get("min-pool-size"),
                 format!("{min_size} is larger than the pool size {size}"),
@@ -210,10 +285,7 @@ impl Config {
         let max_message_size = parse_size(&raw.get("max-message-size").value)
             .filter(|&n| (64 * 1024..=1 << 30).contains(&n))
             .ok_or_else(|| {
-                invalid(
-                    raw.get("max-message-size"),
-                    "use a size between 64kB and 1GB, e.g. 256MiB",
-                )
+                invalid(raw.get("max-message-size"), "use a size between 64kB and 1GB, e.g. 256MiB")
             })?;
         let log_level = match raw.get("log-level").value.to_ascii_lowercase().as_str() {
             "error" => tracing::Level::ERROR,
@@ -234,11 +306,11 @@ impl Config {
             pool: PoolConfig {
                 mode,
                 size,
+                sizing,
                 min_size,
                 server_lifetime: optional_duration(raw.get("server-lifetime"))?,
                 server_idle_timeout: optional_duration(raw.get("server-idle-timeout"))?,
-                connect_timeout: duration(raw.get("server-connect-timeout"))?
-                    .max(Duration::from_millis(10)),
+                connect_timeout: duration(raw.get("server-connect-timeout"))?.max(Duration::from_millis(10)),
                 connect_parallelism: number(raw.get("server-connect-parallelism"), 1, 1000)?,
                 query_wait_timeout: optional_duration(raw.get("query-wait-timeout"))?,
             },
@@ -247,11 +319,13 @@ impl Config {
                 max_clients: number(raw.get("max-client-conn"), 1, 1_000_000)?,
                 tls_cert,
                 tls_key,
-                login_timeout: duration(raw.get("client-login-timeout"))?
-                    .max(Duration::from_millis(10)),
+                login_timeout: duration(raw.get("client-login-timeout"))?.max(Duration::from_millis(10)),
                 max_message_size,
             },
             log_level,
+            shutdown_timeout: duration(raw.get("shutdown-timeout"))?,
+            enabled: flag(raw.get("enabled"))?,
+            ignored_vars: IGNORED_VARS.iter().filter(|(name, _)| env.get(name).is_some()).copied().collect(),
             aliases_used: raw.aliases_used.clone(),
         })
     }
@@ -265,33 +339,23 @@ impl Config {
 fn upstreams(raw: &Raw, env: &dyn Env) -> Result<Vec<Upstream>, ConfigError> {
     let vars: Vec<&str> = raw.value.split_whitespace().collect();
     if vars.is_empty() {
-        return Err(invalid(
-            raw,
-            "names no variable; the default is DATABASE_URL",
-        ));
+        return Err(invalid(raw, "names no variable; the default is DATABASE_URL"));
     }
     let mut out: Vec<Upstream> = Vec::new();
     for var in vars {
         let value = env
             .get(var)
             .filter(|v| !v.trim().is_empty())
-            .ok_or_else(|| ConfigError::MissingUrl {
-                var: var.to_owned(),
-            })?;
-        let url = DbUrl::parse(value.trim()).map_err(|error| ConfigError::Url {
-            var: var.to_owned(),
-            error,
-        })?;
+            .ok_or_else(|| ConfigError::MissingUrl { var: var.to_owned() })?;
+        let url =
+            DbUrl::parse(value.trim()).map_err(|error| ConfigError::Url { var: var.to_owned(), error })?;
         if let Some(other) = out.iter().find(|u| u.url.database == url.database) {
             return Err(ConfigError::Other(format!(
                 "{var} and {} both name database {:?}; clients choose an upstream by database name, so each URL needs its own",
                 other.var, url.database
             )));
         }
-        out.push(Upstream {
-            var: var.to_owned(),
-            url,
-        });
+        out.push(Upstream { var: var.to_owned(), url });
     }
     Ok(out)
 }

@@ -57,8 +57,14 @@ settings! {
         "Address the proxy listens on for application connections";
     "pool-mode", "PGSIDECAR_POOL_MODE", ["PGBOUNCER_POOL_MODE"], "transaction",
         "session (a server per client for its whole connection) or transaction (a server per transaction)";
-    "pool-size", "PGSIDECAR_POOL_SIZE", ["PGBOUNCER_DEFAULT_POOL_SIZE"], "10",
-        "Maximum server connections per pool";
+    "pool-size", "PGSIDECAR_POOL_SIZE", ["PGBOUNCER_DEFAULT_POOL_SIZE"], "auto",
+        "Maximum server connections per pool: a number, or auto (this sidecar's share of the database's connection limit)";
+    "plan", "PGSIDECAR_PLAN", [], "",
+        "Heroku Postgres plan (essential-0, standard-0, premium-2, ...): its connection limit is used when the database cannot be asked";
+    "processes", "PGSIDECAR_PROCESSES", [], "1",
+        "Number of sidecars sharing the database's connections (dynos x sidecars per dyno), for pool-size auto";
+    "reserved-connections", "PGSIDECAR_RESERVED_CONNECTIONS", [], "auto",
+        "Connections left free for consoles, migrations and deploy overlap (auto: the larger of 3 and 10% of the limit)";
     "min-pool-size", "PGSIDECAR_MIN_POOL_SIZE", ["PGBOUNCER_MIN_POOL_SIZE"], "0",
         "Server connections kept open even when idle";
     "max-client-conn", "PGSIDECAR_MAX_CLIENT_CONN", ["PGBOUNCER_MAX_CLIENT_CONN"], "10000",
@@ -83,6 +89,12 @@ settings! {
         "Time a client has to finish its startup and authentication";
     "max-message-size", "PGSIDECAR_MAX_MESSAGE_SIZE", [], "256MiB",
         "Largest protocol message the proxy accepts from a client or server";
+    "server-sslmode", "PGSIDECAR_SERVER_SSLMODE", ["PGBOUNCER_SERVER_TLS_SSLMODE"], "prefer",
+        "sslmode for upstream URLs that do not give one (Heroku Postgres needs require)";
+    "shutdown-timeout", "PGSIDECAR_SHUTDOWN_TIMEOUT", [], "25s",
+        "After SIGTERM, longest time to keep serving while the application drains (the platform kills at 30 s)";
+    "enabled", "PGSIDECAR_ENABLED", ["PGBOUNCER_ENABLED"], "1",
+        "0 makes `pgsidecar run` start the application directly, without the proxy";
     "log-level", "PGSIDECAR_LOG_LEVEL", ["LOG_LEVEL"], "info",
         "error, warn, info, debug or trace";
 }
@@ -130,29 +142,18 @@ impl RawSettings {
                 (v.clone(), Source::Flag)
             } else if let Some(v) = env.get(s.env) {
                 (v, Source::Env(s.env))
-            } else if let Some((alias, v)) =
-                s.aliases.iter().find_map(|a| env.get(a).map(|v| (*a, v)))
-            {
+            } else if let Some((alias, v)) = s.aliases.iter().find_map(|a| env.get(a).map(|v| (*a, v))) {
                 out.aliases_used.push((alias, s.env));
                 (v, Source::Env(alias))
             } else {
                 (s.default.to_owned(), Source::Default)
             };
-            out.values.insert(
-                s.flag,
-                Raw {
-                    value: value.trim().to_owned(),
-                    source,
-                    name: s.env,
-                },
-            );
+            out.values.insert(s.flag, Raw { value: value.trim().to_owned(), source, name: s.env });
         }
         out
     }
 
     pub fn get(&self, flag: &str) -> &Raw {
-        self.values
-            .get(flag)
-            .unwrap_or_else(|| panic!("setting {flag} is not in SETTINGS"))
+        self.values.get(flag).unwrap_or_else(|| panic!("setting {flag} is not in SETTINGS"))
     }
 }

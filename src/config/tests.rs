@@ -2,10 +2,7 @@ use super::*;
 use std::collections::BTreeMap;
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 const URL: &str = "postgres://app:s3cret@db.example.com:5433/appdb?sslmode=require";
@@ -16,6 +13,10 @@ fn defaults() {
     assert_eq!(c.listen, "127.0.0.1:6432");
     assert_eq!(c.pool.mode, PoolMode::Transaction);
     assert_eq!(c.pool.size, 10);
+    assert!(c.pool.sizing.auto);
+    assert_eq!(c.upstreams[0].url.sslmode, SslMode::Require);
+    assert_eq!(c.shutdown_timeout, Duration::from_secs(25));
+    assert!(c.enabled);
     assert_eq!(c.client.auth, ClientAuth::ScramSha256);
     assert_eq!(c.client.max_clients, 10_000);
     assert_eq!(c.pool.query_wait_timeout, Some(Duration::from_secs(20)));
@@ -35,10 +36,7 @@ fn flag_beats_env_beats_alias() {
     let c = Config::load(&BTreeMap::new(), &e).unwrap();
     assert_eq!(c.pool.size, 7);
     assert_eq!(c.pool.mode, PoolMode::Session);
-    assert_eq!(
-        c.aliases_used,
-        vec![("PGBOUNCER_POOL_MODE", "PGSIDECAR_POOL_MODE")]
-    );
+    assert_eq!(c.aliases_used, vec![("PGBOUNCER_POOL_MODE", "PGSIDECAR_POOL_MODE")]);
     let flags: BTreeMap<String, String> = [("pool-size".to_string(), "4".to_string())].into();
     assert_eq!(Config::load(&flags, &e).unwrap().pool.size, 4);
 }
@@ -48,19 +46,13 @@ fn errors_name_the_variable() {
     let e = env(&[("DATABASE_URL", URL), ("PGSIDECAR_POOL_SIZE", "lots")]);
     let err = Config::load(&BTreeMap::new(), &e).unwrap_err().to_string();
     assert!(err.contains("PGSIDECAR_POOL_SIZE"), "{err}");
-    let e = env(&[
-        ("DATABASE_URL", URL),
-        ("PGBOUNCER_QUERY_WAIT_TIMEOUT", "soon"),
-    ]);
+    let e = env(&[("DATABASE_URL", URL), ("PGBOUNCER_QUERY_WAIT_TIMEOUT", "soon")]);
     let err = Config::load(&BTreeMap::new(), &e).unwrap_err().to_string();
     assert!(
-        err.contains("PGSIDECAR_QUERY_WAIT_TIMEOUT")
-            && err.contains("PGBOUNCER_QUERY_WAIT_TIMEOUT"),
+        err.contains("PGSIDECAR_QUERY_WAIT_TIMEOUT") && err.contains("PGBOUNCER_QUERY_WAIT_TIMEOUT"),
         "{err}"
     );
-    let err = Config::load(&BTreeMap::new(), &env(&[]))
-        .unwrap_err()
-        .to_string();
+    let err = Config::load(&BTreeMap::new(), &env(&[])).unwrap_err().to_string();
     assert!(err.contains("DATABASE_URL"), "{err}");
 }
 
@@ -68,10 +60,7 @@ fn errors_name_the_variable() {
 fn bad_url_error_hides_password() {
     let e = env(&[("DATABASE_URL", "postgres://app:s3cret@h/db?bogus=1")]);
     let err = Config::load(&BTreeMap::new(), &e).unwrap_err().to_string();
-    assert!(
-        err.contains("DATABASE_URL") && err.contains("bogus"),
-        "{err}"
-    );
+    assert!(err.contains("DATABASE_URL") && err.contains("bogus"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
     let c = Config::load(&BTreeMap::new(), &env(&[("DATABASE_URL", URL)])).unwrap();
     assert!(!format!("{c:?}").contains("s3cret"));
@@ -81,17 +70,11 @@ fn bad_url_error_hides_password() {
 fn several_urls() {
     let e = env(&[
         ("DATABASE_URL", URL),
-        (
-            "HEROKU_POSTGRESQL_ROSE_URL",
-            "postgres://app:x@other/rosedb",
-        ),
+        ("HEROKU_POSTGRESQL_ROSE_URL", "postgres://app:x@other/rosedb"),
         ("PGSIDECAR_URLS", "DATABASE_URL HEROKU_POSTGRESQL_ROSE_URL"),
     ]);
     let c = Config::load(&BTreeMap::new(), &e).unwrap();
-    assert_eq!(
-        c.upstream("rosedb").unwrap().var,
-        "HEROKU_POSTGRESQL_ROSE_URL"
-    );
+    assert_eq!(c.upstream("rosedb").unwrap().var, "HEROKU_POSTGRESQL_ROSE_URL");
     assert!(c.upstream("nope").is_none());
     let e = env(&[("A", URL), ("B", URL), ("PGSIDECAR_URLS", "A B")]);
     assert!(Config::load(&BTreeMap::new(), &e).is_err());
@@ -108,4 +91,37 @@ fn durations_and_sizes() {
     assert_eq!(parse_size("64kB"), Some(65536));
     assert_eq!(parse_size("256MiB"), Some(256 << 20));
     assert_eq!(parse_size("1x"), None);
+}
+
+#[test]
+fn url_without_sslmode_takes_the_server_sslmode_default() {
+    let e = env(&[("DATABASE_URL", "postgres://a:b@h/db"), ("PGBOUNCER_SERVER_TLS_SSLMODE", "require")]);
+    assert_eq!(Config::load(&BTreeMap::new(), &e).unwrap().upstreams[0].url.sslmode, SslMode::Require);
+    let e = env(&[
+        ("DATABASE_URL", "postgres://a:b@h/db?sslmode=disable"),
+        ("PGSIDECAR_SERVER_SSLMODE", "require"),
+    ]);
+    assert_eq!(Config::load(&BTreeMap::new(), &e).unwrap().upstreams[0].url.sslmode, SslMode::Disable);
+}
+
+#[test]
+fn sizing_inputs_and_buildpack_leftovers() {
+    let e = env(&[
+        ("DATABASE_URL", URL),
+        ("PGSIDECAR_PLAN", "standard-0"),
+        ("PGSIDECAR_PROCESSES", "4"),
+        ("PGBOUNCER_ENABLED", "0"),
+        ("PGBOUNCER_RESERVE_POOL_SIZE", "1"),
+    ]);
+    let c = Config::load(&BTreeMap::new(), &e).unwrap();
+    assert_eq!(c.pool.sizing.plan, Some(("standard-0".into(), 120)));
+    assert_eq!(c.pool.sizing.processes, 4);
+    assert!(!c.enabled);
+    assert_eq!(c.ignored_vars.len(), 1);
+    let e = env(&[("DATABASE_URL", URL), ("PGSIDECAR_PLAN", "gigantic")]);
+    assert!(Config::load(&BTreeMap::new(), &e).unwrap_err().to_string().contains("PGSIDECAR_PLAN"));
+    let e = env(&[("DATABASE_URL", URL), ("PGSIDECAR_POOL_SIZE", "7")]);
+    let c = Config::load(&BTreeMap::new(), &e).unwrap();
+    assert!(!c.pool.sizing.auto);
+    assert_eq!(c.pool.size, 7);
 }

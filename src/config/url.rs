@@ -58,22 +58,14 @@ impl SslMode {
 
     /// Whether a plain connection is acceptable when the server refuses TLS.
     pub fn tls_required(self) -> bool {
-        matches!(
-            self,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-        )
+        matches!(self, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull)
     }
 }
 
 /// Query parameters that belong to the application (Rails reads them from DATABASE_URL): the
 /// proxy ignores them and keeps them in the URL it gives the application.
-pub const APP_PARAMS: &[&str] = &[
-    "pool",
-    "prepared_statements",
-    "statement_limit",
-    "reaping_frequency",
-    "checkout_timeout",
-];
+pub const APP_PARAMS: &[&str] =
+    &["pool", "prepared_statements", "statement_limit", "reaping_frequency", "checkout_timeout"];
 
 /// One upstream database as given by a URL.
 #[derive(Clone, PartialEq, Eq)]
@@ -84,6 +76,8 @@ pub struct DbUrl {
     pub password: Secret,
     pub database: String,
     pub sslmode: SslMode,
+    /// Whether the URL itself named an sslmode (otherwise a default applies).
+    pub sslmode_explicit: bool,
     pub sslrootcert: Option<String>,
     pub application_name: Option<String>,
     pub connect_timeout: Option<Duration>,
@@ -173,10 +167,7 @@ impl DbUrl {
         };
         let (user, password) = match userinfo {
             Some(u) => match u.split_once(':') {
-                Some((user, pass)) => (
-                    percent_decode(user, "user")?,
-                    percent_decode(pass, "password")?,
-                ),
+                Some((user, pass)) => (percent_decode(user, "user")?, percent_decode(pass, "password")?),
                 None => (percent_decode(u, "user")?, String::new()),
             },
             None => (String::new(), String::new()),
@@ -199,11 +190,9 @@ impl DbUrl {
         }
         let port = match port {
             None | Some("") => 5432,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| UrlError::Port(p.to_owned()))?,
+            Some(p) => {
+                p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| UrlError::Port(p.to_owned()))?
+            }
         };
         let database = percent_decode(path, "database name")?;
         if user.is_empty() {
@@ -219,6 +208,7 @@ impl DbUrl {
             password: Secret(password),
             database,
             sslmode: SslMode::Prefer,
+            sslmode_explicit: false,
             sslrootcert: None,
             application_name: None,
             connect_timeout: None,
@@ -229,12 +219,12 @@ impl DbUrl {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let key = percent_decode(k, "query")?;
             let value = percent_decode(&v.replace('+', " "), "query")?;
-            let bad = || UrlError::Value {
-                key: key.clone(),
-                value: value.clone(),
-            };
+            let bad = || UrlError::Value { key: key.clone(), value: value.clone() };
             match key.as_str() {
-                "sslmode" => url.sslmode = SslMode::parse(&value).ok_or_else(bad)?,
+                "sslmode" => {
+                    url.sslmode = SslMode::parse(&value).ok_or_else(bad)?;
+                    url.sslmode_explicit = true;
+                }
                 "sslrootcert" => url.sslrootcert = Some(value),
                 "application_name" => url.application_name = Some(value),
                 "connect_timeout" => {
@@ -276,7 +266,10 @@ mod tests {
 
     #[test]
     fn heroku_style_url() {
-        let u = DbUrl::parse("postgres://u1:p%40ss%2Fw@ec2-1-2-3-4.compute-1.amazonaws.com:5432/d9abc?sslmode=require").unwrap();
+        let u = DbUrl::parse(
+            "postgres://u1:p%40ss%2Fw@ec2-1-2-3-4.compute-1.amazonaws.com:5432/d9abc?sslmode=require",
+        )
+        .unwrap();
         assert_eq!(u.user, "u1");
         assert_eq!(u.password.expose(), "p@ss/w");
         assert_eq!(u.host, "ec2-1-2-3-4.compute-1.amazonaws.com");
@@ -313,29 +306,17 @@ mod tests {
             DbUrl::parse("postgres://a:b@h/db?sslcompression=1"),
             Err(UrlError::UnsupportedParam("sslcompression".into()))
         );
-        assert!(matches!(
-            DbUrl::parse("postgres://a:b@h/db?sslmode=sometimes"),
-            Err(UrlError::Value { .. })
-        ));
+        assert!(matches!(DbUrl::parse("postgres://a:b@h/db?sslmode=sometimes"), Err(UrlError::Value { .. })));
     }
 
     #[test]
     fn malformed_urls() {
         assert_eq!(DbUrl::parse("mysql://a@h/db"), Err(UrlError::Scheme));
-        assert_eq!(
-            DbUrl::parse("postgres://a:b@h1,h2/db"),
-            Err(UrlError::MultiHost)
-        );
-        assert_eq!(
-            DbUrl::parse("postgres://a:b@h:99999/db"),
-            Err(UrlError::Port("99999".into()))
-        );
+        assert_eq!(DbUrl::parse("postgres://a:b@h1,h2/db"), Err(UrlError::MultiHost));
+        assert_eq!(DbUrl::parse("postgres://a:b@h:99999/db"), Err(UrlError::Port("99999".into())));
         assert_eq!(DbUrl::parse("postgres://a:b@h/"), Err(UrlError::NoDatabase));
         assert_eq!(DbUrl::parse("postgres://h/db"), Err(UrlError::NoUser));
-        assert_eq!(
-            DbUrl::parse("postgres://a:%zz@h/db"),
-            Err(UrlError::Encoding("password"))
-        );
+        assert_eq!(DbUrl::parse("postgres://a:%zz@h/db"), Err(UrlError::Encoding("password")));
     }
 
     #[test]

@@ -35,20 +35,14 @@ impl Target {
     ) -> Result<Target, crate::tls::TlsConfigError> {
         let tls = crate::tls::server_side_config(url.sslmode, url.sslrootcert.as_deref())?;
         let connect_timeout = url.connect_timeout.unwrap_or(default_timeout);
-        Ok(Target {
-            url,
-            tls,
-            connect_timeout,
-        })
+        Ok(Target { url, tls, connect_timeout })
     }
 
     /// Opens TCP and negotiates TLS as the sslmode asks.
     pub async fn open(&self) -> Result<Stream, ServerError> {
         let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
             .await
-            .map_err(|e| {
-                ServerError::Connect(format!("cannot connect to {}: {e}", self.url.host_port()))
-            })?;
+            .map_err(|e| ServerError::Connect(format!("cannot connect to {}: {e}", self.url.host_port())))?;
         let _ = tcp.set_nodelay(true);
         let Some(tls) = &self.tls else {
             return Ok(Stream::Plain(tcp));
@@ -61,16 +55,11 @@ impl Target {
         tcp.read_exact(&mut answer).await.map_err(ServerError::io)?;
         match answer[0] {
             b'S' => {
-                let name = crate::tls::server_name(&self.url.host)
-                    .map_err(|e| ServerError::Tls(e.to_string()))?;
-                let stream = tokio_rustls::TlsConnector::from(tls.clone())
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| {
-                        ServerError::Tls(format!(
-                            "TLS handshake with {} failed: {e}",
-                            self.url.host_port()
-                        ))
+                let name =
+                    crate::tls::server_name(&self.url.host).map_err(|e| ServerError::Tls(e.to_string()))?;
+                let stream =
+                    tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await.map_err(|e| {
+                        ServerError::Tls(format!("TLS handshake with {} failed: {e}", self.url.host_port()))
                     })?;
                 Ok(Stream::Connected(Box::new(stream)))
             }
@@ -83,9 +72,7 @@ impl Target {
                 self.url.host_port(),
                 self.url.sslmode.as_str()
             ))),
-            _ => Err(ServerError::Protocol(
-                "unexpected answer to SSLRequest".into(),
-            )),
+            _ => Err(ServerError::Protocol("unexpected answer to SSLRequest".into())),
         }
     }
 }
@@ -109,10 +96,7 @@ pub struct ServerConn {
 
 impl std::fmt::Debug for ServerConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerConn")
-            .field("id", &self.id)
-            .field("pid", &self.pid)
-            .finish_non_exhaustive()
+        f.debug_struct("ServerConn").field("id", &self.id).field("pid", &self.pid).finish_non_exhaustive()
     }
 }
 
@@ -149,8 +133,7 @@ impl ServerConn {
         }
         if let Some(options) = &url.options {
             // Validate here so a bad URL fails loudly; Postgres parses the same syntax.
-            parse_options(options)
-                .map_err(|e| ServerError::Protocol(format!("the URL's options: {e}")))?;
+            parse_options(options).map_err(|e| ServerError::Protocol(format!("the URL's options: {e}")))?;
             params.push(("options", options));
         }
         let mut buf = BytesMut::new();
@@ -192,9 +175,7 @@ impl ServerConn {
                 return Err(ServerError::from_error_body(&body));
             }
             if t != tag::AUTHENTICATION || body.len() < 4 {
-                return Err(ServerError::Protocol(
-                    "expected an authentication request".into(),
-                ));
+                return Err(ServerError::Protocol("expected an authentication request".into()));
             }
             let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
             let data = &body[4..];
@@ -204,30 +185,42 @@ impl ServerConn {
                 3 => frontend::password_message(password, &mut buf).map_err(ServerError::io)?,
                 5 if data.len() == 4 => {
                     let salt = [data[0], data[1], data[2], data[3]];
-                    let hash = postgres_protocol::authentication::md5_hash(url.user.as_bytes(), password, salt);
+                    let hash =
+                        postgres_protocol::authentication::md5_hash(url.user.as_bytes(), password, salt);
                     frontend::password_message(hash.as_bytes(), &mut buf).map_err(ServerError::io)?;
                 }
                 10 => {
                     let offers_scram = data.split(|&b| b == 0).any(|m| m == SCRAM_SHA_256.as_bytes());
                     if !offers_scram {
-                        return Err(ServerError::Protocol("server offers no SASL mechanism pgsidecar supports".into()));
+                        return Err(ServerError::Protocol(
+                            "server offers no SASL mechanism pgsidecar supports".into(),
+                        ));
                     }
                     let s = ScramSha256::new(password, ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut buf).map_err(ServerError::io)?;
+                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut buf)
+                        .map_err(ServerError::io)?;
                     scram = Some(s);
                 }
                 11 => {
-                    let s = scram.as_mut().ok_or_else(|| ServerError::Protocol("SASL continue before start".into()))?;
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| ServerError::Protocol("SASL continue before start".into()))?;
                     s.update(data).map_err(|e| ServerError::Auth(format!("SCRAM: {e}")))?;
                     frontend::sasl_response(s.message(), &mut buf).map_err(ServerError::io)?;
                 }
                 12 => {
-                    let mut s = scram.take().ok_or_else(|| ServerError::Protocol("SASL final before start".into()))?;
-                    s.finish(data).map_err(|e| ServerError::Auth(format!("server's SCRAM signature is invalid: {e}")))?;
+                    let mut s = scram
+                        .take()
+                        .ok_or_else(|| ServerError::Protocol("SASL final before start".into()))?;
+                    s.finish(data).map_err(|e| {
+                        ServerError::Auth(format!("server's SCRAM signature is invalid: {e}"))
+                    })?;
                     continue;
                 }
                 other => {
-                    return Err(ServerError::Auth(format!("server asks for authentication method {other}, which pgsidecar does not support")))
+                    return Err(ServerError::Auth(format!(
+                        "server asks for authentication method {other}, which pgsidecar does not support"
+                    )))
                 }
             }
             self.io.write_all(&buf).await.map_err(ServerError::io)?;

@@ -73,17 +73,12 @@ impl ServerError {
             ServerError::Connect(_)
             | ServerError::Tls(_)
             | ServerError::Timeout(_)
-            | ServerError::Auth(_) => PgError::fatal(
-                "08001",
-                format!("pgsidecar could not connect to the database server: {self}"),
-            )
-            .with_hint("check that the database is up and that DATABASE_URL is current")
-            .encode(buf),
-            _ => PgError::fatal(
-                "08006",
-                format!("pgsidecar lost the server connection: {self}"),
-            )
-            .encode(buf),
+            | ServerError::Auth(_) => {
+                PgError::fatal("08001", format!("pgsidecar could not connect to the database server: {self}"))
+                    .with_hint("check that the database is up and that DATABASE_URL is current")
+                    .encode(buf)
+            }
+            _ => PgError::fatal("08006", format!("pgsidecar lost the server connection: {self}")).encode(buf),
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct PoolStats {
 
 pub struct Pool {
     pub database: String,
+    /// How long checkouts waited for a server.
+    pub waits: crate::observe::histogram::Histogram,
     pub target: Arc<Target>,
     cfg: PoolConfig,
     state: Mutex<State>,
@@ -68,9 +70,7 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool")
-            .field("database", &self.database)
-            .finish_non_exhaustive()
+        f.debug_struct("Pool").field("database", &self.database).finish_non_exhaustive()
     }
 }
 
@@ -79,6 +79,7 @@ impl Pool {
         let max_size = cfg.size;
         Arc::new(Pool {
             database,
+            waits: Default::default(),
             target,
             cfg,
             state: Mutex::new(State {
@@ -114,11 +115,7 @@ impl Pool {
             connecting: s.connecting,
             waiting: s.waiters.len(),
             max_size: s.max_size,
-            oldest_wait: s
-                .waiters
-                .front()
-                .map(|w| w.since.elapsed())
-                .unwrap_or_default(),
+            oldest_wait: s.waiters.front().map(|w| w.since.elapsed()).unwrap_or_default(),
             opened_total: s.opened_total,
             closed_total: s.closed_total,
         }
@@ -161,30 +158,22 @@ impl Pool {
             close_all(doomed);
             return Ticket {
                 pool: self.clone(),
+                since: Instant::now(),
                 inner: TicketState::Ready(Some(conn)),
             };
         }
         let (tx, rx) = oneshot::channel();
         let id = s.next_waiter;
         s.next_waiter += 1;
-        s.waiters.push_back(Waiter {
-            id,
-            since: Instant::now(),
-            tx,
-        });
+        s.waiters.push_back(Waiter { id, since: Instant::now(), tx });
         self.spawn_connects(&mut s);
         drop(s);
         close_all(doomed);
-        Ticket {
-            pool: self.clone(),
-            inner: TicketState::Waiting { id, rx },
-        }
+        Ticket { pool: self.clone(), since: Instant::now(), inner: TicketState::Waiting { id, rx } }
     }
 
     fn expired(&self, conn: &ServerConn) -> bool {
-        self.cfg
-            .server_lifetime
-            .is_some_and(|l| conn.created.elapsed() >= l)
+        self.cfg.server_lifetime.is_some_and(|l| conn.created.elapsed() >= l)
     }
 
     /// Opens connections for waiters not yet covered, within the size and parallelism limits.
@@ -341,16 +330,14 @@ fn close_all(conns: Vec<ServerConn>) {
 
 enum TicketState {
     Ready(Option<ServerConn>),
-    Waiting {
-        id: u64,
-        rx: oneshot::Receiver<Handoff>,
-    },
+    Waiting { id: u64, rx: oneshot::Receiver<Handoff> },
     Done,
 }
 
 /// A place in a pool's queue. Resolves to a [`Lease`]; dropping it leaves the queue.
 pub struct Ticket {
     pool: Arc<Pool>,
+    since: Instant,
     inner: TicketState,
 }
 
@@ -369,10 +356,10 @@ impl Future for Ticket {
             TicketState::Done => panic!("ticket polled after completion"),
         };
         this.inner = TicketState::Done;
-        Poll::Ready(result.map(|conn| Lease {
-            conn: Some(conn),
-            pool: this.pool.clone(),
-        }))
+        if result.is_ok() {
+            this.pool.waits.record(this.since.elapsed());
+        }
+        Poll::Ready(result.map(|conn| Lease { conn: Some(conn), pool: this.pool.clone() }))
     }
 }
 
@@ -395,9 +382,7 @@ pub struct Lease {
 
 impl Lease {
     pub fn conn(&mut self) -> &mut ServerConn {
-        self.conn
-            .as_mut()
-            .expect("lease holds a connection until consumed")
+        self.conn.as_mut().expect("lease holds a connection until consumed")
     }
 
     pub fn pool(&self) -> &Arc<Pool> {

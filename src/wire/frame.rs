@@ -34,23 +34,13 @@ impl Header {
         }
         let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
         if len < 4 {
-            return Err(FrameError::BadLength {
-                tag: buf[0],
-                len: i64::from(len),
-            });
+            return Err(FrameError::BadLength { tag: buf[0], len: i64::from(len) });
         }
         let body_len = len as usize - 4;
         if body_len + HEADER_LEN > max {
-            return Err(FrameError::TooLong {
-                tag: buf[0],
-                len: body_len + HEADER_LEN,
-                max,
-            });
+            return Err(FrameError::TooLong { tag: buf[0], len: body_len + HEADER_LEN, max });
         }
-        Ok(Some(Header {
-            tag: buf[0],
-            body_len,
-        }))
+        Ok(Some(Header { tag: buf[0], body_len }))
     }
 }
 
@@ -141,11 +131,7 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated string, as raw bytes without the terminator.
     pub fn cstr_bytes(&mut self) -> Result<&'a [u8], FrameError> {
-        let end = self
-            .buf
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| self.malformed())?;
+        let end = self.buf.iter().position(|&b| b == 0).ok_or_else(|| self.malformed())?;
         let s = &self.buf[..end];
         self.buf = &self.buf[end + 1..];
         Ok(s)

@@ -50,21 +50,11 @@ pub struct PgError {
 
 impl PgError {
     pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
-        PgError {
-            severity: Severity::Fatal,
-            code,
-            message: message.into(),
-            hint: None,
-        }
+        PgError { severity: Severity::Fatal, code, message: message.into(), hint: None }
     }
 
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
-        PgError {
-            severity: Severity::Error,
-            code,
-            message: message.into(),
-            hint: None,
-        }
+        PgError { severity: Severity::Error, code, message: message.into(), hint: None }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -74,10 +64,7 @@ impl PgError {
 
     pub fn encode(&self, buf: &mut BytesMut) {
         let at = begin(buf, tag::ERROR_RESPONSE);
-        for (field, value) in [
-            (b'S', self.severity.as_str()),
-            (b'V', self.severity.as_str()),
-        ] {
+        for (field, value) in [(b'S', self.severity.as_str()), (b'V', self.severity.as_str())] {
             buf.put_u8(field);
             put_cstr(buf, value.as_bytes());
         }
@@ -96,13 +83,7 @@ impl PgError {
 
 impl std::fmt::Display for PgError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.severity.as_str(),
-            self.code,
-            self.message
-        )
+        write!(f, "{} {}: {}", self.severity.as_str(), self.code, self.message)
     }
 }
 
@@ -273,9 +254,7 @@ pub fn parse_parameter_status(body: &[u8]) -> Result<(String, String), FrameErro
 pub fn parse_ready_for_query(body: &[u8]) -> Result<u8, FrameError> {
     match body {
         [s @ (b'I' | b'T' | b'E')] => Ok(*s),
-        _ => Err(FrameError::Malformed {
-            what: "ReadyForQuery",
-        }),
+        _ => Err(FrameError::Malformed { what: "ReadyForQuery" }),
     }
 }
 

@@ -27,20 +27,14 @@ impl std::fmt::Debug for Startup {
         f.debug_struct("Startup")
             .field("major", &self.major)
             .field("minor", &self.minor)
-            .field(
-                "params",
-                &self.params.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-            )
+            .field("params", &self.params.iter().map(|(k, _)| k).collect::<Vec<_>>())
             .finish()
     }
 }
 
 impl Startup {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -118,15 +112,9 @@ pub fn parse_startup_body(body: &[u8]) -> Result<StartupPacket, StartupError> {
                 params.push((name.to_owned(), value.to_owned()));
             }
             if !r.is_empty() {
-                return Err(StartupError::Layout(
-                    "bytes after the parameter list terminator",
-                ));
+                return Err(StartupError::Layout("bytes after the parameter list terminator"));
             }
-            Ok(StartupPacket::Startup(Startup {
-                major,
-                minor,
-                params,
-            }))
+            Ok(StartupPacket::Startup(Startup { major, minor, params }))
         }
     }
 }
@@ -168,16 +156,13 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
     let mut it = words.into_iter();
     while let Some(word) = it.next() {
         let setting = if word == "-c" {
-            it.next()
-                .ok_or_else(|| "option -c needs name=value".to_owned())?
+            it.next().ok_or_else(|| "option -c needs name=value".to_owned())?
         } else if let Some(rest) = word.strip_prefix("-c") {
             rest.to_owned()
         } else if let Some(rest) = word.strip_prefix("--") {
             rest.to_owned()
         } else {
-            return Err(format!(
-                "unsupported option \"{word}\": only -c name=value is supported"
-            ));
+            return Err(format!("unsupported option \"{word}\": only -c name=value is supported"));
         };
         let (name, value) = setting
             .split_once('=')

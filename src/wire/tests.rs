@@ -36,21 +36,12 @@ fn frame_rejects_short_negative_and_huge_lengths() {
         let mut buf = BytesMut::new();
         buf.put_u8(b'Q');
         buf.put_i32(len);
-        assert!(
-            matches!(
-                split_frame(&mut buf, 1024),
-                Err(FrameError::BadLength { .. })
-            ),
-            "{len}"
-        );
+        assert!(matches!(split_frame(&mut buf, 1024), Err(FrameError::BadLength { .. })), "{len}");
     }
     let mut buf = BytesMut::new();
     buf.put_u8(b'Q');
     buf.put_i32(i32::MAX);
-    assert!(matches!(
-        split_frame(&mut buf, 1 << 20),
-        Err(FrameError::TooLong { .. })
-    ));
+    assert!(matches!(split_frame(&mut buf, 1 << 20), Err(FrameError::TooLong { .. })));
     // Nothing was reserved for the announced body.
     assert!(buf.capacity() < 1 << 20);
 }
@@ -58,13 +49,7 @@ fn frame_rejects_short_negative_and_huge_lengths() {
 #[test]
 fn header_only_parse_for_streaming() {
     let h = Header::parse(b"D\0\0\x10\0", usize::MAX).unwrap().unwrap();
-    assert_eq!(
-        h,
-        Header {
-            tag: b'D',
-            body_len: 4092
-        }
-    );
+    assert_eq!(h, Header { tag: b'D', body_len: 4092 });
     assert_eq!(h.total_len(), 4097);
     assert_eq!(Header::parse(b"D\0\0", 100).unwrap(), None);
 }
@@ -81,22 +66,13 @@ fn startup_parses_params_and_requests() {
         other => panic!("{other:?}"),
     }
     let mut ssl = BytesMut::from(&[0u8, 0, 0, 8, 4, 210, 22, 47][..]);
-    assert_eq!(
-        split_startup(&mut ssl).unwrap(),
-        Some(StartupPacket::SslRequest)
-    );
+    assert_eq!(split_startup(&mut ssl).unwrap(), Some(StartupPacket::SslRequest));
     let mut cancel = BytesMut::new();
     cancel.put_i32(16);
     cancel.put_i32(80_877_102);
     cancel.put_i32(42);
     cancel.put_i32(-7);
-    assert_eq!(
-        split_startup(&mut cancel).unwrap(),
-        Some(StartupPacket::Cancel {
-            pid: 42,
-            secret: -7
-        })
-    );
+    assert_eq!(split_startup(&mut cancel).unwrap(), Some(StartupPacket::Cancel { pid: 42, secret: -7 }));
 }
 
 #[test]
@@ -106,10 +82,7 @@ fn startup_rejects_bad_input() {
         let mut buf = BytesMut::new();
         buf.put_i32(len);
         buf.put_i32(196_608);
-        assert!(
-            matches!(split_startup(&mut buf), Err(StartupError::BadLength(_))),
-            "{len}"
-        );
+        assert!(matches!(split_startup(&mut buf), Err(StartupError::BadLength(_))), "{len}");
     }
     // Missing terminator.
     let mut buf = BytesMut::new();
@@ -124,16 +97,12 @@ fn startup_rejects_bad_input() {
     assert!(split_startup(&mut buf).is_err());
     // Protocol 2.
     let mut buf = startup_bytes(131_072, &[("user", "a")]);
-    assert!(matches!(
-        split_startup(&mut buf),
-        Err(StartupError::UnsupportedProtocol { major: 2, .. })
-    ));
+    assert!(matches!(split_startup(&mut buf), Err(StartupError::UnsupportedProtocol { major: 2, .. })));
 }
 
 #[test]
 fn options_are_split_like_libpq() {
-    let got = parse_options("-c statement_timeout=5s  -csearch_path=app,public --lock-timeout=1s")
-        .unwrap();
+    let got = parse_options("-c statement_timeout=5s  -csearch_path=app,public --lock-timeout=1s").unwrap();
     assert_eq!(
         got,
         vec![
@@ -154,9 +123,7 @@ fn options_are_split_like_libpq() {
 #[test]
 fn error_response_round_trips() {
     let mut buf = BytesMut::new();
-    PgError::fatal("53300", "too many clients")
-        .with_hint("raise it")
-        .encode(&mut buf);
+    PgError::fatal("53300", "too many clients").with_hint("raise it").encode(&mut buf);
     let (tag, body) = split_frame(&mut buf, 1024).unwrap().unwrap();
     assert_eq!(tag, b'E');
     let fields = ErrorFields::parse(&body).unwrap();

@@ -82,10 +82,7 @@ pub struct PgOptions {
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions {
-            max_connections: 100,
-            tls: true,
-        }
+        PgOptions { max_connections: 100, tls: true }
     }
 }
 
@@ -148,11 +145,8 @@ impl TestPg {
             .append(true)
             .open(pg.data_dir.join("postgresql.conf"))
             .expect("open postgresql.conf");
-        writeln!(
-            conf,
-            "\n# added by the pgsidecar test harness\ninclude '{HARNESS_CONF}'"
-        )
-        .expect("append to postgresql.conf");
+        writeln!(conf, "\n# added by the pgsidecar test harness\ninclude '{HARNESS_CONF}'")
+            .expect("append to postgresql.conf");
         drop(conf);
 
         pg.launch(&opts);
@@ -212,11 +206,7 @@ impl TestPg {
             Some(pass) => format!("{}:{}", pct_encode(user), pct_encode(pass)),
             None => pct_encode(user),
         };
-        let mut url = format!(
-            "postgres://{userinfo}@{HOST}:{}/{}",
-            self.port,
-            pct_encode(db)
-        );
+        let mut url = format!("postgres://{userinfo}@{HOST}:{}/{}", self.port, pct_encode(db));
         if !sslmode.is_empty() {
             url.push_str("?sslmode=");
             url.push_str(&pct_encode(sslmode));
@@ -239,9 +229,7 @@ impl TestPg {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         scrub_env(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", tools().psql.display()));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", tools().psql.display()));
         let mut stdin = child.stdin.take().expect("psql stdin");
         let script = sql.to_owned();
         let writer = thread::spawn(move || {
@@ -270,13 +258,7 @@ impl TestPg {
         let suffix = format!("_{n}_{}", std::process::id());
         let mut base: String = prefix
             .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
             .collect();
         if base.is_empty() {
             base.push_str("db");
@@ -296,11 +278,7 @@ impl TestPg {
         );
         self.sql(
             &name,
-            &format!(
-                "GRANT ALL ON SCHEMA public TO {}, {};",
-                quote_ident(MD5_USER),
-                quote_ident(PLAIN_USER)
-            ),
+            &format!("GRANT ALL ON SCHEMA public TO {}, {};", quote_ident(MD5_USER), quote_ident(PLAIN_USER)),
         );
         name
     }
@@ -355,11 +333,7 @@ impl TestPg {
         let deadline = Instant::now() + READY_TIMEOUT;
         while !self.pg_isready() {
             if Instant::now() > deadline {
-                panic!(
-                    "server on port {} not ready after restart\n{}",
-                    self.port,
-                    self.log_context()
-                );
+                panic!("server on port {} not ready after restart\n{}", self.port, self.log_context());
             }
             thread::sleep(POLL_INTERVAL);
         }
@@ -382,11 +356,7 @@ impl TestPg {
             .output()
             .expect("run pg_ctl stop");
         if !out.status.success() && self.is_running() {
-            panic!(
-                "pg_ctl stop -m {mode} failed: {}\n{}",
-                output_text(&out),
-                self.log_context()
-            );
+            panic!("pg_ctl stop -m {mode} failed: {}\n{}", output_text(&out), self.log_context());
         }
     }
 
@@ -442,11 +412,7 @@ impl TestPg {
     fn write_tls_files(&self) {
         let tls = generate_tls();
         self.write_owned(&self.ca_cert, tls.ca_pem.as_bytes(), 0o644);
-        self.write_owned(
-            &self.root.join("server.crt"),
-            tls.cert_pem.as_bytes(),
-            0o644,
-        );
+        self.write_owned(&self.root.join("server.crt"), tls.cert_pem.as_bytes(), 0o644);
         self.write_owned(&self.root.join("server.key"), tls.key_pem.as_bytes(), 0o600);
     }
 
@@ -511,10 +477,7 @@ impl TestPg {
                     )
                 }
                 Err(LaunchError::Failed(why)) => {
-                    panic!(
-                        "test postgres failed to start: {why}\n{}",
-                        self.log_context()
-                    )
+                    panic!("test postgres failed to start: {why}\n{}", self.log_context())
                 }
             }
         }
@@ -537,18 +500,13 @@ impl TestPg {
             .stderr(Stdio::null());
         let mut child = cmd.spawn().expect("spawn postgres wrapper");
         let stdin = child.stdin.take();
-        *self.wrapper.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(Wrapper { child, stdin });
+        *self.wrapper.lock().unwrap_or_else(PoisonError::into_inner) = Some(Wrapper { child, stdin });
     }
 
     /// Close the wrapper's stdin and wait for it; it stops the server and,
     /// unless `keep`, removes the temp dir.
     fn shutdown_wrapper(&self, keep: bool) {
-        let wrapper = self
-            .wrapper
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let wrapper = self.wrapper.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(mut w) = wrapper {
             if let Some(mut stdin) = w.stdin.take() {
                 if keep {
@@ -572,22 +530,13 @@ impl TestPg {
                 }
                 return Err(LaunchError::Failed("postmaster exited".into()));
             }
-            if let Some(w) = self
-                .wrapper
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_mut()
-            {
+            if let Some(w) = self.wrapper.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
                 if let Ok(Some(status)) = w.child.try_wait() {
-                    return Err(LaunchError::Failed(format!(
-                        "wrapper exited early ({status})"
-                    )));
+                    return Err(LaunchError::Failed(format!("wrapper exited early ({status})")));
                 }
             }
             if Instant::now() > deadline {
-                return Err(LaunchError::Failed(format!(
-                    "not ready within {READY_TIMEOUT:?}"
-                )));
+                return Err(LaunchError::Failed(format!("not ready within {READY_TIMEOUT:?}")));
             }
             thread::sleep(POLL_INTERVAL);
         }
@@ -627,11 +576,7 @@ impl TestPg {
     }
 
     fn log_context(&self) -> String {
-        format!(
-            "--- tail of {} ---\n{}",
-            self.log_path.display(),
-            self.log_tail(60)
-        )
+        format!("--- tail of {} ---\n{}", self.log_path.display(), self.log_tail(60))
     }
 }
 
@@ -663,10 +608,7 @@ fn tools() -> &'static Tools {
         psql: find_pg_tool("psql"),
         runuser: find_in_path("runuser")
             .or_else(|| {
-                ["/usr/sbin/runuser", "/sbin/runuser"]
-                    .iter()
-                    .map(PathBuf::from)
-                    .find(|p| is_executable(p))
+                ["/usr/sbin/runuser", "/sbin/runuser"].iter().map(PathBuf::from).find(|p| is_executable(p))
             })
             .unwrap_or_else(|| PathBuf::from("runuser")),
     })
@@ -683,9 +625,8 @@ pub fn pg_tool(name: &str) -> PathBuf {
 fn find_pg_tool(name: &str) -> PathBuf {
     let in_path = find_in_path(name);
     if let Some(p) = &in_path {
-        let is_shim = fs::canonicalize(p)
-            .map(|c| c.file_name() == Some(OsStr::new("pg_wrapper")))
-            .unwrap_or(false);
+        let is_shim =
+            fs::canonicalize(p).map(|c| c.file_name() == Some(OsStr::new("pg_wrapper"))).unwrap_or(false);
         if !is_shim {
             return p.clone();
         }
@@ -693,12 +634,8 @@ fn find_pg_tool(name: &str) -> PathBuf {
     let mut best: Option<(Vec<u32>, PathBuf)> = None;
     if let Ok(entries) = fs::read_dir("/usr/lib/postgresql") {
         for entry in entries.flatten() {
-            let version: Option<Vec<u32>> = entry
-                .file_name()
-                .to_string_lossy()
-                .split('.')
-                .map(|part| part.parse().ok())
-                .collect();
+            let version: Option<Vec<u32>> =
+                entry.file_name().to_string_lossy().split('.').map(|part| part.parse().ok()).collect();
             let Some(version) = version else { continue };
             let candidate = entry.path().join("bin").join(name);
             if is_executable(&candidate) && best.as_ref().is_none_or(|(v, _)| version > *v) {
@@ -706,22 +643,18 @@ fn find_pg_tool(name: &str) -> PathBuf {
             }
         }
     }
-    best.map(|(_, p)| p).or(in_path).unwrap_or_else(|| {
-        panic!("PostgreSQL tool `{name}` not found in PATH or /usr/lib/postgresql/*/bin")
-    })
+    best.map(|(_, p)| p)
+        .or(in_path)
+        .unwrap_or_else(|| panic!("PostgreSQL tool `{name}` not found in PATH or /usr/lib/postgresql/*/bin"))
 }
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
-    fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// Set when the test process runs as root: server processes then run as the
@@ -769,11 +702,8 @@ fn id_of(args: &[&str]) -> Option<u32> {
 fn temp_base(as_root: bool) -> PathBuf {
     let base = std::env::temp_dir();
     let traversable = || {
-        base.ancestors().all(|a| {
-            fs::metadata(a)
-                .map(|m| m.permissions().mode() & 0o001 != 0)
-                .unwrap_or(false)
-        })
+        base.ancestors()
+            .all(|a| fs::metadata(a).map(|m| m.permissions().mode() & 0o001 != 0).unwrap_or(false))
     };
     if base.as_os_str().len() <= 60 && (!as_root || traversable()) {
         base
@@ -827,13 +757,9 @@ pub fn quote_ident(s: &str) -> String {
 }
 
 fn output_text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-    .trim()
-    .to_owned()
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        .trim()
+        .to_owned()
 }
 
 fn read_from(path: &Path, offset: u64) -> String {
@@ -870,37 +796,25 @@ pub fn generate_tls() -> TlsFiles {
     let ca_key = KeyPair::generate().expect("generate CA key");
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca.distinguished_name = DistinguishedName::new();
-    ca.distinguished_name
-        .push(DnType::CommonName, "pgsidecar test CA");
+    ca.distinguished_name.push(DnType::CommonName, "pgsidecar test CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    ca.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     ca.not_before = date_time_ymd(2000, 1, 1);
     ca.not_after = date_time_ymd(2099, 12, 31);
     let ca_cert = ca.self_signed(&ca_key).expect("self-sign CA");
 
     let key = KeyPair::generate().expect("generate server key");
-    let mut params = CertificateParams::new(vec!["localhost".to_owned(), HOST.to_owned()])
-        .expect("server cert params");
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_owned(), HOST.to_owned()]).expect("server cert params");
     params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
+    params.distinguished_name.push(DnType::CommonName, "localhost");
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
     params.not_before = date_time_ymd(2000, 1, 1);
     params.not_after = date_time_ymd(2099, 12, 31);
-    let cert = params
-        .signed_by(&key, &ca_cert, &ca_key)
-        .expect("sign server cert");
+    let cert = params.signed_by(&key, &ca_cert, &ca_key).expect("sign server cert");
 
-    TlsFiles {
-        ca_pem: ca_cert.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
+    TlsFiles { ca_pem: ca_cert.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
 }

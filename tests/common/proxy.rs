@@ -44,19 +44,13 @@ pub async fn start_with_env(env: BTreeMap<String, String>) -> TestProxy {
     let config = Config::load(&BTreeMap::new(), &env).expect("test config is valid");
     pgsidecar::logging::init(config.log_level, true);
     let proxy = Proxy::new(config).expect("proxy starts");
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(proxy.clone().serve(listener, async move {
         let _ = rx.await;
     }));
-    TestProxy {
-        addr,
-        proxy,
-        stop: Some(tx),
-    }
+    TestProxy { addr, proxy, stop: Some(tx) }
 }
 
 /// A proxy for scram_user on `db`, TLS to the server (sslmode=require).
@@ -86,9 +80,7 @@ impl TestProxy {
 
     /// Connects with tokio-postgres (no TLS to the proxy).
     pub async fn connect(&self, db: &str) -> tokio_postgres::Client {
-        self.connect_with(db, "")
-            .await
-            .expect("connect through pgsidecar")
+        self.connect_with(db, "").await.expect("connect through pgsidecar")
     }
 
     /// Connects with extra key=value connection parameters (e.g. "options='-c TimeZone=UTC'").
@@ -102,8 +94,7 @@ impl TestProxy {
             self.addr.port(),
             SCRAM_PASS.replace('\'', "\\'")
         );
-        let (client, connection) =
-            tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await?;
+        let (client, connection) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });

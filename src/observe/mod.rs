@@ -1,0 +1,3 @@
+//! Measurements kept by the proxy itself: latency histograms cheap enough for the hot path.
+
+pub mod histogram;
