@@ -47,6 +47,11 @@ pub fn command() -> Command {
                 .arg(Arg::new("command").num_args(1..).required(true).trailing_var_arg(true).allow_hyphen_values(true).value_parser(clap::value_parser!(std::ffi::OsString)).value_name("COMMAND")),
         )
         .subcommand(Command::new("check").about("Check settings and connect to each upstream without starting the proxy"))
+        .subcommand(
+            Command::new("demo")
+                .about("Temporary PostgreSQL + pgsidecar + a simulated app that saturates the pool; live view and summary")
+                .arg(Arg::new("duration").long("duration").value_name("SECONDS").default_value("20").value_parser(clap::value_parser!(u64).range(4..=3600))),
+        )
 }
 
 /// Flag values the user gave, keyed by flag name.
@@ -64,6 +69,15 @@ pub fn flags(matches: &clap::ArgMatches) -> BTreeMap<String, String> {
 
 pub fn main() -> ExitCode {
     let matches = command().get_matches();
+    if let Some(("demo", m)) = matches.subcommand() {
+        // The demo brings its own database: no settings are read from the environment.
+        crate::logging::init(tracing::Level::WARN, true);
+        let secs = m.get_one::<u64>("duration").copied().unwrap_or(20);
+        return match runtime() {
+            Ok(rt) => rt.block_on(crate::demo::run(std::time::Duration::from_secs(secs))),
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
     let flags = flags(&matches);
     let config = match Config::load(&flags, &OsEnv) {
         Ok(c) => c,

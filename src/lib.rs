@@ -21,6 +21,7 @@
 //! - [`proxy`]: the running proxy: upstreams, pools, accept loop, maintenance.
 //! - [`supervise`]: `pgsidecar run -- CMD` (URL rewrite, signals, drain) and `serve`.
 //! - [`check`]: `pgsidecar check`, settings and upstream diagnosis without starting the proxy.
+//! - [`demo`]: `pgsidecar demo`: temporary PostgreSQL, the proxy and a simulated app, with a live view.
 //! - [`cli`]: the command line and process setup.
 //! - [`logging`]: logfmt log lines on stderr.
 //! - [`observe`]: latency histograms kept by the proxy (checkout wait).
@@ -31,6 +32,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod logging;
 pub mod observe;
 pub mod proxy;
