@@ -291,3 +291,36 @@ fn help_lists_settings_without_secrets() {
     );
     assert!(!stdout.contains("supersecret"));
 }
+
+#[test]
+fn start_script_is_a_drop_in_for_start_pgbouncer() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("startscript");
+    let url = pg.url(SCRAM_USER, &db, "require");
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_pgsidecar")).parent().unwrap().to_path_buf();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bin/start-pgsidecar");
+    for (enabled, proxied) in [("1", true), ("0", false)] {
+        let mut c = Command::new(script);
+        c.env_clear()
+            .env("PATH", format!("{}:{}", bin_dir.display(), path_with_psql()))
+            .env("DATABASE_URL", &url)
+            .env("PGSIDECAR_LISTEN", free_listen())
+            .env("PGBOUNCER_ENABLED", enabled)
+            .env("HOME", std::env::temp_dir())
+            .args([
+                "sh",
+                "-c",
+                "echo \"$DATABASE_URL\"; psql \"$DATABASE_URL\" -Atc 'select current_database()'",
+            ]);
+        let out = c.output().unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        let mut lines = stdout.lines();
+        let seen_url = lines.next().unwrap();
+        assert_eq!(seen_url == url, !proxied, "{seen_url}");
+        if proxied {
+            assert!(seen_url.ends_with("?sslmode=disable"), "{seen_url}");
+        }
+        assert_eq!(lines.next(), Some(db.as_str()));
+    }
+}
