@@ -17,6 +17,8 @@
 //!   bounded FIFO pool with its RAII lease.
 //! - [`client`]: the client handshake, the session loop, the relay that moves bytes while a
 //!   server is attached, and session settings that follow a client between servers.
+//! - [`prepared`]: named prepared statements in transaction mode: proxy-wide names, per-server
+//!   LRU caches, rewriting of Parse/Bind/Describe/Close.
 //! - [`cancel`]: proxy-issued cancel keys mapped to what each client is doing.
 //! - [`proxy`]: the running proxy: upstreams, pools, accept loop, maintenance.
 //! - [`supervise`]: `pgsidecar run -- CMD` (URL rewrite, signals, drain) and `serve`.
@@ -35,6 +37,7 @@ pub mod config;
 pub mod demo;
 pub mod logging;
 pub mod observe;
+pub mod prepared;
 pub mod proxy;
 pub mod server;
 pub mod stream;

@@ -34,6 +34,8 @@ pub struct Proxy {
     pub cancels: Arc<Registry>,
     pub client_tls: Option<tokio_rustls::TlsAcceptor>,
     clients: AtomicUsize,
+    /// Clients pinned to their server by session state (transaction mode).
+    pub pinned: AtomicUsize,
     /// Woken when the last client leaves.
     idle: tokio::sync::Notify,
 }
@@ -61,8 +63,9 @@ impl Proxy {
     pub fn new(config: Config) -> Result<Arc<Proxy>, ProxyError> {
         let mut upstreams = Vec::new();
         for up in &config.upstreams {
-            let target = Target::new(up.url.clone(), config.pool.connect_timeout)
+            let mut target = Target::new(up.url.clone(), config.pool.connect_timeout)
                 .map_err(|error| ProxyError::Tls { var: up.var.clone(), error })?;
+            target.max_prepared = config.pool.max_prepared_statements;
             let pool = Pool::new(up.url.database.clone(), Arc::new(target), config.pool.clone());
             upstreams.push(Arc::new(Upstream {
                 var: up.var.clone(),
@@ -83,6 +86,7 @@ impl Proxy {
             cancels: Arc::new(Registry::default()),
             client_tls,
             clients: AtomicUsize::new(0),
+            pinned: AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
         }))
     }

@@ -3,6 +3,7 @@
 //! session settings that follow a client between servers ([`params`]).
 
 pub mod handshake;
+pub mod io;
 pub mod params;
 pub mod relay;
 pub mod session;

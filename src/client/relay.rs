@@ -1,29 +1,39 @@
-//! Moving messages between a client and its server while a server is attached.
+//! The protocol state of a client-server attachment: which responses the server still owes,
+//! when the server may go back to the pool, and (in transaction mode) the rewriting of named
+//! prepared statements.
 //!
-//! Bytes are forwarded as received. Only message headers are read, except for the few
-//! server messages the proxy must understand (ReadyForQuery, ParameterStatus,
-//! CommandComplete, ErrorResponse), which are small and bounded. Large messages (a huge
-//! DataRow, CopyData) stream through in pieces, so memory per connection stays bounded by
-//! the high-water marks below whatever the result size.
+//! Bytes are forwarded as received. Only message headers are read, except for the messages
+//! the proxy must understand, which are small and bounded: from the server ReadyForQuery,
+//! ParameterStatus, CommandComplete, ErrorResponse and the one-byte completions; from the
+//! client Query, Parse, Bind, Describe and Close. Large messages (a huge DataRow, CopyData)
+//! stream through in pieces, so memory per connection stays bounded whatever the result size.
+//!
+//! In transaction mode every request is recorded in a queue of expected responses, in order.
+//! That lets the proxy answer some requests itself (a Close of a statement it manages), send
+//! requests the client did not (a Parse on a server that lacks the statement) and drop their
+//! answers, and still hand the client exactly the responses, in the order, it would get from
+//! Postgres.
 
+use crate::prepared::{self, ClientStatements, ServerStatements, SqlCommand, Statement};
 use crate::wire::frame::{FrameError, Header, HEADER_LEN};
-use crate::wire::messages::{parse_command_tag, parse_parameter_status, parse_ready_for_query, ErrorFields};
+use crate::wire::messages::{
+    self, parse_command_tag, parse_parameter_status, parse_ready_for_query, ErrorFields, PgError,
+};
 use crate::wire::tag;
-use bytes::{Buf, BytesMut};
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::io::poll_read_buf;
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// Stop moving bytes towards a side once this much is waiting to be written to it.
 pub const WRITE_HIGH: usize = 64 * 1024;
 /// Stop reading from a side once this much of it is buffered (unless a whole message the
 /// proxy must read is larger).
 pub const READ_HIGH: usize = 64 * 1024;
-const READ_CHUNK: usize = 16 * 1024;
 /// Largest message streamed through: anything the length field can express.
 pub const MAX_STREAMED: usize = i32::MAX as usize;
+
+const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
 
 /// Settings the server reports that follow the client (re-applied on another server).
 pub const TRACKED_REPORTED: &[&str] = &[
@@ -36,6 +46,67 @@ pub const TRACKED_REPORTED: &[&str] = &[
     "search_path",
 ];
 
+/// Words that may create session state outliving a transaction (or remove it): a statement
+/// containing one makes the proxy check the server before giving it to someone else.
+const STATE_WORDS: &[&[u8]] =
+    &[b"prepare", b"deallocate", b"listen", b"declare", b"close", b"temp", b"advisory", b"discard", b"drop"];
+
+fn mentions_session_state(sql: &[u8]) -> bool {
+    sql.windows(4).enumerate().any(|(i, w)| {
+        let w0 = w[0].to_ascii_lowercase();
+        matches!(w0, b'p' | b'd' | b'l' | b'c' | b't' | b'a')
+            && STATE_WORDS
+                .iter()
+                .any(|word| sql.len() >= i + word.len() && sql[i..i + word.len()].eq_ignore_ascii_case(word))
+    })
+}
+
+/// A request whose response the relay is waiting for.
+#[derive(Debug)]
+enum Kind {
+    /// A Parse; for a named statement the proxy-wide name, and the client's name when the
+    /// client asked for it (not when the proxy prepares a statement on its own).
+    Parse(Option<Arc<str>>, Option<Vec<u8>>),
+    Bind,
+    Describe,
+    Execute,
+    Close(Option<Arc<str>>),
+    Sync,
+    /// A simple query or function call: everything up to ReadyForQuery belongs to it.
+    Query,
+}
+
+/// What to take back if an answer the proxy owes is never given (an earlier error made
+/// Postgres skip the request).
+#[derive(Debug)]
+enum Undo {
+    Nothing,
+    /// The client's Parse created this name.
+    Created(Vec<u8>),
+    /// The client's Close removed this name.
+    Removed(Vec<u8>, Arc<Statement>),
+}
+
+#[derive(Debug)]
+enum Expect {
+    /// The server answers; `swallow` drops the answer (the client did not ask).
+    Server { kind: Kind, swallow: bool },
+    /// The proxy answers with these bytes when their turn comes.
+    Local(Bytes, Undo),
+    /// The proxy answers a simple query itself: CommandComplete with this tag, ReadyForQuery.
+    LocalQuery(&'static str),
+}
+
+/// Named-statement state the relay works on: the client's names and the server's cache.
+pub struct Statements<'a> {
+    pub client: &'a mut ClientStatements,
+    pub server: &'a mut ServerStatements,
+    /// Rewrite named statements (transaction mode with PGSIDECAR_MAX_PREPARED_STATEMENTS > 0).
+    pub rewrite: bool,
+    /// The client is pinned to this server (SQL-level statements of its own live there).
+    pub pinned: bool,
+}
+
 /// Protocol state of one client-server attachment.
 #[derive(Debug, Default)]
 pub struct Relay {
@@ -43,6 +114,8 @@ pub struct Relay {
     s2c_remaining: usize,
     /// Bytes the next server message needs buffered before it can be read whole.
     s2c_need: usize,
+    /// Bytes the next client message needs buffered before it can be read whole.
+    c2s_need: usize,
     /// ReadyForQuery messages the server still owes.
     pub outstanding: u32,
     /// Extended-protocol messages were sent since the last Sync.
@@ -57,25 +130,37 @@ pub struct Relay {
     pub server_fatal: bool,
     /// ParameterStatus values seen from the server since the last check.
     pub reported: Vec<(String, String)>,
+    /// A statement that may have created session state (its text, for the log).
+    pub state_hint: Option<Bytes>,
+    /// Record expected responses (transaction mode).
+    tracking: bool,
+    expect: VecDeque<Expect>,
+    /// The proxy answered with an error: drop client messages up to the next Sync.
+    client_skip: bool,
+    /// Syncs sent after the last Execute and before any copy data: if that Execute turns out
+    /// to start COPY FROM STDIN, the server ignores them (libpq and tokio-postgres send one).
+    copy_syncs: u32,
+    copy_data_seen: bool,
 }
 
 impl Relay {
-    pub fn new() -> Relay {
-        Relay { status: b'I', ..Relay::default() }
+    pub fn new(tracking: bool) -> Relay {
+        Relay { status: b'I', tracking, ..Relay::default() }
     }
 
     /// Nothing is owed, half-sent or pending: the server can go back to the pool.
     pub fn at_rest(&self) -> bool {
-        self.outstanding == 0
-            && !self.in_batch
-            && self.c2s_remaining == 0
-            && self.s2c_remaining == 0
-            && self.status == b'I'
+        self.quiet() && self.status == b'I'
     }
 
     /// Nothing is owed or half-sent, though a transaction may be open.
     pub fn quiet(&self) -> bool {
-        self.outstanding == 0 && !self.in_batch && self.c2s_remaining == 0 && self.s2c_remaining == 0
+        self.outstanding == 0
+            && !self.in_batch
+            && self.c2s_remaining == 0
+            && self.s2c_remaining == 0
+            && self.expect.is_empty()
+            && !self.client_skip
     }
 
     /// How many bytes of server data may be buffered before reading pauses.
@@ -83,24 +168,73 @@ impl Relay {
         READ_HIGH.max(self.s2c_need)
     }
 
-    /// Moves client messages into `out` (towards the server) while there is room.
+    /// How many bytes of client data may be buffered before reading pauses.
+    pub fn client_read_limit(&self) -> usize {
+        READ_HIGH.max(self.c2s_need)
+    }
+
+    /// Sends answers the proxy owes once everything before them has been answered.
+    fn emit_local(&mut self, to_client: &mut BytesMut) {
+        while let Some(Expect::Local(..) | Expect::LocalQuery(_)) = self.expect.front() {
+            match self.expect.pop_front() {
+                Some(Expect::Local(bytes, _)) => to_client.extend_from_slice(&bytes),
+                Some(Expect::LocalQuery(command)) => {
+                    messages::command_complete(to_client, command);
+                    messages::ready_for_query(to_client, self.status);
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    fn expect_server(&mut self, kind: Kind) {
+        if self.tracking {
+            self.expect.push_back(Expect::Server { kind, swallow: false });
+        }
+    }
+
+    /// Queues Close for statements the server's cache evicted, answers dropped.
+    fn close_evicted(&mut self, server: &mut ServerStatements, to_server: &mut BytesMut) {
+        for name in server.to_close.drain(..) {
+            to_server.extend_from_slice(&prepared::statement_message(tag::CLOSE, &name));
+            self.expect.push_back(Expect::Server { kind: Kind::Close(Some(name)), swallow: true });
+        }
+    }
+
+    /// Makes sure the server holds `stmt`, preparing it (answer dropped) when it does not.
+    fn ensure(&mut self, stmt: &Statement, st: &mut Statements<'_>, to_server: &mut BytesMut) {
+        if st.server.touch(&stmt.name) {
+            return;
+        }
+        st.server.insert(stmt.name.clone());
+        self.close_evicted(st.server, to_server);
+        to_server.extend_from_slice(&stmt.parse);
+        self.expect
+            .push_back(Expect::Server { kind: Kind::Parse(Some(stmt.name.clone()), None), swallow: true });
+    }
+
+    /// Moves client messages towards the server while there is room, rewriting named
+    /// statements; answers the proxy owes go to `to_client`.
     pub fn client_to_server(
         &mut self,
         input: &mut BytesMut,
-        out: &mut BytesMut,
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
         max: usize,
+        st: &mut Statements<'_>,
     ) -> Result<(), FrameError> {
         loop {
             if self.c2s_remaining > 0 {
                 let n = self.c2s_remaining.min(input.len());
-                out.extend_from_slice(&input[..n]);
+                to_server.extend_from_slice(&input[..n]);
                 input.advance(n);
                 self.c2s_remaining -= n;
                 if self.c2s_remaining > 0 {
                     return Ok(());
                 }
             }
-            if out.len() >= WRITE_HIGH || self.terminated {
+            self.emit_local(to_client);
+            if to_server.len() >= WRITE_HIGH || self.terminated {
                 return Ok(());
             }
             let Some(h) = Header::parse(input, max)? else {
@@ -110,33 +244,202 @@ impl Relay {
                 // Postgres would end the session; the proxy does so without involving a server.
                 return Err(FrameError::UnknownType(h.tag));
             }
-            match h.tag {
-                tag::TERMINATE => {
-                    input.advance(h.total_len().min(input.len()));
-                    self.terminated = true;
-                    return Ok(());
-                }
-                tag::QUERY | tag::FUNCTION_CALL => self.outstanding += 1,
-                tag::SYNC => {
-                    self.outstanding += 1;
-                    self.in_batch = false;
-                }
-                tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => {
-                    self.in_batch = true
-                }
-                _ => {}
+            if h.tag == tag::TERMINATE {
+                input.advance(h.total_len().min(input.len()));
+                self.terminated = true;
+                return Ok(());
             }
-            self.c2s_remaining = h.total_len();
+            if self.client_skip {
+                // After an error the proxy raised itself, Postgres would ignore everything up
+                // to Sync; so does the proxy.
+                if h.tag != tag::SYNC {
+                    if input.len() < h.total_len() {
+                        self.c2s_need = h.total_len();
+                        return Ok(());
+                    }
+                    self.c2s_need = 0;
+                    input.advance(h.total_len());
+                    continue;
+                }
+                self.client_skip = false;
+            }
+            let whole = self.tracking
+                && matches!(h.tag, tag::QUERY | tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE);
+            if !whole {
+                match h.tag {
+                    tag::QUERY | tag::FUNCTION_CALL => {
+                        self.outstanding += 1;
+                        self.expect_server(Kind::Query);
+                    }
+                    tag::SYNC => {
+                        self.outstanding += 1;
+                        self.in_batch = false;
+                        self.expect_server(Kind::Sync);
+                        if !self.copy_data_seen {
+                            self.copy_syncs += 1;
+                        }
+                    }
+                    tag::EXECUTE => {
+                        self.in_batch = true;
+                        self.expect_server(Kind::Execute);
+                        self.copy_syncs = 0;
+                        self.copy_data_seen = false;
+                    }
+                    tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => self.copy_data_seen = true,
+                    tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE | tag::FLUSH => self.in_batch = true,
+                    _ => {}
+                }
+                self.c2s_remaining = h.total_len();
+                continue;
+            }
+            if input.len() < h.total_len() {
+                self.c2s_need = h.total_len();
+                return Ok(());
+            }
+            self.c2s_need = 0;
+            let msg = input.split_to(h.total_len()).freeze();
+            self.tracked_message(h.tag, msg, to_server, st)?;
         }
     }
 
-    /// Moves server messages into `out` (towards the client), reading the ones that matter.
-    /// Returns early right after a ReadyForQuery that leaves the server at rest.
+    /// A whole Query, Parse, Bind, Describe or Close in transaction mode.
+    fn tracked_message(
+        &mut self,
+        t: u8,
+        msg: Bytes,
+        out: &mut BytesMut,
+        st: &mut Statements<'_>,
+    ) -> Result<(), FrameError> {
+        let body = &msg[HEADER_LEN..];
+        if t == tag::QUERY {
+            if mentions_session_state(body) {
+                self.state_hint = Some(msg.slice(HEADER_LEN..));
+            }
+            if st.rewrite {
+                match prepared::sql_command(body) {
+                    Some(SqlCommand::Deallocate(name)) if st.client.remove(name.as_bytes()) => {
+                        self.expect.push_back(Expect::LocalQuery("DEALLOCATE"));
+                        return Ok(());
+                    }
+                    Some(SqlCommand::DeallocateAll) if !st.pinned => {
+                        st.client.clear();
+                        self.expect.push_back(Expect::LocalQuery("DEALLOCATE ALL"));
+                        return Ok(());
+                    }
+                    Some(SqlCommand::DiscardAll | SqlCommand::DeallocateAll) => st.client.clear(),
+                    _ => {}
+                }
+            }
+            self.outstanding += 1;
+            self.expect_server(Kind::Query);
+            out.extend_from_slice(&msg);
+            return Ok(());
+        }
+        self.in_batch = true;
+        match t {
+            tag::PARSE => {
+                let (name, stmt) = prepared::from_parse(body)?;
+                let stmt = match stmt {
+                    Some(s) if st.rewrite => s,
+                    _ => {
+                        if mentions_session_state(body) {
+                            self.state_hint = Some(msg.slice(HEADER_LEN..));
+                        }
+                        out.extend_from_slice(&msg);
+                        self.expect_server(Kind::Parse(None, None));
+                        return Ok(());
+                    }
+                };
+                if st.client.contains(&name) || st.client.len() >= prepared::MAX_PER_CLIENT {
+                    let error = if st.client.contains(&name) {
+                        PgError::error(
+                            "42P05",
+                            format!(
+                                "prepared statement \"{}\" already exists",
+                                String::from_utf8_lossy(&name)
+                            ),
+                        )
+                    } else {
+                        PgError::error(
+                            "53400",
+                            format!(
+                                "pgsidecar: this connection holds {} prepared statements, the most it may",
+                                prepared::MAX_PER_CLIENT
+                            ),
+                        )
+                        .with_hint("close statements the application no longer uses")
+                    };
+                    let mut buf = BytesMut::new();
+                    error.encode(&mut buf);
+                    self.expect.push_back(Expect::Local(buf.freeze(), Undo::Nothing));
+                    self.client_skip = true;
+                    return Ok(());
+                }
+                let stmt = Arc::new(stmt);
+                st.client.insert(name.clone(), stmt.clone());
+                if st.server.touch(&stmt.name) {
+                    self.expect
+                        .push_back(Expect::Local(Bytes::from_static(PARSE_COMPLETE), Undo::Created(name)));
+                } else {
+                    st.server.insert(stmt.name.clone());
+                    self.close_evicted(st.server, out);
+                    out.extend_from_slice(&stmt.parse);
+                    self.expect.push_back(Expect::Server {
+                        kind: Kind::Parse(Some(stmt.name.clone()), Some(name)),
+                        swallow: false,
+                    });
+                }
+            }
+            tag::BIND => {
+                let b = prepared::bind_parts(body)?;
+                match st.client.get(b.statement).filter(|_| st.rewrite && !b.statement.is_empty()).cloned() {
+                    Some(stmt) => {
+                        self.ensure(&stmt, st, out);
+                        out.extend_from_slice(&prepared::bind_with(b.portal, &stmt.name, b.rest));
+                    }
+                    None => out.extend_from_slice(&msg),
+                }
+                self.expect_server(Kind::Bind);
+            }
+            tag::DESCRIBE => {
+                let (kind, name) = prepared::target(body, "Describe")?;
+                match st.client.get(name).filter(|_| kind == b'S' && st.rewrite && !name.is_empty()).cloned()
+                {
+                    Some(stmt) => {
+                        self.ensure(&stmt, st, out);
+                        out.extend_from_slice(&prepared::statement_message(tag::DESCRIBE, &stmt.name));
+                    }
+                    None => out.extend_from_slice(&msg),
+                }
+                self.expect_server(Kind::Describe);
+            }
+            tag::CLOSE => {
+                let (kind, name) = prepared::target(body, "Close")?;
+                let managed =
+                    if kind == b'S' && st.rewrite && !name.is_empty() { st.client.take(name) } else { None };
+                if let Some(stmt) = managed {
+                    // The statement stays on the server for other clients; the LRU closes it.
+                    let undo = Undo::Removed(name.to_vec(), stmt);
+                    self.expect.push_back(Expect::Local(Bytes::from_static(CLOSE_COMPLETE), undo));
+                } else {
+                    out.extend_from_slice(&msg);
+                    self.expect_server(Kind::Close(None));
+                }
+            }
+            _ => unreachable!("only whole messages of these types are read"),
+        }
+        Ok(())
+    }
+
+    /// Moves server messages towards the client, reading the ones that matter and dropping
+    /// answers to requests the client did not make. Returns early right after a
+    /// ReadyForQuery that leaves the server at rest.
     pub fn server_to_client(
         &mut self,
         input: &mut BytesMut,
         out: &mut BytesMut,
         max: usize,
+        st: &mut Statements<'_>,
     ) -> Result<(), FrameError> {
         loop {
             if self.s2c_remaining > 0 {
@@ -148,6 +451,7 @@ impl Relay {
                     return Ok(());
                 }
             }
+            self.emit_local(out);
             if out.len() >= WRITE_HIGH {
                 return Ok(());
             }
@@ -158,9 +462,18 @@ impl Relay {
             };
             let inspect = matches!(
                 h.tag,
-                tag::READY_FOR_QUERY | tag::PARAMETER_STATUS | tag::COMMAND_COMPLETE | tag::ERROR_RESPONSE
+                tag::READY_FOR_QUERY
+                    | tag::PARAMETER_STATUS
+                    | tag::COMMAND_COMPLETE
+                    | tag::ERROR_RESPONSE
+                    | b'1'
+                    | b'2'
+                    | b'3'
             );
             if !inspect {
+                if self.tracking || h.tag == tag::COPY_IN_RESPONSE {
+                    self.complete_streamed(h.tag);
+                }
                 self.s2c_remaining = h.total_len();
                 continue;
             }
@@ -172,125 +485,143 @@ impl Relay {
                 return Ok(());
             }
             self.s2c_need = 0;
-            let body = &input[HEADER_LEN..h.total_len()];
+            let msg = input.split_to(h.total_len());
+            let body = &msg[HEADER_LEN..];
+            let mut forward = true;
             let mut at_rest = false;
             match h.tag {
                 tag::READY_FOR_QUERY => {
                     self.status = parse_ready_for_query(body)?;
                     self.outstanding = self.outstanding.saturating_sub(1);
+                    if self.tracking {
+                        self.complete(|k| matches!(k, Kind::Sync | Kind::Query));
+                    }
                     at_rest = self.at_rest();
                 }
-                tag::PARAMETER_STATUS => {
-                    let (name, value) = parse_parameter_status(body)?;
-                    self.reported.push((name, value));
-                }
+                tag::PARAMETER_STATUS => self.reported.push(parse_parameter_status(body)?),
                 tag::COMMAND_COMPLETE => {
                     let t = parse_command_tag(body);
                     if t == b"SET" || t == b"RESET" || t.starts_with(b"DISCARD") {
                         self.settings_changed = true;
                     }
-                }
-                tag::ERROR_RESPONSE => {
-                    if ErrorFields::parse(body).map(|f| f.is_fatal()).unwrap_or(false) {
-                        self.server_fatal = true;
+                    if t == b"DISCARD ALL" || t == b"DEALLOCATE ALL" {
+                        st.server.clear();
+                    }
+                    if self.tracking && self.head_is(|k| matches!(k, Kind::Execute)) {
+                        self.complete(|_| true);
                     }
                 }
-                _ => unreachable!(),
+                tag::ERROR_RESPONSE => {
+                    let fields = ErrorFields::parse(body).unwrap_or_default();
+                    if fields.is_fatal() {
+                        self.server_fatal = true;
+                    }
+                    if fields.code == "0A000"
+                        && fields.message.starts_with("cached plan must not change result type")
+                    {
+                        // DDL changed a statement's result: prepare every statement afresh.
+                        st.server.invalidate_all();
+                    }
+                    if self.tracking {
+                        self.on_error(st);
+                    }
+                }
+                _ => {
+                    // ParseComplete, BindComplete, CloseComplete.
+                    if self.tracking {
+                        forward = !self.complete(|_| true);
+                    }
+                }
             }
-            out.extend_from_slice(&input[..h.total_len()]);
-            input.advance(h.total_len());
+            if forward {
+                out.extend_from_slice(&msg);
+            }
+            self.emit_local(out);
             if at_rest {
                 return Ok(());
             }
         }
     }
-}
 
-/// Which side an I/O error came from.
-#[derive(Debug)]
-pub enum IoError {
-    Client(io::Error),
-    Server(io::Error),
-}
+    fn head_is(&self, f: impl Fn(&Kind) -> bool) -> bool {
+        matches!(self.expect.front(), Some(Expect::Server { kind, .. }) if f(kind))
+    }
 
-/// What one round of I/O did: `Some(0)` is end of stream.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct IoEvent {
-    pub client_read: Option<usize>,
-    pub server_read: Option<usize>,
-}
-
-/// One half of a relay: a stream, what was read from it, and what waits to be written to it.
-pub struct Half<'a, S> {
-    pub io: &'a mut S,
-    pub rbuf: &'a mut BytesMut,
-    pub wbuf: &'a mut BytesMut,
-    pub needs_flush: &'a mut bool,
-    /// Read more from this side only while this is true.
-    pub may_read: bool,
-}
-
-fn poll_write_half<S: AsyncWrite + Unpin>(
-    h: &mut Half<'_, S>,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<bool>> {
-    let mut progressed = false;
-    while !h.wbuf.is_empty() {
-        match Pin::new(&mut *h.io).poll_write(cx, h.wbuf) {
-            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            Poll::Ready(Ok(n)) => {
-                h.wbuf.advance(n);
-                *h.needs_flush = true;
-                progressed = true;
+    /// Pops the expectation at the head if `f` accepts it; returns whether its answer is to
+    /// be dropped.
+    fn complete(&mut self, f: impl Fn(&Kind) -> bool) -> bool {
+        if self.head_is(f) {
+            if let Some(Expect::Server { swallow, .. }) = self.expect.pop_front() {
+                return swallow;
             }
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Ready(Ok(progressed)),
+        }
+        false
+    }
+
+    /// Completion of the head by a streamed (not inspected) message.
+    fn complete_streamed(&mut self, t: u8) {
+        match t {
+            tag::COPY_IN_RESPONSE
+                if self.copy_syncs > 0
+                    && (!self.tracking || self.head_is(|k| matches!(k, Kind::Execute))) =>
+            {
+                // The Syncs queued behind this Execute reach the server during COPY and are
+                // ignored there: no ReadyForQuery will answer them.
+                let mut drop = self.copy_syncs;
+                self.outstanding = self.outstanding.saturating_sub(drop);
+                self.copy_syncs = 0;
+                let mut i = 1;
+                while drop > 0 && i < self.expect.len() {
+                    if matches!(self.expect[i], Expect::Server { kind: Kind::Sync, .. }) {
+                        self.expect.remove(i);
+                        drop -= 1;
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'T' | b'n' if self.head_is(|k| matches!(k, Kind::Describe)) => {
+                self.complete(|_| true);
+            }
+            b'I' | b's' if self.head_is(|k| matches!(k, Kind::Execute)) => {
+                self.complete(|_| true);
+            }
+            _ => {}
         }
     }
-    if *h.needs_flush {
-        match Pin::new(&mut *h.io).poll_flush(cx) {
-            Poll::Ready(Ok(())) => *h.needs_flush = false,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => {}
+
+    /// An ErrorResponse: the request at the head failed, and Postgres skips everything up to
+    /// the next Sync, so none of those requests will be answered; what the proxy recorded for
+    /// them is taken back.
+    fn on_error(&mut self, st: &mut Statements<'_>) {
+        if self.head_is(|k| matches!(k, Kind::Query | Kind::Sync)) {
+            return; // a simple query ends with ReadyForQuery regardless
+        }
+        while let Some(e) = self.expect.front() {
+            if matches!(e, Expect::Server { kind: Kind::Sync, .. }) {
+                break;
+            }
+            match self.expect.pop_front() {
+                Some(Expect::Server { kind: Kind::Parse(global, client), .. }) => {
+                    if let Some(name) = global {
+                        st.server.forget(&name);
+                    }
+                    if let Some(name) = client {
+                        st.client.remove(&name);
+                    }
+                }
+                Some(Expect::Server { kind: Kind::Close(Some(name)), swallow: true }) => {
+                    st.server.to_close.push(name)
+                }
+                Some(Expect::Local(_, Undo::Created(name))) => {
+                    st.client.remove(&name);
+                }
+                Some(Expect::Local(_, Undo::Removed(name, stmt))) => st.client.insert(name, stmt),
+                _ => {}
+            }
         }
     }
-    Poll::Ready(Ok(progressed))
 }
 
-fn poll_read_half<S: AsyncRead + Unpin>(
-    h: &mut Half<'_, S>,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    if !h.may_read {
-        return Poll::Pending;
-    }
-    h.rbuf.reserve(READ_CHUNK);
-    poll_read_buf(Pin::new(&mut *h.io), cx, h.rbuf)
-}
-
-/// Writes whatever is pending to both sides and reads from both, without blocking one side
-/// on the other. Ready as soon as anything moved.
-pub fn poll_io<C, S>(
-    cx: &mut Context<'_>,
-    client: &mut Half<'_, C>,
-    server: &mut Half<'_, S>,
-) -> Poll<Result<IoEvent, IoError>>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let Poll::Ready(wrote_s) = poll_write_half(server, cx).map_err(IoError::Server)? else { unreachable!() };
-    let Poll::Ready(wrote_c) = poll_write_half(client, cx).map_err(IoError::Client)? else { unreachable!() };
-    let mut ev = IoEvent::default();
-    if let Poll::Ready(r) = poll_read_half(client, cx) {
-        ev.client_read = Some(r.map_err(IoError::Client)?);
-    }
-    if let Poll::Ready(r) = poll_read_half(server, cx) {
-        ev.server_read = Some(r.map_err(IoError::Server)?);
-    }
-    if wrote_s || wrote_c || ev.client_read.is_some() || ev.server_read.is_some() {
-        Poll::Ready(Ok(ev))
-    } else {
-        Poll::Pending
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -2,10 +2,12 @@
 //! session), forwards messages both ways, and gives the server back clean.
 
 use super::handshake::Login;
+use super::io::{poll_io, Half, IoError};
 use super::params::{self, Settings};
-use super::relay::{poll_io, Half, IoError, Relay, READ_HIGH, TRACKED_REPORTED, WRITE_HIGH};
+use super::relay::{Relay, Statements, READ_HIGH, TRACKED_REPORTED, WRITE_HIGH};
 use crate::cancel::{Activity, Registration};
 use crate::config::PoolMode;
+use crate::prepared::ClientStatements;
 use crate::proxy::{Proxy, Upstream};
 use crate::server::pool::Lease;
 use crate::server::ServerError;
@@ -23,6 +25,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Buffers larger than this are given back once a client is idle.
 const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// Session state that pins a client to its server in transaction mode; one row, one count.
+const SESSION_STATE_QUERY: &str = "SELECT (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql) \
+     + (SELECT count(*) FROM pg_catalog.pg_listening_channels()) \
+     + (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable) \
+     + (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()) \
+     + (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema())";
 
 /// Why a session ended or paused.
 enum Flow {
@@ -50,6 +59,19 @@ pub struct Session {
     registration: Option<Registration>,
     mode: PoolMode,
     max_message: usize,
+    /// This client's named prepared statements (transaction mode).
+    statements: ClientStatements,
+    rewrite: bool,
+    /// Session state ties the client to its current server (transaction mode).
+    pinned: bool,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.pinned {
+            self.proxy.pinned.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// A request the client sent while it had no server.
@@ -62,8 +84,12 @@ enum Request {
 impl Session {
     pub fn new(proxy: Arc<Proxy>, login: Login) -> Session {
         let Login { stream, rbuf, upstream, settings, .. } = login;
+        let mode = proxy.config.pool.mode;
         Session {
-            mode: proxy.config.pool.mode,
+            rewrite: mode == PoolMode::Transaction && proxy.config.pool.max_prepared_statements > 0,
+            statements: ClientStatements::default(),
+            pinned: false,
+            mode,
             max_message: proxy.config.client.max_message_size,
             proxy,
             upstream,
@@ -376,15 +402,23 @@ impl Session {
     /// Serves the client with a server attached until it can be released (transaction
     /// mode) or either side leaves.
     async fn attached(&mut self, mut lease: Lease) -> Flow {
-        let mut relay = Relay::new();
+        let mut relay = Relay::new(self.mode == PoolMode::Transaction);
         let max = self.max_message;
         loop {
-            if let Err(e) = relay.client_to_server(&mut self.crbuf, &mut self.swbuf, max) {
+            let conn = lease.conn();
+            let mut st = Statements {
+                client: &mut self.statements,
+                server: &mut conn.statements,
+                rewrite: self.rewrite,
+                pinned: self.pinned,
+            };
+            if let Err(e) =
+                relay.client_to_server(&mut self.crbuf, &mut self.swbuf, &mut self.cwbuf, max, &mut st)
+            {
                 self.fail(PgError::fatal("08P01", format!("invalid message from client: {e}"))).await;
                 return Flow::End; // lease dropped: the server is discarded
             }
-            let conn = lease.conn();
-            if let Err(e) = relay.server_to_client(&mut conn.rbuf, &mut self.cwbuf, max) {
+            if let Err(e) = relay.server_to_client(&mut conn.rbuf, &mut self.cwbuf, max, &mut st) {
                 self.fail(PgError::fatal(
                     "08006",
                     format!("pgsidecar: invalid message from the server: {e}"),
@@ -398,25 +432,38 @@ impl Session {
             let conn = lease.conn();
             let drained = self.swbuf.is_empty() && conn.rbuf.is_empty() && !self.sflush;
             if self.mode == PoolMode::Transaction && relay.at_rest() && drained && !relay.server_fatal {
-                if relay.settings_changed && !self.read_back_settings(&mut lease).await {
-                    return Flow::End;
+                if relay.settings_changed {
+                    if !self.read_back_settings(&mut lease).await {
+                        return Flow::End;
+                    }
+                    relay.settings_changed = false;
                 }
-                self.slot_set(Activity::Idle);
-                lease.release();
-                if relay.terminated {
-                    self.flush_client().await;
-                    return Flow::End;
+                if let Some(statement) = relay.state_hint.take() {
+                    match self.session_state(&mut lease).await {
+                        Some(n) => self.set_pinned(n > 0, &statement),
+                        None => return Flow::End,
+                    }
                 }
-                return Flow::Released;
+                if !self.pinned {
+                    self.slot_set(Activity::Idle);
+                    lease.release();
+                    if relay.terminated {
+                        self.flush_client().await;
+                        return Flow::End;
+                    }
+                    return Flow::Released;
+                }
             }
+            let conn = lease.conn();
             if relay.terminated && drained {
                 self.flush_client().await;
                 self.slot_set(Activity::Idle);
                 self.give_back(lease, &relay).await;
                 return Flow::End;
             }
-            let client_may_read =
-                !relay.terminated && self.crbuf.len() < READ_HIGH && self.swbuf.len() < WRITE_HIGH;
+            let client_may_read = !relay.terminated
+                && self.crbuf.len() < relay.client_read_limit()
+                && self.swbuf.len() < WRITE_HIGH;
             let server_may_read =
                 conn.rbuf.len() < relay.server_read_limit() && self.cwbuf.len() < WRITE_HIGH;
             let mut client = Half {
@@ -446,7 +493,13 @@ impl Session {
                     if ev.server_read == Some(0) {
                         // Forward whatever the server said last (often a FATAL), then end.
                         let conn = lease.conn();
-                        let _ = relay.server_to_client(&mut conn.rbuf, &mut self.cwbuf, max);
+                        let mut st = Statements {
+                            client: &mut self.statements,
+                            server: &mut conn.statements,
+                            rewrite: self.rewrite,
+                            pinned: self.pinned,
+                        };
+                        let _ = relay.server_to_client(&mut conn.rbuf, &mut self.cwbuf, max, &mut st);
                         self.slot_set(Activity::Idle);
                         drop(lease);
                         if !relay.server_fatal {
@@ -511,6 +564,40 @@ impl Session {
         }
     }
 
+    /// Counts session state on the server that would outlive the transaction: SQL-level
+    /// prepared statements, LISTEN, holdable cursors, session advisory locks, temporary tables.
+    async fn session_state(&mut self, lease: &mut Lease) -> Option<i64> {
+        let conn = lease.conn();
+        let rows =
+            tokio::time::timeout(CLEANUP_TIMEOUT, conn.exec(SESSION_STATE_QUERY, &mut Vec::new())).await;
+        match rows {
+            Ok(Ok(rows)) => rows.first().and_then(|r| r.first()).and_then(|v| v.as_deref()?.parse().ok()),
+            _ => {
+                self.fail(PgError::fatal(
+                    "08006",
+                    "pgsidecar could not check the session state on the server",
+                ))
+                .await;
+                None
+            }
+        }
+    }
+
+    fn set_pinned(&mut self, pinned: bool, statement: &[u8]) {
+        if pinned == self.pinned {
+            return;
+        }
+        self.pinned = pinned;
+        let text = crate::observe::normalize::normalize(&String::from_utf8_lossy(statement), 200);
+        if pinned {
+            self.proxy.pinned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(database = %self.upstream.pool.database, statement = %text, "client_pinned");
+        } else {
+            self.proxy.pinned.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(database = %self.upstream.pool.database, statement = %text, "client_unpinned");
+        }
+    }
+
     /// The client left while holding a server: return it clean, or close it.
     async fn give_back(&mut self, mut lease: Lease, relay: &Relay) {
         let reusable =
@@ -523,7 +610,8 @@ impl Session {
         if relay.status != b'I' {
             sql.push_str("ROLLBACK; ");
         }
-        let discard = self.mode == PoolMode::Session;
+        // Session mode, and a pinned client's server: its session state goes with the client.
+        let discard = self.mode == PoolMode::Session || self.pinned;
         if discard {
             sql.push_str("DISCARD ALL; ");
         }
@@ -540,6 +628,7 @@ impl Session {
             }
             if discard {
                 conn.applied.clear();
+                conn.statements.clear();
             }
         }
         if relay.settings_changed && !discard {

@@ -67,6 +67,8 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     pub connect_parallelism: usize,
     pub query_wait_timeout: Option<Duration>,
+    /// Statements cached per server in transaction mode; 0 disables rewriting.
+    pub max_prepared_statements: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -190,8 +192,10 @@ pub const IGNORED_VARS: &[(&str, &str)] = &[
     ("PGBOUNCER_LOG_CONNECTIONS", "connection lines are logged at debug level"),
     ("PGBOUNCER_LOG_DISCONNECTIONS", "disconnection lines are logged at debug level"),
     ("PGBOUNCER_LOG_POOLER_ERRORS", "pooler errors are always logged at warn level"),
-    ("PGBOUNCER_MAX_PREPARED_STATEMENTS", "not used yet"),
-    ("PGBOUNCER_PREPARED_STATEMENTS", "not used yet"),
+    (
+        "PGBOUNCER_PREPARED_STATEMENTS",
+        "prepared statements work in transaction mode; the application can keep them on",
+    ),
 ];
 
 fn optional_path(raw: &Raw) -> Option<PathBuf> {
@@ -313,6 +317,7 @@ impl Config {
                 connect_timeout: duration(raw.get("server-connect-timeout"))?.max(Duration::from_millis(10)),
                 connect_parallelism: number(raw.get("server-connect-parallelism"), 1, 1000)?,
                 query_wait_timeout: optional_duration(raw.get("query-wait-timeout"))?,
+                max_prepared_statements: number(raw.get("max-prepared-statements"), 0, 100_000)?,
             },
             client: ClientConfig {
                 auth,

@@ -89,6 +89,8 @@ settings! {
         "Time a client has to finish its startup and authentication";
     "max-message-size", "PGSIDECAR_MAX_MESSAGE_SIZE", [], "256MiB",
         "Largest protocol message the proxy accepts from a client or server";
+    "max-prepared-statements", "PGSIDECAR_MAX_PREPARED_STATEMENTS", ["PGBOUNCER_MAX_PREPARED_STATEMENTS"], "500",
+        "Named prepared statements kept per server connection in transaction mode (least recently used closed first); 0 passes statements through untouched";
     "server-sslmode", "PGSIDECAR_SERVER_SSLMODE", ["PGBOUNCER_SERVER_TLS_SSLMODE"], "prefer",
         "sslmode for upstream URLs that do not give one (Heroku Postgres needs require)";
     "shutdown-timeout", "PGSIDECAR_SHUTDOWN_TIMEOUT", [], "25s",

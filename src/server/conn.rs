@@ -26,6 +26,8 @@ pub struct Target {
     pub url: DbUrl,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub connect_timeout: std::time::Duration,
+    /// Capacity of each connection's prepared-statement cache.
+    pub max_prepared: usize,
 }
 
 impl Target {
@@ -35,7 +37,7 @@ impl Target {
     ) -> Result<Target, crate::tls::TlsConfigError> {
         let tls = crate::tls::server_side_config(url.sslmode, url.sslrootcert.as_deref())?;
         let connect_timeout = url.connect_timeout.unwrap_or(default_timeout);
-        Ok(Target { url, tls, connect_timeout })
+        Ok(Target { url, tls, connect_timeout, max_prepared: 500 })
     }
 
     /// Opens TCP and negotiates TLS as the sslmode asks.
@@ -90,6 +92,8 @@ pub struct ServerConn {
     pub login_params: BTreeMap<String, String>,
     /// Session settings the proxy has applied on behalf of clients (name -> value).
     pub applied: BTreeMap<String, String>,
+    /// Proxy-wide prepared statements this server holds.
+    pub statements: crate::prepared::ServerStatements,
     pub created: Instant,
     pub last_used: Instant,
 }
@@ -124,6 +128,7 @@ impl ServerConn {
             secret: 0,
             login_params: BTreeMap::new(),
             applied: BTreeMap::new(),
+            statements: crate::prepared::ServerStatements::new(target.max_prepared),
             created: Instant::now(),
             last_used: Instant::now(),
         };

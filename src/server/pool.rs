@@ -159,7 +159,7 @@ impl Pool {
             return Ticket {
                 pool: self.clone(),
                 since: Instant::now(),
-                inner: TicketState::Ready(Some(conn)),
+                inner: TicketState::Ready(Some(Box::new(conn))),
             };
         }
         let (tx, rx) = oneshot::channel();
@@ -329,7 +329,7 @@ fn close_all(conns: Vec<ServerConn>) {
 }
 
 enum TicketState {
-    Ready(Option<ServerConn>),
+    Ready(Option<Box<ServerConn>>),
     Waiting { id: u64, rx: oneshot::Receiver<Handoff> },
     Done,
 }
@@ -347,7 +347,7 @@ impl Future for Ticket {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let result = match &mut this.inner {
-            TicketState::Ready(conn) => Ok(conn.take().expect("ticket polled after completion")),
+            TicketState::Ready(conn) => Ok(*conn.take().expect("ticket polled after completion")),
             TicketState::Waiting { rx, .. } => match Pin::new(rx).poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(r)) => r,
@@ -367,7 +367,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.inner, TicketState::Done) {
             TicketState::Waiting { id, mut rx } => self.pool.leave_queue(id, &mut rx),
-            TicketState::Ready(Some(conn)) => self.pool.put_back(conn),
+            TicketState::Ready(Some(conn)) => self.pool.put_back(*conn),
             _ => {}
         }
     }

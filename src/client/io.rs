@@ -1,0 +1,101 @@
+//! Non-blocking I/O for a client-server pair: one poll writes what is pending to both sides
+//! and reads from both, so neither direction waits on the other and backpressure reaches only
+//! the side that is slow.
+
+use bytes::{Buf, BytesMut};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::io::poll_read_buf;
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Which side an I/O error came from.
+#[derive(Debug)]
+pub enum IoError {
+    Client(io::Error),
+    Server(io::Error),
+}
+
+/// What one round of I/O did: `Some(0)` is end of stream.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IoEvent {
+    pub client_read: Option<usize>,
+    pub server_read: Option<usize>,
+}
+
+/// One half of a relay: a stream, what was read from it, and what waits to be written to it.
+pub struct Half<'a, S> {
+    pub io: &'a mut S,
+    pub rbuf: &'a mut BytesMut,
+    pub wbuf: &'a mut BytesMut,
+    pub needs_flush: &'a mut bool,
+    /// Read more from this side only while this is true.
+    pub may_read: bool,
+}
+
+fn poll_write_half<S: AsyncWrite + Unpin>(
+    h: &mut Half<'_, S>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<bool>> {
+    let mut progressed = false;
+    while !h.wbuf.is_empty() {
+        match Pin::new(&mut *h.io).poll_write(cx, h.wbuf) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => {
+                h.wbuf.advance(n);
+                *h.needs_flush = true;
+                progressed = true;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Ready(Ok(progressed)),
+        }
+    }
+    if *h.needs_flush {
+        match Pin::new(&mut *h.io).poll_flush(cx) {
+            Poll::Ready(Ok(())) => *h.needs_flush = false,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {}
+        }
+    }
+    Poll::Ready(Ok(progressed))
+}
+
+fn poll_read_half<S: AsyncRead + Unpin>(
+    h: &mut Half<'_, S>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if !h.may_read {
+        return Poll::Pending;
+    }
+    h.rbuf.reserve(READ_CHUNK);
+    poll_read_buf(Pin::new(&mut *h.io), cx, h.rbuf)
+}
+
+/// Writes whatever is pending to both sides and reads from both, without blocking one side
+/// on the other. Ready as soon as anything moved.
+pub fn poll_io<C, S>(
+    cx: &mut Context<'_>,
+    client: &mut Half<'_, C>,
+    server: &mut Half<'_, S>,
+) -> Poll<Result<IoEvent, IoError>>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Poll::Ready(wrote_s) = poll_write_half(server, cx).map_err(IoError::Server)? else { unreachable!() };
+    let Poll::Ready(wrote_c) = poll_write_half(client, cx).map_err(IoError::Client)? else { unreachable!() };
+    let mut ev = IoEvent::default();
+    if let Poll::Ready(r) = poll_read_half(client, cx) {
+        ev.client_read = Some(r.map_err(IoError::Client)?);
+    }
+    if let Poll::Ready(r) = poll_read_half(server, cx) {
+        ev.server_read = Some(r.map_err(IoError::Server)?);
+    }
+    if wrote_s || wrote_c || ev.client_read.is_some() || ev.server_read.is_some() {
+        Poll::Ready(Ok(ev))
+    } else {
+        Poll::Pending
+    }
+}

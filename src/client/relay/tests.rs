@@ -1,0 +1,279 @@
+use super::*;
+use crate::wire::frame::split_frame;
+use bytes::BufMut;
+
+fn msg(t: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![t];
+    m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_slice(name.as_bytes());
+    b.put_u8(0);
+    b.put_slice(sql.as_bytes());
+    b.put_u8(0);
+    b.put_i16(0);
+    msg(b'P', &b)
+}
+
+fn bind(stmt: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_u8(0);
+    b.put_slice(stmt.as_bytes());
+    b.put_u8(0);
+    b.put_slice(&[0, 0, 0, 0, 0, 0]);
+    msg(b'B', &b)
+}
+
+fn execute() -> Vec<u8> {
+    msg(b'E', b"\0\0\0\0\0")
+}
+
+fn sync() -> Vec<u8> {
+    msg(b'S', b"")
+}
+
+fn close(stmt: &str) -> Vec<u8> {
+    let mut b = vec![b'S'];
+    b.extend_from_slice(stmt.as_bytes());
+    b.push(0);
+    msg(b'C', &b)
+}
+
+/// Message types and the names they carry (Parse/Bind statement names) in a byte stream.
+fn decode(mut buf: BytesMut) -> Vec<(char, String)> {
+    let mut out = Vec::new();
+    while let Some((t, body)) = split_frame(&mut buf, 1 << 20).unwrap() {
+        let name = match t {
+            b'P' => String::from_utf8_lossy(body[..].split(|&b| b == 0).next().unwrap()).into_owned(),
+            b'B' => String::from_utf8_lossy(body[..].split(|&b| b == 0).nth(1).unwrap()).into_owned(),
+            b'E' if !body.starts_with(b"\0\0\0") => {
+                ErrorFields::parse(&body).map(|f| f.code).unwrap_or_default()
+            }
+            _ => String::new(),
+        };
+        out.push((t as char, name));
+    }
+    assert!(buf.is_empty());
+    out
+}
+
+type Msgs = Vec<(char, String)>;
+
+struct Rig {
+    relay: Relay,
+    client: ClientStatements,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        Rig { relay: Relay::new(true), client: ClientStatements::default() }
+    }
+
+    /// Client sends `input`; returns (to server, to client).
+    fn send(&mut self, server: &mut ServerStatements, input: &[Vec<u8>]) -> (Msgs, Msgs) {
+        let mut inbuf = BytesMut::from(&input.concat()[..]);
+        let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
+        let mut st = Statements { client: &mut self.client, server, rewrite: true, pinned: false };
+        self.relay.client_to_server(&mut inbuf, &mut to_server, &mut to_client, 1 << 20, &mut st).unwrap();
+        assert!(inbuf.is_empty());
+        (decode(to_server), decode(to_client))
+    }
+
+    /// Server answers with `answers`; returns what the client gets.
+    fn answer(&mut self, server: &mut ServerStatements, answers: &[Vec<u8>]) -> Vec<(char, String)> {
+        let mut inbuf = BytesMut::from(&answers.concat()[..]);
+        let mut out = BytesMut::new();
+        let mut st = Statements { client: &mut self.client, server, rewrite: true, pinned: false };
+        while !inbuf.is_empty() {
+            self.relay.server_to_client(&mut inbuf, &mut out, 1 << 20, &mut st).unwrap();
+        }
+        decode(out)
+    }
+}
+
+fn ok(t: u8) -> Vec<u8> {
+    msg(t, b"")
+}
+
+fn ready() -> Vec<u8> {
+    msg(b'Z', b"I")
+}
+
+fn complete() -> Vec<u8> {
+    msg(b'C', b"SELECT 1\0")
+}
+
+fn error(code: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(b"SERROR\0C");
+    b.extend_from_slice(code.as_bytes());
+    b.extend_from_slice(b"\0Mboom\0\0");
+    msg(b'E', &b)
+}
+
+fn tags(v: &[(char, String)]) -> String {
+    v.iter().map(|(t, _)| *t).collect()
+}
+
+#[test]
+fn named_statement_is_prepared_under_a_proxy_wide_name() {
+    let mut server = ServerStatements::new(10);
+    let mut rig = Rig::new();
+    let (to_server, to_client) =
+        rig.send(&mut server, &[parse("s1", "select 1"), bind("s1"), execute(), sync()]);
+    assert_eq!(tags(&to_server), "PBES");
+    assert!(to_server[0].1.starts_with(prepared::PREFIX), "{to_server:?}");
+    assert_eq!(to_server[0].1, to_server[1].1);
+    assert!(to_client.is_empty());
+    let got = rig.answer(&mut server, &[ok(b'1'), ok(b'2'), complete(), ready()]);
+    assert_eq!(tags(&got), "12CZ");
+    assert!(rig.relay.at_rest());
+}
+
+#[test]
+fn second_client_reuses_the_statement_and_gets_a_local_parse_complete() {
+    let mut server = ServerStatements::new(10);
+    let mut first = Rig::new();
+    first.send(&mut server, &[parse("a", "select 1"), sync()]);
+    first.answer(&mut server, &[ok(b'1'), ready()]);
+    let mut second = Rig::new();
+    let (to_server, to_client) =
+        second.send(&mut server, &[parse("b", "select 1"), bind("b"), execute(), sync()]);
+    assert_eq!(tags(&to_server), "BES", "no second Parse");
+    assert_eq!(tags(&to_client), "1", "ParseComplete answered by the proxy");
+    assert_eq!(tags(&second.answer(&mut server, &[ok(b'2'), complete(), ready()])), "2CZ");
+}
+
+#[test]
+fn statement_missing_on_this_server_is_prepared_in_the_same_batch() {
+    let mut old_server = ServerStatements::new(10);
+    let mut rig = Rig::new();
+    rig.send(&mut old_server, &[parse("s1", "select 1"), sync()]);
+    rig.answer(&mut old_server, &[ok(b'1'), ready()]);
+    // Next transaction on another server.
+    let mut server = ServerStatements::new(10);
+    let (to_server, _) = rig.send(&mut server, &[bind("s1"), execute(), sync()]);
+    assert_eq!(tags(&to_server), "PBES");
+    // The ParseComplete the client did not ask for is dropped.
+    assert_eq!(tags(&rig.answer(&mut server, &[ok(b'1'), ok(b'2'), complete(), ready()])), "2CZ");
+}
+
+#[test]
+fn close_is_answered_locally_and_error_skips_to_sync() {
+    let mut server = ServerStatements::new(10);
+    let mut rig = Rig::new();
+    rig.send(&mut server, &[parse("s1", "select 1"), sync()]);
+    rig.answer(&mut server, &[ok(b'1'), ready()]);
+    let (to_server, to_client) = rig.send(&mut server, &[close("s1"), sync()]);
+    assert_eq!(tags(&to_server), "S");
+    assert_eq!(tags(&to_client), "3");
+    assert_eq!(tags(&rig.answer(&mut server, &[ready()])), "Z");
+    assert!(rig.client.is_empty());
+    // Bind of an unknown name goes through unchanged; its error skips the rest to Sync.
+    let (to_server, _) = rig.send(&mut server, &[bind("nope"), execute(), sync()]);
+    assert_eq!(to_server[0], ('B', "nope".into()));
+    assert_eq!(tags(&rig.answer(&mut server, &[error("26000"), ready()])), "EZ");
+    assert!(rig.relay.at_rest());
+}
+
+#[test]
+fn duplicate_name_gets_42p05_and_the_batch_is_skipped() {
+    let mut server = ServerStatements::new(10);
+    let mut rig = Rig::new();
+    rig.send(&mut server, &[parse("s1", "select 1"), sync()]);
+    rig.answer(&mut server, &[ok(b'1'), ready()]);
+    let (to_server, to_client) =
+        rig.send(&mut server, &[parse("s1", "select 2"), bind("s1"), execute(), sync()]);
+    assert_eq!(tags(&to_server), "S", "only Sync reaches the server");
+    assert_eq!(to_client, vec![('E', "42P05".to_string())]);
+    assert_eq!(tags(&rig.answer(&mut server, &[ready()])), "Z");
+    assert!(rig.relay.at_rest());
+}
+
+#[test]
+fn failed_parse_leaves_no_name_behind() {
+    let mut server = ServerStatements::new(10);
+    let mut rig = Rig::new();
+    rig.send(&mut server, &[parse("s1", "selec 1"), sync()]);
+    assert_eq!(tags(&rig.answer(&mut server, &[error("42601"), ready()])), "EZ");
+    assert!(rig.client.is_empty() && server.is_empty());
+    // The client may now use the name.
+    let (to_server, _) = rig.send(&mut server, &[parse("s1", "select 1"), sync()]);
+    assert_eq!(tags(&to_server), "PS");
+}
+
+#[test]
+fn evicted_statements_are_closed_before_the_next_parse() {
+    let mut server = ServerStatements::new(1);
+    let mut rig = Rig::new();
+    rig.send(&mut server, &[parse("a", "select 1"), sync()]);
+    rig.answer(&mut server, &[ok(b'1'), ready()]);
+    let (to_server, _) = rig.send(&mut server, &[parse("b", "select 2"), sync()]);
+    assert_eq!(tags(&to_server), "CPS", "Close of the evicted statement, then Parse");
+    // CloseComplete for the proxy's own Close is dropped.
+    assert_eq!(tags(&rig.answer(&mut server, &[ok(b'3'), ok(b'1'), ready()])), "1Z");
+}
+
+#[test]
+fn simple_queries_count_ready_for_query() {
+    let mut server = ServerStatements::new(10);
+    let mut rig = Rig::new();
+    let q = msg(b'Q', b"select 1\0");
+    rig.send(&mut server, &[q.clone(), q]);
+    assert_eq!(rig.relay.outstanding, 2);
+    let row = msg(b'D', b"\0\x01\0\0\0\x011");
+    assert_eq!(tags(&rig.answer(&mut server, &[ok(b'T'), row, complete(), ready()])), "TDCZ");
+    assert!(!rig.relay.at_rest());
+    assert_eq!(tags(&rig.answer(&mut server, &[error("42601"), ready()])), "EZ");
+    assert!(rig.relay.at_rest());
+}
+
+#[test]
+fn deallocate_of_a_managed_statement_is_answered_locally() {
+    let mut server = ServerStatements::new(10);
+    let mut rig = Rig::new();
+    rig.send(&mut server, &[parse("s1", "select 1"), sync()]);
+    rig.answer(&mut server, &[ok(b'1'), ready()]);
+    let (to_server, to_client) = rig.send(&mut server, &[msg(b'Q', b"DEALLOCATE s1\0")]);
+    assert!(to_server.is_empty());
+    assert_eq!(tags(&to_client), "CZ");
+    assert!(rig.client.is_empty());
+}
+
+#[test]
+fn session_state_words() {
+    assert!(mentions_session_state(b"LISTEN chan"));
+    assert!(mentions_session_state(b"select pg_advisory_lock(1)"));
+    assert!(mentions_session_state(b"create TEMP table t(x int)"));
+    assert!(!mentions_session_state(b"select * from users where id = $1"));
+}
+
+#[test]
+fn sync_sent_before_copy_data_is_not_answered() {
+    // tokio-postgres' copy_in: Bind, Execute, Sync; then data, CopyDone, Sync.
+    let mut server = ServerStatements::new(10);
+    let mut rig = Rig::new();
+    rig.send(&mut server, &[bind(""), execute(), sync()]);
+    assert_eq!(tags(&rig.answer(&mut server, &[ok(b'2'), msg(b'G', b"\0\0\0")])), "2G");
+    rig.send(&mut server, &[msg(b'd', b"1\n"), msg(b'c', b""), sync()]);
+    assert_eq!(tags(&rig.answer(&mut server, &[complete(), ready()])), "CZ");
+    assert!(rig.relay.at_rest(), "{:?}", rig.relay);
+    // Session mode (no tracking) counts the same way.
+    let mut relay = Relay::new(false);
+    let mut client = ClientStatements::default();
+    let mut st = Statements { client: &mut client, server: &mut server, rewrite: false, pinned: false };
+    let mut input = BytesMut::from(&[bind(""), execute(), sync()].concat()[..]);
+    let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
+    relay.client_to_server(&mut input, &mut to_server, &mut to_client, 1 << 20, &mut st).unwrap();
+    let mut answers = BytesMut::from(&[ok(b'2'), msg(b'G', b"\0\0\0")].concat()[..]);
+    relay.server_to_client(&mut answers, &mut to_client, 1 << 20, &mut st).unwrap();
+    let mut input = BytesMut::from(&[msg(b'c', b""), sync()].concat()[..]);
+    relay.client_to_server(&mut input, &mut to_server, &mut to_client, 1 << 20, &mut st).unwrap();
+    let mut answers = BytesMut::from(&[complete(), ready()].concat()[..]);
+    relay.server_to_client(&mut answers, &mut to_client, 1 << 20, &mut st).unwrap();
+    assert!(relay.at_rest());
+}

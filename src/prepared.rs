@@ -1,0 +1,352 @@
+//! Named prepared statements in transaction mode.
+//!
+//! A client's named statement is stored under a proxy-wide name derived from its query text
+//! and parameter types (`pgsidecar_<hash>`), so that clients preparing the same statement
+//! share it on every server. Each server connection remembers which proxy-wide statements it
+//! holds ([`ServerStatements`], a bounded LRU whose evictions are closed on the server); each
+//! client maps its own names to proxy-wide statements ([`ClientStatements`]). The relay
+//! rewrites Parse, Bind, Describe and Close with these names and prepares a statement on a
+//! server that lacks it, in the same batch as the client's message.
+
+use crate::wire::frame::{FrameError, Reader};
+use crate::wire::tag;
+use bytes::{BufMut, Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Prefix of proxy-wide statement names.
+pub const PREFIX: &str = "pgsidecar_";
+
+/// Most named statements one client may hold at once.
+pub const MAX_PER_CLIENT: usize = 10_000;
+
+/// A statement as the servers know it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Statement {
+    /// Proxy-wide name.
+    pub name: Arc<str>,
+    /// The complete Parse message (type byte and length included) under that name.
+    pub parse: Bytes,
+}
+
+fn message(tag: u8, body: impl FnOnce(&mut BytesMut)) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_u8(tag);
+    buf.put_i32(0);
+    body(&mut buf);
+    let len = (buf.len() - 1) as i32;
+    buf[1..5].copy_from_slice(&len.to_be_bytes());
+    buf
+}
+
+fn put_cstr(buf: &mut BytesMut, s: &[u8]) {
+    buf.put_slice(s);
+    buf.put_u8(0);
+}
+
+/// Reads a Parse body: the client's statement name and, for a named statement, the
+/// proxy-wide statement.
+pub fn from_parse(body: &[u8]) -> Result<(Vec<u8>, Option<Statement>), FrameError> {
+    let mut r = Reader::new(body, "Parse");
+    let name = r.cstr_bytes()?;
+    let query = r.cstr_bytes()?;
+    let rest = r.remaining();
+    let mut types = Reader::new(rest, "Parse");
+    let n = types.i16()?;
+    if n < 0 || types.remaining().len() != n as usize * 4 {
+        return Err(FrameError::Malformed { what: "Parse" });
+    }
+    if name.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let mut h = Sha256::new();
+    h.update(query);
+    h.update([0]);
+    h.update(rest);
+    let digest = h.finalize();
+    let mut global = String::with_capacity(PREFIX.len() + 32);
+    global.push_str(PREFIX);
+    for b in &digest[..16] {
+        global.push_str(&format!("{b:02x}"));
+    }
+    let parse = message(tag::PARSE, |b| {
+        put_cstr(b, global.as_bytes());
+        put_cstr(b, query);
+        b.put_slice(rest);
+    })
+    .freeze();
+    Ok((name.to_vec(), Some(Statement { name: global.into(), parse })))
+}
+
+/// The parts of a Bind body.
+pub struct BindParts<'a> {
+    pub portal: &'a [u8],
+    pub statement: &'a [u8],
+    /// Parameter formats, values and result formats, as sent.
+    pub rest: &'a [u8],
+}
+
+/// Splits a Bind body into portal name, statement name and the rest.
+pub fn bind_parts(body: &[u8]) -> Result<BindParts<'_>, FrameError> {
+    let mut r = Reader::new(body, "Bind");
+    let portal = r.cstr_bytes()?;
+    let statement = r.cstr_bytes()?;
+    Ok(BindParts { portal, statement, rest: r.remaining() })
+}
+
+/// A Bind message naming the proxy-wide statement instead of the client's.
+pub fn bind_with(portal: &[u8], statement: &str, rest: &[u8]) -> BytesMut {
+    message(tag::BIND, |b| {
+        put_cstr(b, portal);
+        put_cstr(b, statement.as_bytes());
+        b.put_slice(rest);
+    })
+}
+
+/// Kind ('S' or 'P') and name of a Describe or Close body.
+pub fn target<'a>(body: &'a [u8], what: &'static str) -> Result<(u8, &'a [u8]), FrameError> {
+    let mut r = Reader::new(body, what);
+    let kind = r.u8()?;
+    let name = r.cstr_bytes()?;
+    if !matches!(kind, b'S' | b'P') || !r.is_empty() {
+        return Err(FrameError::Malformed { what });
+    }
+    Ok((kind, name))
+}
+
+/// Describe or Close ('D' / 'C') of a statement by name.
+pub fn statement_message(msg_tag: u8, name: &str) -> BytesMut {
+    message(msg_tag, |b| {
+        b.put_u8(b'S');
+        put_cstr(b, name.as_bytes());
+    })
+}
+
+/// One client's statement names.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    map: HashMap<Vec<u8>, Arc<Statement>>,
+}
+
+impl ClientStatements {
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+        self.map.get(name)
+    }
+
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.map.contains_key(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn insert(&mut self, name: Vec<u8>, s: Arc<Statement>) {
+        self.map.insert(name, s);
+    }
+
+    pub fn remove(&mut self, name: &[u8]) -> bool {
+        self.map.remove(name).is_some()
+    }
+
+    pub fn take(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
+        self.map.remove(name)
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+}
+
+/// The proxy-wide statements one server holds, least recently used first out.
+#[derive(Debug)]
+pub struct ServerStatements {
+    used: HashMap<Arc<str>, u64>,
+    tick: u64,
+    capacity: usize,
+    /// Evicted statements still to be closed on the server.
+    pub to_close: Vec<Arc<str>>,
+}
+
+impl ServerStatements {
+    pub fn new(capacity: usize) -> Self {
+        ServerStatements { used: HashMap::new(), tick: 0, capacity: capacity.max(1), to_close: Vec::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+
+    /// Whether the server holds `name`; marks it used.
+    pub fn touch(&mut self, name: &str) -> bool {
+        self.tick += 1;
+        match self.used.get_mut(name) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records that `name` is being prepared; evicts the least recently used beyond capacity.
+    pub fn insert(&mut self, name: Arc<str>) {
+        // A name still waiting in `to_close` exists on the server: it is closed before being
+        // prepared again, in the same batch.
+        self.tick += 1;
+        self.used.insert(name, self.tick);
+        while self.used.len() > self.capacity {
+            let oldest = self.used.iter().min_by_key(|(_, t)| **t).map(|(n, _)| n.clone());
+            match oldest {
+                Some(n) => {
+                    self.used.remove(&n);
+                    self.to_close.push(n);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// The server does not hold `name` (its Parse failed).
+    pub fn forget(&mut self, name: &str) {
+        self.used.remove(name);
+    }
+
+    /// Every statement is to be closed and prepared afresh on next use (after DDL changed a
+    /// result type).
+    pub fn invalidate_all(&mut self) {
+        let names: Vec<Arc<str>> = self.used.drain().map(|(n, _)| n).collect();
+        self.to_close.extend(names);
+    }
+
+    /// The server's statements are gone (DISCARD ALL, DEALLOCATE ALL).
+    pub fn clear(&mut self) {
+        self.used.clear();
+        self.to_close.clear();
+    }
+}
+
+/// SQL statements about prepared statements that the proxy handles itself for a client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SqlCommand<'a> {
+    Deallocate(&'a str),
+    DeallocateAll,
+    DiscardAll,
+}
+
+/// Recognises `DEALLOCATE [PREPARE] name`, `DEALLOCATE [PREPARE] ALL` and `DISCARD ALL` when
+/// they are the whole query (an optional trailing semicolon allowed).
+pub fn sql_command(query: &[u8]) -> Option<SqlCommand<'_>> {
+    let text = std::str::from_utf8(query.strip_suffix(b"\0").unwrap_or(query)).ok()?;
+    let text = text.trim().trim_end_matches(';').trim_end();
+    let mut words = text.split_ascii_whitespace();
+    let first = words.next()?;
+    if first.eq_ignore_ascii_case("discard") {
+        let all = words.next()?;
+        return (all.eq_ignore_ascii_case("all") && words.next().is_none()).then_some(SqlCommand::DiscardAll);
+    }
+    if !first.eq_ignore_ascii_case("deallocate") {
+        return None;
+    }
+    let mut name = words.next()?;
+    if name.eq_ignore_ascii_case("prepare") {
+        name = words.next()?;
+    }
+    if words.next().is_some() {
+        return None;
+    }
+    if name.eq_ignore_ascii_case("all") {
+        return Some(SqlCommand::DeallocateAll);
+    }
+    // A quoted identifier keeps its case; an unquoted one is folded to lower case by Postgres,
+    // and statement names from drivers are lower case already.
+    let name = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')).unwrap_or(name);
+    Some(SqlCommand::Deallocate(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::frame::split_frame;
+
+    fn parse_body(name: &str, query: &str, types: &[i32]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        put_cstr(&mut b, name.as_bytes());
+        put_cstr(&mut b, query.as_bytes());
+        b.put_i16(types.len() as i16);
+        for t in types {
+            b.put_i32(*t);
+        }
+        b.to_vec()
+    }
+
+    #[test]
+    fn same_query_and_types_share_a_name() {
+        let (n1, a) = from_parse(&parse_body("s1", "select $1", &[23])).unwrap();
+        let (n2, b) = from_parse(&parse_body("other", "select $1", &[23])).unwrap();
+        let (_, c) = from_parse(&parse_body("s1", "select $1", &[25])).unwrap();
+        let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+        assert_eq!((n1.as_slice(), n2.as_slice()), (&b"s1"[..], &b"other"[..]));
+        assert_eq!(a.name, b.name);
+        assert_ne!(a.name, c.name);
+        assert!(a.name.starts_with(PREFIX) && a.name.len() < 63);
+        // The rewritten Parse carries the proxy-wide name and the same query and types.
+        let mut m = BytesMut::from(&a.parse[..]);
+        let (t, body) = split_frame(&mut m, 1 << 20).unwrap().unwrap();
+        assert_eq!(t, b'P');
+        assert_eq!(body.to_vec(), parse_body(&a.name, "select $1", &[23]));
+    }
+
+    #[test]
+    fn unnamed_and_malformed_parse() {
+        assert_eq!(from_parse(&parse_body("", "select 1", &[])).unwrap(), (Vec::new(), None));
+        assert!(from_parse(b"s1\0select 1\0\0\x02\0\0\0\x17").is_err());
+        assert!(from_parse(b"s1\0select 1").is_err());
+    }
+
+    #[test]
+    fn bind_is_rewritten_keeping_parameters() {
+        let mut body = BytesMut::new();
+        put_cstr(&mut body, b"portal");
+        put_cstr(&mut body, b"s1");
+        body.put_slice(b"\0\0\0\x01\0\0\0\x01x\0\0");
+        let b = bind_parts(&body).unwrap();
+        assert_eq!((b.portal, b.statement), (&b"portal"[..], &b"s1"[..]));
+        let mut m = bind_with(b.portal, "pgsidecar_ab", b.rest);
+        let (_, new_body) = split_frame(&mut m, 1 << 20).unwrap().unwrap();
+        assert_eq!(&new_body[..], b"portal\0pgsidecar_ab\0\0\0\0\x01\0\0\0\x01x\0\0");
+    }
+
+    #[test]
+    fn server_cache_evicts_least_recently_used() {
+        let mut s = ServerStatements::new(2);
+        s.insert("a".into());
+        s.insert("b".into());
+        assert!(s.touch("a"));
+        s.insert("c".into());
+        assert!(s.touch("a") && s.touch("c") && !s.touch("b"));
+        assert_eq!(s.to_close, vec![Arc::<str>::from("b")]);
+        s.insert("b".into());
+        assert!(s.to_close.iter().any(|n| &**n == "b"), "closed before it is prepared again");
+    }
+
+    #[test]
+    fn sql_commands() {
+        assert_eq!(sql_command(b"DEALLOCATE s1\0"), Some(SqlCommand::Deallocate("s1")));
+        assert_eq!(sql_command(b"deallocate prepare \"S1\";"), Some(SqlCommand::Deallocate("S1")));
+        assert_eq!(sql_command(b"DEALLOCATE ALL"), Some(SqlCommand::DeallocateAll));
+        assert_eq!(sql_command(b" discard all ; "), Some(SqlCommand::DiscardAll));
+        assert_eq!(sql_command(b"discard plans"), None);
+        assert_eq!(sql_command(b"select 1"), None);
+        assert_eq!(sql_command(b"deallocate a; select 1"), None);
+    }
+}
