@@ -735,7 +735,8 @@ def main():
         tmp = tempfile.mkdtemp(prefix="pgsidecar-bench-")
         rc = run(args, out, tmp)
     except KeyboardInterrupt as e:
-        log(f"\nbench: interrupted ({e or 'Ctrl-C'}); stopping everything it started")
+        log(f"\nbench: interrupted ({str(e) or 'Ctrl-C'}); stopping everything it started;"
+            f" rows measured so far are in {out}/results.csv")
         rc = 130
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -842,7 +843,7 @@ def run(args, out, tmp):
     with open(fair_script, "w") as f:
         f.write("SELECT pg_sleep(0.002);\n")
 
-    rows = []
+    rows = RowLog(os.path.join(out, "results.csv"))
     n_tps = sum(len(args.clients) * (2 if m == "prepared" else 3) for m in args.modes)
     per_round = n_tps * args.duration + 3 * args.duration + 2 * args.fair_duration
     log(f"\nplan: {args.rounds} round(s) x ({n_tps} select-only runs x {args.duration} s + 3 connect-per-tx runs"
@@ -959,11 +960,6 @@ def run(args, out, tmp):
     meta["incidents"] = bench.incidents
     meta["pgsidecar_log_problems"] = scan_logs(tmp)
 
-    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump(meta, f, indent=2)
     report = summarize(rows, args, meta)
@@ -973,6 +969,22 @@ def run(args, out, tmp):
     chart(rows, args, os.path.join(out, "tps.png"))
     log(f"\nresults: {out}/results.csv  chart: {out}/tps.png  summary: {out}/summary.txt  logs: {out}/logs/")
     return 1 if bench.incidents and any("crash" in i or "hang" in i for i in bench.incidents) else 0
+
+
+class RowLog(list):
+    """Result rows, each also appended to results.csv at once (an interrupted run keeps what it measured)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        with open(path, "w", newline="") as f:
+            csv.DictWriter(f, fieldnames=CSV_FIELDS).writeheader()
+
+    def append(self, row):
+        super().append(row)
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore").writerow(
+                {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
 def fairness_stats(txlog, clients, pool):

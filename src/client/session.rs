@@ -64,6 +64,8 @@ pub struct Session {
     rewrite: bool,
     /// Session state ties the client to its current server (transaction mode).
     pinned: bool,
+    /// The proxy answered an error without a server: drop messages up to the next Sync.
+    local_skip: bool,
 }
 
 impl Drop for Session {
@@ -72,6 +74,13 @@ impl Drop for Session {
             self.proxy.pinned.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
+}
+
+/// What [`Session::answer_locally`] did.
+enum Local {
+    Answered,
+    NeedServer,
+    End,
 }
 
 /// A request the client sent while it had no server.
@@ -89,6 +98,7 @@ impl Session {
             rewrite: mode == PoolMode::Transaction && proxy.config.pool.max_prepared_statements > 0,
             statements: ClientStatements::default(),
             pinned: false,
+            local_skip: false,
             mode,
             max_message: proxy.config.client.max_message_size,
             proxy,
@@ -209,6 +219,13 @@ impl Session {
                 Request::Message => {}
                 Request::Terminate | Request::Gone => return,
             }
+            if self.rewrite {
+                match self.answer_locally().await {
+                    Local::Answered => continue,
+                    Local::NeedServer => {}
+                    Local::End => return,
+                }
+            }
             let lease = match self.checkout().await {
                 Ok(lease) => lease,
                 Err(Refused::Error(e)) if e.severity == messages::Severity::Error => {
@@ -227,6 +244,83 @@ impl Session {
             match self.attached(lease).await {
                 Flow::Released => continue,
                 Flow::End => return,
+            }
+        }
+    }
+
+    /// Answers, without a server, the messages that need none: a named Parse (the statement
+    /// is prepared on a server when the client first binds or describes it), Close of a
+    /// managed statement, Flush, and Sync outside a transaction. Single-threaded clients that
+    /// prepare synchronously while other connections of theirs hold servers (pgbench -M
+    /// prepared) would otherwise wait for a server just to prepare.
+    async fn answer_locally(&mut self) -> Local {
+        loop {
+            let h = match Header::parse(&self.crbuf, self.max_message) {
+                Ok(Some(h)) => h,
+                _ => return Local::NeedServer,
+            };
+            let local = matches!(h.tag, tag::PARSE | tag::CLOSE | tag::SYNC | tag::FLUSH) || self.local_skip;
+            if !local {
+                return Local::NeedServer;
+            }
+            while self.crbuf.len() < h.total_len() {
+                self.crbuf.reserve(h.total_len() - self.crbuf.len());
+                match self.client.read_buf(&mut self.crbuf).await {
+                    Ok(0) | Err(_) => return Local::End,
+                    Ok(_) => {}
+                }
+            }
+            let msg = self.crbuf.split_to(h.total_len());
+            let body = &msg[crate::wire::frame::HEADER_LEN..];
+            let answered = match h.tag {
+                tag::SYNC => {
+                    self.local_skip = false;
+                    messages::ready_for_query(&mut self.cwbuf, b'I');
+                    true
+                }
+                _ if self.local_skip => true,
+                tag::FLUSH => true,
+                tag::PARSE => match crate::prepared::from_parse(body) {
+                    Ok((name, Some(stmt))) => {
+                        if self.statements.contains(&name) {
+                            PgError::error(
+                                "42P05",
+                                format!(
+                                    "prepared statement \"{}\" already exists",
+                                    String::from_utf8_lossy(&name)
+                                ),
+                            )
+                            .encode(&mut self.cwbuf);
+                            self.local_skip = true;
+                        } else {
+                            self.statements.insert(name, Arc::new(stmt));
+                            self.cwbuf.extend_from_slice(b"1\0\0\0\x04");
+                        }
+                        true
+                    }
+                    Ok((_, None)) => false,
+                    Err(e) => {
+                        self.fail(PgError::fatal("08P01", format!("invalid message from client: {e}"))).await;
+                        return Local::End;
+                    }
+                },
+                _ => match crate::prepared::target(body, "Close") {
+                    Ok((b'S', name)) if !name.is_empty() && self.statements.remove(name) => {
+                        self.cwbuf.extend_from_slice(b"3\0\0\0\x04");
+                        true
+                    }
+                    _ => false,
+                },
+            };
+            if !answered {
+                // Put it back for the server path.
+                let mut back = msg;
+                back.unsplit(std::mem::take(&mut self.crbuf));
+                self.crbuf = back;
+                return Local::NeedServer;
+            }
+            if self.crbuf.len() < crate::wire::frame::HEADER_LEN {
+                return Local::Answered;
             }
         }
     }

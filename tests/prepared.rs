@@ -1,0 +1,253 @@
+//! Transaction pooling that unmodified drivers can use: named prepared statements across
+//! servers, DDL recovery, Describe/Flush flows, pinning for session state, and a leak test.
+
+mod common;
+
+use common::pg::{pg_tool, TestPg, SCRAM_PASS, SCRAM_USER};
+use common::proxy::{self, start};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio_postgres::SimpleQueryMessage;
+
+fn first_value(msgs: &[SimpleQueryMessage]) -> String {
+    msgs.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+#[tokio::test]
+async fn prepared_statements_work_across_servers() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("prep");
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "2")]).await;
+    let mut tasks = Vec::new();
+    for id in 0..12i32 {
+        let c = p.connect(&db).await;
+        tasks.push(tokio::spawn(async move {
+            let echo = c.prepare("select $1::int + 0, pg_backend_pid()").await.unwrap();
+            let text = c.prepare("select $1::text || '!'").await.unwrap();
+            let mut pids = std::collections::HashSet::new();
+            for i in 0..40 {
+                let row = c.query_one(&echo, &[&(id * 1000 + i)]).await.unwrap();
+                assert_eq!(row.get::<_, i32>(0), id * 1000 + i);
+                pids.insert(row.get::<_, i32>(1));
+                let row = c.query_one(&text, &[&format!("c{id}")]).await.unwrap();
+                assert_eq!(row.get::<_, String>(0), format!("c{id}!"));
+                // A transaction in between moves the client to whichever server is free.
+                let tx_row = c.query_one("select $1::int", &[&i]).await.unwrap();
+                assert_eq!(tx_row.get::<_, i32>(0), i);
+            }
+            pids.len()
+        }));
+    }
+    let mut seen_several = false;
+    for t in tasks {
+        seen_several |= t.await.unwrap() > 1;
+    }
+    assert!(seen_several, "clients should have moved between the two servers");
+    assert!(proxy::server_count(pg, &db) <= 2);
+}
+
+#[test]
+fn pgbench_prepared_mode_with_many_clients() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("pgbprep");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let p = rt.block_on(start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "5")]));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(pg_tool("pgbench"))
+            .args(["-h", "127.0.0.1", "-p", &p.port().to_string(), "-U", SCRAM_USER])
+            .args(args)
+            .arg(&db)
+            .env("PGPASSWORD", SCRAM_PASS)
+            .output()
+            .unwrap();
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    run(&["-i", "-q"]);
+    let out = run(&["-M", "prepared", "-c", "50", "-j", "2", "-T", "3"]);
+    assert!(out.contains("number of failed transactions: 0 "), "{out}");
+    assert!(proxy::server_count(pg, &db) <= 5);
+}
+
+#[tokio::test]
+async fn statement_survives_ddl_once_the_client_prepares_again() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("ddl");
+    pg.sql(&db, "create table t(a int); alter table t owner to scram_user; insert into t values (1)");
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "1")]).await;
+    let c = p.connect(&db).await;
+    let s = c.prepare("select * from t").await.unwrap();
+    assert_eq!(c.query(&s, &[]).await.unwrap()[0].len(), 1);
+    c.simple_query("alter table t add column b int").await.unwrap();
+    let err = c.query(&s, &[]).await.expect_err("result type changed");
+    assert_eq!(err.code().map(|c| c.code()), Some("0A000"));
+    // The same connection recovers by preparing again (what pgJDBC and Rails do).
+    let s2 = c.prepare("select * from t").await.unwrap();
+    assert_eq!(c.query(&s2, &[]).await.unwrap()[0].len(), 2);
+    let other = p.connect(&db).await;
+    assert_eq!(other.query("select * from t", &[]).await.unwrap()[0].len(), 2);
+}
+
+#[tokio::test]
+async fn listen_pins_the_client_until_unlisten() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("pinlisten");
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "2")]).await;
+    let conn_str =
+        format!("host=127.0.0.1 port={} user={SCRAM_USER} password='{SCRAM_PASS}' dbname={db}", p.port());
+    let (listener, mut connection) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(m) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let Ok(tokio_postgres::AsyncMessage::Notification(n)) = m {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    listener.simple_query("listen chan").await.unwrap();
+    assert_eq!(p.proxy.pinned.load(Ordering::Relaxed), 1);
+    // Other clients keep being served by the other server, and their NOTIFY arrives.
+    let talker = p.connect(&db).await;
+    for i in 0..5 {
+        talker.simple_query(&format!("notify chan, 'm{i}'")).await.unwrap();
+    }
+    for i in 0..5 {
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        assert_eq!(got, format!("m{i}"));
+    }
+    listener.simple_query("unlisten *").await.unwrap();
+    assert_eq!(p.proxy.pinned.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn temp_tables_advisory_locks_and_sql_prepare_pin() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("pinstate");
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "2")]).await;
+    let c = p.connect(&db).await;
+    let other = p.connect(&db).await;
+    let cases = [
+        (
+            "create temp table scratch(v int); insert into scratch values (7)",
+            "select v from scratch",
+            "drop table scratch",
+        ),
+        (
+            "select pg_advisory_lock(42)",
+            "select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()",
+            "select pg_advisory_unlock(42)",
+        ),
+        ("prepare mine(int) as select $1 * 2", "execute mine(21)", "deallocate mine"),
+    ];
+    for (create, use_it, remove) in cases {
+        c.simple_query(create).await.unwrap();
+        assert_eq!(p.proxy.pinned.load(Ordering::Relaxed), 1, "{create}");
+        for _ in 0..3 {
+            // Other traffic would otherwise move the client to another server.
+            other.simple_query("select pg_sleep(0.001)").await.unwrap();
+            let v = first_value(&c.simple_query(use_it).await.unwrap());
+            assert!(v == "7" || v == "1" || v == "42", "{use_it}: {v}");
+        }
+        c.simple_query(remove).await.unwrap();
+        assert_eq!(p.proxy.pinned.load(Ordering::Relaxed), 0, "{remove}");
+    }
+}
+
+#[tokio::test]
+async fn describe_and_flush_keep_the_server_until_sync() {
+    use bytes::{BufMut, BytesMut};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pg = TestPg::shared();
+    let db = pg.create_db("flush");
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "1"), ("PGSIDECAR_CLIENT_AUTH", "trust")]).await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let mut startup = BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", SCRAM_USER), ("database", db.as_str())],
+        &mut startup,
+    )
+    .unwrap();
+    s.write_all(&startup).await.unwrap();
+    async fn read_until(s: &mut tokio::net::TcpStream, last: u8) -> Vec<u8> {
+        let mut tags = Vec::new();
+        loop {
+            let t = s.read_u8().await.unwrap();
+            let len = s.read_i32().await.unwrap();
+            let mut body = vec![0; len as usize - 4];
+            s.read_exact(&mut body).await.unwrap();
+            tags.push(t);
+            if t == last {
+                return tags;
+            }
+        }
+    }
+    read_until(&mut s, b'Z').await;
+    // postgres.js style: Parse + Describe + Flush, then wait for the answers without Sync.
+    let mut b = BytesMut::new();
+    postgres_protocol::message::frontend::parse("st1", "select $1::int as x", [23], &mut b).unwrap();
+    postgres_protocol::message::frontend::describe(b'S', "st1", &mut b).unwrap();
+    postgres_protocol::message::frontend::flush(&mut b);
+    s.write_all(&b).await.unwrap();
+    assert_eq!(read_until(&mut s, b'T').await, b"1tT");
+    // Meanwhile another client must wait: the only server stays with this one.
+    let waiting = tokio::spawn({
+        let p_addr = p.addr;
+        let db = db.clone();
+        async move {
+            let conn = format!("host=127.0.0.1 port={} user={SCRAM_USER} dbname={db}", p_addr.port());
+            let (c, conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            first_value(&c.simple_query("select 'second'").await.unwrap())
+        }
+    });
+    let mut b = BytesMut::new();
+    // Bind "" to st1 with one binary int4 parameter (5), text results.
+    b.put_u8(b'B');
+    let body: &[u8] = b"\0st1\0\0\x01\0\x01\0\x01\0\0\0\x04\0\0\0\x05\0\0";
+    b.put_i32(body.len() as i32 + 4);
+    b.put_slice(body);
+    postgres_protocol::message::frontend::execute("", 0, &mut b).unwrap();
+    postgres_protocol::message::frontend::sync(&mut b);
+    s.write_all(&b).await.unwrap();
+    assert_eq!(read_until(&mut s, b'Z').await, b"2DCZ");
+    assert_eq!(waiting.await.unwrap(), "second");
+}
+
+#[tokio::test]
+async fn settings_never_leak_between_100_clients_on_4_servers() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("leak");
+    pg.sql(&db, "create schema s0; create schema s1; create schema s2; grant usage on schema s0, s1, s2 to scram_user");
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "4")]).await;
+    let zones = ["UTC", "Asia/Tokyo", "Europe/Paris", "America/New_York", "Australia/Sydney"];
+    let mut tasks = Vec::new();
+    for id in 0..100usize {
+        let c = p.connect(&db).await;
+        let zone = zones[id % zones.len()];
+        tasks.push(tokio::spawn(async move {
+            c.simple_query(&format!("set TimeZone = '{zone}'")).await.unwrap();
+            c.simple_query(&format!("set application_name = 'client{id}'")).await.unwrap();
+            c.simple_query(&format!("set search_path = s{}, public", id % 3)).await.unwrap();
+            let expect = format!("{id}|{zone}|client{id}|s{}, public", id % 3);
+            let sql = format!(
+                "select '{id}' || '|' || current_setting('TimeZone') || '|' || current_setting('application_name') || '|' || current_setting('search_path')"
+            );
+            for _ in 0..10 {
+                assert_eq!(first_value(&c.simple_query(&sql).await.unwrap()), expect);
+                let row = c.query_one("select current_setting('application_name')", &[]).await.unwrap();
+                assert_eq!(row.get::<_, String>(0), format!("client{id}"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(proxy::server_count(pg, &db) <= 4);
+}
