@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import json
 import os
-import pwd
 import re
 import resource
 import secrets
@@ -902,7 +901,7 @@ def run(args, out, tmp):
             if row["status"] != "ok":
                 bench.incidents.append(f"round {rnd}: {t} -C: {row['status']}: {row['error']}\n    reproduce: {res['cmd']}")
             parts.append(f"{t} {fmt_num(row['tps']) if row['status'] == 'ok' else row['status'].upper()}")
-        log(f"  -S -C -c 16           " + " | ".join(parts))
+        log("  -S -C -c 16           " + " | ".join(parts))
         # Fairness: many clients on a small pool.
         parts = []
         for label, p in ((PGBOUNCER, pgb_f), (SIDECAR, sc_f)):
@@ -929,6 +928,8 @@ def run(args, out, tmp):
             p.start()
             # One login and a query first, so that the pool and TLS-less server path are set up as in use.
             warm = bench.pgbench(p.port, "simple", 1, 1, proxy=p)
+            if warm["status"] != "ok":
+                bench.incidents.append(f"idle memory {kind}: warm-up query failed: {warm.get('error')}")
             time.sleep(1)
             base = proc_status_kb(p.pid, "VmRSS")
             want = min(args.idle_conns, max(0, fd_limit - 200))
@@ -1046,7 +1047,6 @@ def scan_logs(tmp):
 
 def summarize(rows, args, meta):
     L = []
-    sel = [r for r in rows if r["phase"] == "select_only"]
 
     def get(target, mode, clients, key="tps", phase="select_only"):
         return [r.get(key) for r in rows if r["phase"] == phase and r["target"] == target
