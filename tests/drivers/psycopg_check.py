@@ -14,6 +14,7 @@ PREPARED_MAX, psycopg evicts and closes statements as it goes. Every result is c
 Prints `psycopg: workers=W queries=N errors=E wrong=X` and exits non-zero on any problem.
 """
 
+import contextlib
 import decimal
 import os
 import sys
@@ -89,7 +90,9 @@ def note(kind, text):
 
 
 def connect():
-    conn = psycopg.connect(URL, prepare_threshold=0, autocommit=True, connect_timeout=30)
+    conn = psycopg.connect(
+        URL, prepare_threshold=0, autocommit=True, connect_timeout=30
+    )
     conn.prepared_max = PREPARED_MAX
     return conn
 
@@ -110,7 +113,10 @@ def run_other(cur, k, w, i):
     rows = [tuple(r) for r in cur.fetchall()]
     want = expected(w, i)
     if rows != want:
-        note("wrong", f"worker {w} query {i}: {sql!r} returned {rows!r}, expected {want!r}")
+        note(
+            "wrong",
+            f"worker {w} query {i}: {sql!r} returned {rows!r}, expected {want!r}",
+        )
 
 
 def worker(w, barrier):
@@ -143,7 +149,10 @@ def worker(w, barrier):
                         done += 1
                         p2 = run_main(cur, w, i, seen)
                         if p1 is not None and p2 is not None and p2 != p1:
-                            note("wrong", f"worker {w} query {i}: pid changed inside a transaction ({p1} -> {p2})")
+                            note(
+                                "wrong",
+                                f"worker {w} query {i}: pid changed inside a transaction ({p1} -> {p2})",
+                            )
                 elif i % 2 == 0:
                     run_main(cur, w, i, seen)
                 else:
@@ -153,10 +162,8 @@ def worker(w, barrier):
         i += 1
         done += 1
     if conn is not None:
-        try:
+        with contextlib.suppress(Exception):
             conn.close()
-        except Exception:  # noqa: BLE001
-            pass
     with lock:
         totals["queries"] += done
         pids.update(seen)
@@ -167,7 +174,10 @@ def main():
         print("DATABASE_URL is required", file=sys.stderr)
         return 2
     barrier = threading.Barrier(WORKERS)
-    threads = [threading.Thread(target=worker, args=(w, barrier), daemon=True) for w in range(WORKERS)]
+    threads = [
+        threading.Thread(target=worker, args=(w, barrier), daemon=True)
+        for w in range(WORKERS)
+    ]
     start = time.monotonic()
     for t in threads:
         t.start()

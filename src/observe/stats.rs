@@ -1,0 +1,198 @@
+//! Per-pool counters kept by the proxy itself (atomics, cheap on the hot path). They feed the
+//! Prometheus endpoint, the l2met lines and the admin console.
+
+use super::histogram::Histogram;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Pooler errors by kind, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolerError {
+    WaitTimeout,
+    MaxClients,
+    ServerConnect,
+    AuthFailure,
+}
+
+impl PoolerError {
+    pub const ALL: [PoolerError; 4] = [
+        PoolerError::WaitTimeout,
+        PoolerError::MaxClients,
+        PoolerError::ServerConnect,
+        PoolerError::AuthFailure,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolerError::WaitTimeout => "wait_timeout",
+            PoolerError::MaxClients => "max_clients",
+            PoolerError::ServerConnect => "server_connect",
+            PoolerError::AuthFailure => "auth_failure",
+        }
+    }
+}
+
+/// Why a server connection was closed, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    IdleTimeout,
+    Lifetime,
+    Broken,
+    Stale,
+    Shrink,
+    Shutdown,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 6] = [
+        CloseReason::IdleTimeout,
+        CloseReason::Lifetime,
+        CloseReason::Broken,
+        CloseReason::Stale,
+        CloseReason::Shrink,
+        CloseReason::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::Lifetime => "lifetime",
+            CloseReason::Broken => "broken",
+            CloseReason::Stale => "stale",
+            CloseReason::Shrink => "shrink",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Totals for one normalized statement (SHOW QUERIES).
+#[derive(Debug, Clone, Default)]
+pub struct QueryTotals {
+    pub text: String,
+    pub calls: u64,
+    pub total: Duration,
+    pub rows: u64,
+    pub hist: [u64; 19],
+}
+
+/// Most distinct statements remembered for SHOW QUERIES; the cheapest are dropped first.
+const MAX_STATEMENTS: usize = 1000;
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub clients: AtomicI64,
+    pub pinned: AtomicI64,
+    pub queries: AtomicU64,
+    pub transactions: AtomicU64,
+    pub bytes_from_clients: AtomicU64,
+    pub bytes_to_clients: AtomicU64,
+    pub query_us: AtomicU64,
+    pub xact_us: AtomicU64,
+    pub slow_queries: AtomicU64,
+    pub cancels: AtomicU64,
+    pub errors: [AtomicU64; 4],
+    pub closed: [AtomicU64; 6],
+    pub query_time: Histogram,
+    pub xact_time: Histogram,
+    statements: Mutex<HashMap<u64, QueryTotals>>,
+}
+
+impl Counters {
+    pub fn error(&self, kind: PoolerError) {
+        self.errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn closed(&self, reason: CloseReason) {
+        self.closed[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn query(&self, d: Duration) {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        self.query_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.query_time.record(d);
+    }
+
+    pub fn transaction(&self, d: Duration) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.xact_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.xact_time.record(d);
+    }
+
+    /// Adds one execution of a normalized statement.
+    pub fn statement(&self, fingerprint: u64, text: impl FnOnce() -> String, d: Duration, rows: u64) {
+        let mut map = self.statements.lock().unwrap_or_else(|p| p.into_inner());
+        if !map.contains_key(&fingerprint) && map.len() >= MAX_STATEMENTS {
+            if let Some(cheapest) = map.iter().min_by_key(|(_, t)| t.total).map(|(k, _)| *k) {
+                map.remove(&cheapest);
+            }
+        }
+        let t = map.entry(fingerprint).or_insert_with(|| QueryTotals { text: text(), ..Default::default() });
+        t.calls += 1;
+        t.total += d;
+        t.rows += rows;
+        let us = d.as_micros() as u64;
+        t.hist[super::histogram::BOUNDS_US.partition_point(|&b| b < us)] += 1;
+    }
+
+    /// Statements by total time, largest first.
+    pub fn top_statements(&self, n: usize) -> Vec<(u64, QueryTotals)> {
+        let map = self.statements.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<(u64, QueryTotals)> = map.iter().map(|(k, t)| (*k, t.clone())).collect();
+        v.sort_by(|a, b| b.1.total.cmp(&a.1.total));
+        v.truncate(n);
+        v
+    }
+}
+
+/// A stable 64-bit fingerprint of normalized text (FNV-1a).
+pub fn fingerprint(normalized: &str) -> u64 {
+    normalized
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The p-quantile of a statement's bucket counts (upper bucket bound).
+pub fn hist_quantile(hist: &[u64; 19], q: f64) -> Duration {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return Duration::ZERO;
+    }
+    let rank = ((q * total as f64).ceil() as u64).max(1);
+    let mut seen = 0;
+    for (i, c) in hist.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            let bound = super::histogram::BOUNDS_US.get(i).copied().unwrap_or(30_000_000);
+            return Duration::from_micros(bound);
+        }
+    }
+    Duration::ZERO
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_aggregated_and_bounded() {
+        let c = Counters::default();
+        for i in 0..(MAX_STATEMENTS as u64 + 10) {
+            c.statement(i, || format!("select {i}"), Duration::from_micros(i + 1), 1);
+        }
+        c.statement(5_000, || "big".into(), Duration::from_secs(1), 3);
+        c.statement(5_000, || unreachable!(), Duration::from_secs(1), 3);
+        let top = c.top_statements(2);
+        assert_eq!(top[0].1.text, "big");
+        assert_eq!((top[0].1.calls, top[0].1.rows), (2, 6));
+        assert_eq!(c.statements.lock().unwrap().len(), MAX_STATEMENTS);
+        assert_eq!(hist_quantile(&top[0].1.hist, 0.99), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn fingerprints_differ() {
+        assert_ne!(fingerprint("select $1"), fingerprint("select $1, $2"));
+        assert_eq!(fingerprint("x"), fingerprint("x"));
+    }
+}
