@@ -84,8 +84,30 @@ where
     }
 }
 
+static TIMESTAMPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+static MAX_LEVEL: std::sync::OnceLock<tracing::Level> = std::sync::OnceLock::new();
+
+/// Writes a pre-formatted logfmt line (l2met keys such as `sample#x=1` are not tracing field
+/// names) at `level`, with the same timestamp rule as every other line.
+pub fn raw_line(level: tracing::Level, line: &str) {
+    if MAX_LEVEL.get().is_some_and(|max| level > *max) {
+        return;
+    }
+    let mut out = String::with_capacity(line.len() + 24);
+    if TIMESTAMPS.load(std::sync::atomic::Ordering::Relaxed) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let _ = write!(out, "ts={}.{:03} ", now.as_secs(), now.subsec_millis());
+    }
+    out.push_str(line);
+    out.push('\n');
+    use std::io::Write as _;
+    let _ = std::io::stderr().write_all(out.as_bytes());
+}
+
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init(level: tracing::Level, timestamps: bool) {
+    TIMESTAMPS.store(timestamps, std::sync::atomic::Ordering::Relaxed);
+    let _ = MAX_LEVEL.set(level);
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)

@@ -79,6 +79,12 @@ pub fn from_parse(body: &[u8]) -> Result<(Vec<u8>, Option<Statement>), FrameErro
     Ok((name.to_vec(), Some(Statement { name: global.into(), parse })))
 }
 
+/// Statement name and query text of a Parse body.
+pub fn parse_texts(body: &[u8]) -> Result<(&[u8], &[u8]), FrameError> {
+    let mut r = Reader::new(body, "Parse");
+    Ok((r.cstr_bytes()?, r.cstr_bytes()?))
+}
+
 /// The parts of a Bind body.
 pub struct BindParts<'a> {
     pub portal: &'a [u8],

@@ -26,6 +26,10 @@ pub struct Upstream {
     pub credentials: Credentials,
     /// The last sizing decision (pool-size auto), for logs and the admin console.
     pub sizing: std::sync::Mutex<Option<Sizing>>,
+    /// Counters of this pool's traffic.
+    pub counters: crate::observe::stats::Counters,
+    /// Latency histograms exported to Prometheus.
+    pub latency: crate::observe::metrics::Latency,
 }
 
 pub struct Proxy {
@@ -36,6 +40,7 @@ pub struct Proxy {
     clients: AtomicUsize,
     /// Clients pinned to their server by session state (transaction mode).
     pub pinned: AtomicUsize,
+    pub slow_log: Arc<crate::observe::slowlog::SlowLog>,
     /// Woken when the last client leaves.
     idle: tokio::sync::Notify,
 }
@@ -72,6 +77,8 @@ impl Proxy {
                 pool,
                 credentials: Credentials::new(&up.url.user, &up.url.password),
                 sizing: std::sync::Mutex::new(None),
+                counters: Default::default(),
+                latency: crate::observe::metrics::Latency::register(&up.url.database, &up.url.user),
             }));
         }
         let client_tls = match (&config.client.tls_cert, &config.client.tls_key) {
@@ -80,6 +87,11 @@ impl Proxy {
             )),
             _ => None,
         };
+        let slow_log = Arc::new(crate::observe::slowlog::SlowLog::new(
+            config.observe.slow_query,
+            config.observe.slow_transaction,
+            config.observe.slow_query_max_length,
+        ));
         Ok(Arc::new(Proxy {
             config: Arc::new(config),
             upstreams,
@@ -87,6 +99,7 @@ impl Proxy {
             client_tls,
             clients: AtomicUsize::new(0),
             pinned: AtomicUsize::new(0),
+            slow_log,
             idle: tokio::sync::Notify::new(),
         }))
     }
@@ -142,6 +155,13 @@ impl Proxy {
     /// running go on.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let maintenance = tokio::spawn(maintain(Arc::downgrade(&self)));
+        let sampler = tokio::spawn(crate::observe::metrics::sample(Arc::downgrade(&self)));
+        let source = std::env::var("DYNO").unwrap_or_else(|_| "pgsidecar".to_owned());
+        let reports = tokio::spawn(crate::observe::report::run(
+            Arc::downgrade(&self),
+            self.config.observe.stats_period,
+            source,
+        ));
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -168,6 +188,8 @@ impl Proxy {
             }
         }
         maintenance.abort();
+        sampler.abort();
+        reports.abort();
     }
 
     async fn client(self: Arc<Self>, stream: Stream, peer: std::net::SocketAddr, over_limit: bool) {

@@ -88,6 +88,7 @@ pub async fn run(config: Config, cmd: Vec<OsString>) -> ExitCode {
         }
     };
     proxy.size_pools().await;
+    start_metrics(&proxy.config).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut serving = tokio::spawn(proxy.clone().serve(listener, async move {
         let _ = stop_rx.await;
@@ -171,6 +172,19 @@ pub async fn run(config: Config, cmd: Vec<OsString>) -> ExitCode {
     status.map_or(ExitCode::FAILURE, exit_code)
 }
 
+/// Starts the Prometheus endpoint when one is configured. A port that cannot be bound is
+/// logged, not fatal: the proxy matters more than its metrics.
+pub async fn start_metrics(config: &Config) {
+    let Some(addr) = &config.observe.metrics_listen else { return };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => {
+            tracing::info!(listen = %addr, "metrics_listening");
+            tokio::spawn(crate::observe::metrics::serve(l));
+        }
+        Err(e) => tracing::warn!(listen = %addr, error = %e, "metrics_listen_failed"),
+    }
+}
+
 /// `pgsidecar serve`: the proxy alone. SIGTERM starts a drain (new and existing clients are
 /// still served) that ends when clients are gone or at the shutdown timeout; a second SIGINT
 /// ends it at once.
@@ -193,6 +207,7 @@ pub async fn serve(config: Config) -> ExitCode {
     };
     log_upstreams(&proxy);
     proxy.size_pools().await;
+    start_metrics(&proxy.config).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or(listen), "listening");
     let serving = tokio::spawn(proxy.clone().serve(listener, async move {

@@ -289,6 +289,9 @@ async fn login(
         ));
     }
     if over_limit {
+        if let Some(up) = proxy.upstream(&database) {
+            up.counters.error(crate::observe::stats::PoolerError::MaxClients);
+        }
         return Err(Refusal::send(
             PgError::fatal(
                 "53300",
@@ -323,7 +326,14 @@ async fn login(
             "unknown_database",
         ));
     };
-    authenticate(stream, rbuf, proxy.config.client.auth, &upstream, &user, &mut out).await?;
+    if let Err(refusal) =
+        authenticate(stream, rbuf, proxy.config.client.auth, &upstream, &user, &mut out).await
+    {
+        if refusal.log == "auth_failed" {
+            upstream.counters.error(crate::observe::stats::PoolerError::AuthFailure);
+        }
+        return Err(refusal);
+    }
     if !out.is_empty() {
         write(stream, &mut out).await?;
     }

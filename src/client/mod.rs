@@ -7,3 +7,4 @@ pub mod io;
 pub mod params;
 pub mod relay;
 pub mod session;
+pub mod timing;

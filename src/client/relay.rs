@@ -99,6 +99,8 @@ enum Expect {
 
 /// Named-statement state the relay works on: the client's names and the server's cache.
 pub struct Statements<'a> {
+    /// Statement and transaction timing (kept by the session across servers).
+    pub timing: &'a mut super::timing::Timing,
     pub client: &'a mut ClientStatements,
     pub server: &'a mut ServerStatements,
     /// Rewrite named statements (transaction mode with PGSIDECAR_MAX_PREPARED_STATEMENTS > 0).
@@ -263,18 +265,22 @@ impl Relay {
                 }
                 self.client_skip = false;
             }
-            let whole = self.tracking
-                && matches!(h.tag, tag::QUERY | tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE);
+            // Query, Parse and Bind are read whole for their text (timing, slow-query log);
+            // in transaction mode Describe and Close too, for statement names.
+            let whole = matches!(h.tag, tag::QUERY | tag::PARSE | tag::BIND)
+                || (self.tracking && matches!(h.tag, tag::DESCRIBE | tag::CLOSE));
             if !whole {
                 match h.tag {
-                    tag::QUERY | tag::FUNCTION_CALL => {
+                    tag::FUNCTION_CALL => {
                         self.outstanding += 1;
                         self.expect_server(Kind::Query);
+                        st.timing.query(None);
                     }
                     tag::SYNC => {
                         self.outstanding += 1;
                         self.in_batch = false;
                         self.expect_server(Kind::Sync);
+                        st.timing.sync();
                         if !self.copy_data_seen {
                             self.copy_syncs += 1;
                         }
@@ -282,11 +288,12 @@ impl Relay {
                     tag::EXECUTE => {
                         self.in_batch = true;
                         self.expect_server(Kind::Execute);
+                        st.timing.execute();
                         self.copy_syncs = 0;
                         self.copy_data_seen = false;
                     }
                     tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => self.copy_data_seen = true,
-                    tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE | tag::FLUSH => self.in_batch = true,
+                    tag::DESCRIBE | tag::CLOSE | tag::FLUSH => self.in_batch = true,
                     _ => {}
                 }
                 self.c2s_remaining = h.total_len();
@@ -298,8 +305,40 @@ impl Relay {
             }
             self.c2s_need = 0;
             let msg = input.split_to(h.total_len()).freeze();
-            self.tracked_message(h.tag, msg, to_server, st)?;
+            self.note_text(h.tag, &msg, st)?;
+            if self.tracking {
+                self.tracked_message(h.tag, msg, to_server, st)?;
+            } else {
+                if h.tag == tag::QUERY {
+                    self.outstanding += 1;
+                    st.timing.query(Some(msg.slice(HEADER_LEN..msg.len().saturating_sub(1).max(HEADER_LEN))));
+                } else {
+                    self.in_batch = true;
+                }
+                to_server.extend_from_slice(&msg);
+            }
         }
+    }
+
+    /// Records statement texts for timing: a Query's text, a Parse's statement, a Bind's
+    /// statement (whose text the following Execute runs).
+    fn note_text(&mut self, t: u8, msg: &Bytes, st: &mut Statements<'_>) -> Result<(), FrameError> {
+        let body = &msg[HEADER_LEN..];
+        match t {
+            tag::PARSE => {
+                let (name, query) = prepared::parse_texts(body)?;
+                let at = HEADER_LEN + name.len() + 1;
+                st.timing.parse(name, msg.slice(at..at + query.len()));
+            }
+            tag::BIND => st.timing.bind(prepared::bind_parts(body)?.statement),
+            tag::CLOSE => {
+                if let (b'S', name) = prepared::target(body, "Close")? {
+                    st.timing.close(name);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// A whole Query, Parse, Bind, Describe or Close in transaction mode.
@@ -332,6 +371,7 @@ impl Relay {
             }
             self.outstanding += 1;
             self.expect_server(Kind::Query);
+            st.timing.query(Some(msg.slice(HEADER_LEN..msg.len().saturating_sub(1).max(HEADER_LEN))));
             out.extend_from_slice(&msg);
             return Ok(());
         }
@@ -474,6 +514,9 @@ impl Relay {
                 if self.tracking || h.tag == tag::COPY_IN_RESPONSE {
                     self.complete_streamed(h.tag);
                 }
+                if matches!(h.tag, b'I' | b's') {
+                    st.timing.complete(None);
+                }
                 self.s2c_remaining = h.total_len();
                 continue;
             }
@@ -492,6 +535,7 @@ impl Relay {
             match h.tag {
                 tag::READY_FOR_QUERY => {
                     self.status = parse_ready_for_query(body)?;
+                    st.timing.ready(self.status);
                     self.outstanding = self.outstanding.saturating_sub(1);
                     if self.tracking {
                         self.complete(|k| matches!(k, Kind::Sync | Kind::Query));
@@ -501,6 +545,7 @@ impl Relay {
                 tag::PARAMETER_STATUS => self.reported.push(parse_parameter_status(body)?),
                 tag::COMMAND_COMPLETE => {
                     let t = parse_command_tag(body);
+                    st.timing.complete(Some(t));
                     if t == b"SET" || t == b"RESET" || t.starts_with(b"DISCARD") {
                         self.settings_changed = true;
                     }
@@ -513,6 +558,7 @@ impl Relay {
                 }
                 tag::ERROR_RESPONSE => {
                     let fields = ErrorFields::parse(body).unwrap_or_default();
+                    st.timing.error(&fields.code);
                     if fields.is_fatal() {
                         self.server_fatal = true;
                     }

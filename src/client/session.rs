@@ -7,6 +7,7 @@ use super::params::{self, Settings};
 use super::relay::{Relay, Statements, READ_HIGH, TRACKED_REPORTED, WRITE_HIGH};
 use crate::cancel::{Activity, Registration};
 use crate::config::PoolMode;
+use crate::observe::stats::PoolerError;
 use crate::prepared::ClientStatements;
 use crate::proxy::{Proxy, Upstream};
 use crate::server::pool::Lease;
@@ -66,13 +67,23 @@ pub struct Session {
     pinned: bool,
     /// The proxy answered an error without a server: drop messages up to the next Sync.
     local_skip: bool,
+    timing: super::timing::Timing,
+    /// How long this client waited for its current server.
+    last_wait: Duration,
+    /// Slow-query thresholds and the log's rate limit.
+    slow: Arc<crate::observe::slowlog::SlowLog>,
+    app_name: String,
+    user: String,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
         if self.pinned {
-            self.proxy.pinned.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.proxy.pinned.fetch_sub(1, Relaxed);
+            self.upstream.counters.pinned.fetch_sub(1, Relaxed);
         }
+        self.upstream.counters.clients.fetch_sub(1, Relaxed);
     }
 }
 
@@ -92,9 +103,15 @@ enum Request {
 
 impl Session {
     pub fn new(proxy: Arc<Proxy>, login: Login) -> Session {
-        let Login { stream, rbuf, upstream, settings, .. } = login;
+        let Login { stream, rbuf, upstream, settings, user, .. } = login;
         let mode = proxy.config.pool.mode;
+        upstream.counters.clients.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Session {
+            timing: Default::default(),
+            last_wait: Duration::ZERO,
+            slow: proxy.slow_log.clone(),
+            app_name: settings.get("application_name").cloned().unwrap_or_default(),
+            user,
             rewrite: mode == PoolMode::Transaction && proxy.config.pool.max_prepared_statements > 0,
             statements: ClientStatements::default(),
             pinned: false,
@@ -293,6 +310,9 @@ impl Session {
                             .encode(&mut self.cwbuf);
                             self.local_skip = true;
                         } else {
+                            if let Ok((_, query)) = crate::prepared::parse_texts(body) {
+                                self.timing.parse(&name, bytes::Bytes::copy_from_slice(query));
+                            }
                             self.statements.insert(name, Arc::new(stmt));
                             self.cwbuf.extend_from_slice(b"1\0\0\0\x04");
                         }
@@ -429,6 +449,18 @@ impl Session {
             }
         };
         drop(ticket);
+        self.last_wait = started.elapsed();
+        self.upstream.latency.checkout_wait.record(self.last_wait.as_secs_f64());
+        match &result {
+            Err(Refused::Error(e)) if e.code == "53300" => {
+                self.upstream.counters.error(PoolerError::WaitTimeout)
+            }
+            Err(Refused::Server(_)) => self.upstream.counters.error(PoolerError::ServerConnect),
+            Err(Refused::Error(e)) if e.code == "57014" => {
+                self.upstream.counters.cancels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            _ => {}
+        }
         match result {
             Ok(mut lease) => {
                 let conn = lease.conn();
@@ -501,6 +533,7 @@ impl Session {
         loop {
             let conn = lease.conn();
             let mut st = Statements {
+                timing: &mut self.timing,
                 client: &mut self.statements,
                 server: &mut conn.statements,
                 rewrite: self.rewrite,
@@ -523,6 +556,7 @@ impl Session {
             if !relay.reported.is_empty() {
                 self.note_reported(&mut relay, &mut lease);
             }
+            self.record_finished();
             let conn = lease.conn();
             let drained = self.swbuf.is_empty() && conn.rbuf.is_empty() && !self.sflush;
             if self.mode == PoolMode::Transaction && relay.at_rest() && drained && !relay.server_fatal {
@@ -588,6 +622,7 @@ impl Session {
                         // Forward whatever the server said last (often a FATAL), then end.
                         let conn = lease.conn();
                         let mut st = Statements {
+                            timing: &mut self.timing,
                             client: &mut self.statements,
                             server: &mut conn.statements,
                             rewrite: self.rewrite,
@@ -617,6 +652,39 @@ impl Session {
                     return Flow::End;
                 }
             }
+        }
+    }
+
+    /// Counts statements and transactions that finished, logs the slow ones.
+    fn record_finished(&mut self) {
+        if self.timing.finished.is_empty() && self.timing.transactions.is_empty() {
+            return;
+        }
+        let up = &self.upstream;
+        for f in self.timing.finished.drain(..) {
+            up.counters.query(f.duration);
+            up.latency.query.record(f.duration.as_secs_f64());
+            if let Some(text) = &f.text {
+                up.counters.statement_text(text, f.duration, f.rows);
+            }
+            if self.slow.is_slow_query(f.duration) {
+                up.counters.slow_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.slow.log_query(&crate::observe::slowlog::SlowQuery {
+                    duration: f.duration,
+                    wait: self.last_wait,
+                    database: &up.pool.database,
+                    user: &self.user,
+                    application_name: self.settings.get("application_name").unwrap_or(&self.app_name),
+                    rows: f.rows,
+                    sqlstate: f.sqlstate.as_deref(),
+                    text: f.text.as_deref(),
+                });
+            }
+        }
+        for d in self.timing.transactions.drain(..) {
+            up.counters.transaction(d);
+            up.latency.transaction.record(d.as_secs_f64());
+            self.slow.log_transaction(d, &up.pool.database, &self.user, &self.app_name);
         }
     }
 
@@ -683,6 +751,8 @@ impl Session {
         }
         self.pinned = pinned;
         let text = crate::observe::normalize::normalize(&String::from_utf8_lossy(statement), 200);
+        let delta = if pinned { 1 } else { -1 };
+        self.upstream.counters.pinned.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
         if pinned {
             self.proxy.pinned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(database = %self.upstream.pool.database, statement = %text, "client_pinned");

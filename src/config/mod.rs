@@ -81,9 +81,22 @@ pub struct ClientConfig {
     pub max_message_size: usize,
 }
 
+/// What gets measured and logged.
+#[derive(Debug, Clone)]
+pub struct ObserveConfig {
+    pub slow_query: Option<Duration>,
+    pub slow_query_max_length: usize,
+    pub slow_transaction: Option<Duration>,
+    /// `None` when the Prometheus endpoint is off.
+    pub metrics_listen: Option<String>,
+    /// `None` when l2met lines are off.
+    pub stats_period: Option<Duration>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: String,
+    pub observe: ObserveConfig,
     pub upstreams: Vec<Upstream>,
     pub pool: PoolConfig,
     pub client: ClientConfig,
@@ -188,7 +201,6 @@ pub const IGNORED_VARS: &[(&str, &str)] = &[
         "session mode always runs DISCARD ALL; transaction mode re-applies each client's settings",
     ),
     ("PGBOUNCER_IGNORE_STARTUP_PARAMETERS", "every startup parameter is applied as a session setting"),
-    ("PGBOUNCER_STATS_PERIOD", "not used yet"),
     ("PGBOUNCER_LOG_CONNECTIONS", "connection lines are logged at debug level"),
     ("PGBOUNCER_LOG_DISCONNECTIONS", "disconnection lines are logged at debug level"),
     ("PGBOUNCER_LOG_POOLER_ERRORS", "pooler errors are always logged at warn level"),
@@ -304,8 +316,30 @@ impl Config {
                 ))
             }
         };
+        let millis = |raw: &Raw| -> Result<Option<Duration>, ConfigError> {
+            let v: i64 = raw
+                .value
+                .parse()
+                .map_err(|_| invalid(raw, format!("{:?} is not a number of milliseconds", raw.value)))?;
+            if v < -1 {
+                return Err(invalid(raw, "use -1 (off), 0 (everything) or a number of milliseconds"));
+            }
+            Ok((v >= 0).then(|| Duration::from_millis(v as u64)))
+        };
+        let metrics_listen = raw.get("metrics-listen").value.clone();
+        let observe = ObserveConfig {
+            slow_query: millis(raw.get("slow-query-ms"))?,
+            slow_query_max_length: number(raw.get("slow-query-max-length"), 16, 1 << 20)?,
+            slow_transaction: millis(raw.get("slow-transaction-ms"))?,
+            metrics_listen: (!metrics_listen.is_empty()).then_some(metrics_listen),
+            stats_period: {
+                let secs = number(raw.get("stats-period"), 0, 86_400)?;
+                (secs > 0).then(|| Duration::from_secs(secs as u64))
+            },
+        };
         Ok(Config {
             listen: listen.value.clone(),
+            observe,
             upstreams,
             pool: PoolConfig {
                 mode,

@@ -91,6 +91,16 @@ settings! {
         "Largest protocol message the proxy accepts from a client or server";
     "max-prepared-statements", "PGSIDECAR_MAX_PREPARED_STATEMENTS", ["PGBOUNCER_MAX_PREPARED_STATEMENTS"], "500",
         "Named prepared statements kept per server connection in transaction mode (least recently used closed first); 0 passes statements through untouched";
+    "slow-query-ms", "PGSIDECAR_SLOW_QUERY_MS", [], "500",
+        "Log statements that take longer than this many milliseconds (0 logs every statement, -1 turns the log off)";
+    "slow-query-max-length", "PGSIDECAR_SLOW_QUERY_MAX_LENGTH", [], "2000",
+        "Longest normalized statement text in a slow-query line, in bytes";
+    "slow-transaction-ms", "PGSIDECAR_SLOW_TRANSACTION_MS", [], "5000",
+        "Log transactions that take longer than this many milliseconds (-1 off)";
+    "stats-period", "PGSIDECAR_STATS_PERIOD", ["PGBOUNCER_STATS_PERIOD"], "60",
+        "Seconds between l2met stats lines per pool for Heroku log drains (0 off)";
+    "metrics-listen", "PGSIDECAR_METRICS_LISTEN", [], "127.0.0.1:9432",
+        "Address of the Prometheus endpoint (GET /metrics); empty turns it off";
     "server-sslmode", "PGSIDECAR_SERVER_SSLMODE", ["PGBOUNCER_SERVER_TLS_SSLMODE"], "prefer",
         "sslmode for upstream URLs that do not give one (Heroku Postgres needs require)";
     "shutdown-timeout", "PGSIDECAR_SHUTDOWN_TIMEOUT", [], "25s",

@@ -93,19 +93,17 @@ pub struct Counters {
     pub slow_queries: AtomicU64,
     pub cancels: AtomicU64,
     pub errors: [AtomicU64; 4],
-    pub closed: [AtomicU64; 6],
     pub query_time: Histogram,
     pub xact_time: Histogram,
     statements: Mutex<HashMap<u64, QueryTotals>>,
+    /// Raw text hash -> fingerprint of its normalized form, so that the same text (a prepared
+    /// statement run again) is normalized once.
+    fingerprints: Mutex<HashMap<u64, u64>>,
 }
 
 impl Counters {
     pub fn error(&self, kind: PoolerError) {
         self.errors[kind as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn closed(&self, reason: CloseReason) {
-        self.closed[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn query(&self, d: Duration) {
@@ -134,6 +132,36 @@ impl Counters {
         t.rows += rows;
         let us = d.as_micros() as u64;
         t.hist[super::histogram::BOUNDS_US.partition_point(|&b| b < us)] += 1;
+    }
+
+    /// Adds one execution of a statement given by its raw text.
+    pub fn statement_text(&self, text: &[u8], d: Duration, rows: u64) {
+        let raw = text
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+        let known = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner()).get(&raw).copied();
+        let (fp, normalized) = match known {
+            Some(fp) => (fp, None),
+            None => {
+                let n = super::normalize::normalize(&String::from_utf8_lossy(text), 2000);
+                let fp = fingerprint(&n);
+                let mut map = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner());
+                if map.len() >= 4 * MAX_STATEMENTS {
+                    map.clear();
+                }
+                map.insert(raw, fp);
+                (fp, Some(n))
+            }
+        };
+        self.statement(
+            fp,
+            || {
+                normalized
+                    .unwrap_or_else(|| super::normalize::normalize(&String::from_utf8_lossy(text), 2000))
+            },
+            d,
+            rows,
+        );
     }
 
     /// Statements by total time, largest first.

@@ -10,6 +10,7 @@
 use super::conn::{ServerConn, Target};
 use super::ServerError;
 use crate::config::PoolConfig;
+use crate::observe::stats::CloseReason;
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -37,12 +38,17 @@ struct State {
     login_params: Option<Arc<BTreeMap<String, String>>>,
     closed: bool,
     opened_total: u64,
-    closed_total: u64,
+    /// Server connections closed, by [`CloseReason`].
+    closed_by: [u64; 6],
 }
 
 impl State {
     fn total(&self) -> usize {
         self.idle.len() + self.active + self.connecting
+    }
+
+    fn note_closed(&mut self, reason: CloseReason, n: usize) {
+        self.closed_by[reason as usize] += n as u64;
     }
 }
 
@@ -57,6 +63,8 @@ pub struct PoolStats {
     pub oldest_wait: Duration,
     pub opened_total: u64,
     pub closed_total: u64,
+    /// Closed connections by [`CloseReason`].
+    pub closed_by: [u64; 6],
 }
 
 pub struct Pool {
@@ -92,7 +100,7 @@ impl Pool {
                 login_params: None,
                 closed: false,
                 opened_total: 0,
-                closed_total: 0,
+                closed_by: [0; 6],
             }),
         })
     }
@@ -117,7 +125,8 @@ impl Pool {
             max_size: s.max_size,
             oldest_wait: s.waiters.front().map(|w| w.since.elapsed()).unwrap_or_default(),
             opened_total: s.opened_total,
-            closed_total: s.closed_total,
+            closed_total: s.closed_by.iter().sum(),
+            closed_by: s.closed_by,
         }
     }
 
@@ -135,7 +144,7 @@ impl Pool {
             s.max_size = size.max(1);
             while s.total() > s.max_size && !s.idle.is_empty() {
                 doomed.push(s.idle.remove(0));
-                s.closed_total += 1;
+                s.note_closed(CloseReason::Shrink, 1);
             }
             self.spawn_connects(&mut s);
         }
@@ -148,8 +157,13 @@ impl Pool {
         let mut doomed = Vec::new();
         let mut s = self.lock();
         while let Some(mut conn) = s.idle.pop() {
-            if conn.is_stale() || self.expired(&conn) {
-                s.closed_total += 1;
+            let reason = if conn.is_stale() {
+                Some(CloseReason::Stale)
+            } else {
+                self.expired(&conn).then_some(CloseReason::Lifetime)
+            };
+            if let Some(reason) = reason {
+                s.note_closed(reason, 1);
                 doomed.push(conn);
                 continue;
             }
@@ -228,9 +242,16 @@ impl Pool {
     }
 
     fn put_back_locked(self: &Arc<Self>, mut s: MutexGuard<'_, State>, mut conn: ServerConn) {
-        if s.closed || self.expired(&conn) || s.total() > s.max_size {
+        let reason = if s.closed {
+            Some(CloseReason::Shutdown)
+        } else if self.expired(&conn) {
+            Some(CloseReason::Lifetime)
+        } else {
+            (s.total() > s.max_size).then_some(CloseReason::Shrink)
+        };
+        if let Some(reason) = reason {
             s.active -= 1;
-            s.closed_total += 1;
+            s.note_closed(reason, 1);
             self.spawn_connects(&mut s);
             drop(s);
             close_all(vec![conn]);
@@ -252,7 +273,7 @@ impl Pool {
     fn discard(self: &Arc<Self>) {
         let mut s = self.lock();
         s.active -= 1;
-        s.closed_total += 1;
+        s.note_closed(CloseReason::Broken, 1);
         self.spawn_connects(&mut s);
     }
 
@@ -286,7 +307,14 @@ impl Pool {
                 let expired = self.expired(&s.idle[i]);
                 if stale || expired || (too_idle && s.total() > min) {
                     doomed.push(s.idle.remove(i));
-                    s.closed_total += 1;
+                    let reason = if stale {
+                        CloseReason::Stale
+                    } else if expired {
+                        CloseReason::Lifetime
+                    } else {
+                        CloseReason::IdleTimeout
+                    };
+                    s.note_closed(reason, 1);
                 } else {
                     i += 1;
                 }
@@ -308,7 +336,8 @@ impl Pool {
         let doomed = {
             let mut s = self.lock();
             s.closed = true;
-            s.closed_total += s.idle.len() as u64;
+            let n = s.idle.len();
+            s.note_closed(CloseReason::Shutdown, n);
             std::mem::take(&mut s.idle)
         };
         close_all(doomed);

@@ -66,18 +66,25 @@ type Msgs = Vec<(char, String)>;
 struct Rig {
     relay: Relay,
     client: ClientStatements,
+    timing: crate::client::timing::Timing,
 }
 
 impl Rig {
     fn new() -> Rig {
-        Rig { relay: Relay::new(true), client: ClientStatements::default() }
+        Rig { relay: Relay::new(true), client: ClientStatements::default(), timing: Default::default() }
     }
 
     /// Client sends `input`; returns (to server, to client).
     fn send(&mut self, server: &mut ServerStatements, input: &[Vec<u8>]) -> (Msgs, Msgs) {
         let mut inbuf = BytesMut::from(&input.concat()[..]);
         let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
-        let mut st = Statements { client: &mut self.client, server, rewrite: true, pinned: false };
+        let mut st = Statements {
+            timing: &mut self.timing,
+            client: &mut self.client,
+            server,
+            rewrite: true,
+            pinned: false,
+        };
         self.relay.client_to_server(&mut inbuf, &mut to_server, &mut to_client, 1 << 20, &mut st).unwrap();
         assert!(inbuf.is_empty());
         (decode(to_server), decode(to_client))
@@ -87,7 +94,13 @@ impl Rig {
     fn answer(&mut self, server: &mut ServerStatements, answers: &[Vec<u8>]) -> Vec<(char, String)> {
         let mut inbuf = BytesMut::from(&answers.concat()[..]);
         let mut out = BytesMut::new();
-        let mut st = Statements { client: &mut self.client, server, rewrite: true, pinned: false };
+        let mut st = Statements {
+            timing: &mut self.timing,
+            client: &mut self.client,
+            server,
+            rewrite: true,
+            pinned: false,
+        };
         while !inbuf.is_empty() {
             self.relay.server_to_client(&mut inbuf, &mut out, 1 << 20, &mut st).unwrap();
         }
@@ -265,7 +278,14 @@ fn sync_sent_before_copy_data_is_not_answered() {
     // Session mode (no tracking) counts the same way.
     let mut relay = Relay::new(false);
     let mut client = ClientStatements::default();
-    let mut st = Statements { client: &mut client, server: &mut server, rewrite: false, pinned: false };
+    let mut timing = crate::client::timing::Timing::default();
+    let mut st = Statements {
+        timing: &mut timing,
+        client: &mut client,
+        server: &mut server,
+        rewrite: false,
+        pinned: false,
+    };
     let mut input = BytesMut::from(&[bind(""), execute(), sync()].concat()[..]);
     let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
     relay.client_to_server(&mut input, &mut to_server, &mut to_client, 1 << 20, &mut st).unwrap();

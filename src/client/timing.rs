@@ -1,0 +1,191 @@
+//! Timing of statements and transactions on the relay path, with the text each statement ran,
+//! for the slow-query log, SHOW QUERIES and the latency metrics.
+//!
+//! Responses arrive in request order, so a queue of open timers is enough: a simple query
+//! ends at ReadyForQuery, an Execute at its CommandComplete (or error, empty query, portal
+//! suspension), and Executes skipped after an error are dropped at the Sync that ends them.
+
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Named statements remembered for their text.
+const MAX_NAMES: usize = 1000;
+
+#[derive(Debug)]
+enum Timer {
+    Query { start: Instant, text: Option<Bytes>, rows: u64, sqlstate: Option<String> },
+    Execute { start: Instant, text: Option<Bytes> },
+    Sync,
+}
+
+/// A statement that finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub text: Option<Bytes>,
+    pub duration: Duration,
+    pub rows: u64,
+    pub sqlstate: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Timing {
+    timers: VecDeque<Timer>,
+    names: HashMap<Vec<u8>, Bytes>,
+    unnamed: Option<Bytes>,
+    portal: Option<Bytes>,
+    xact_start: Option<Instant>,
+    /// Statements finished since the session last looked.
+    pub finished: Vec<Finished>,
+    /// Transactions finished since the session last looked.
+    pub transactions: Vec<Duration>,
+}
+
+/// The row count at the end of a command tag ("SELECT 5", "INSERT 0 1", "COPY 10").
+fn rows(tag: &[u8]) -> u64 {
+    let tag = tag.strip_suffix(b"\0").unwrap_or(tag);
+    tag.rsplit(|&b| b == b' ').next().and_then(|n| std::str::from_utf8(n).ok()?.parse().ok()).unwrap_or(0)
+}
+
+impl Timing {
+    fn begin(&mut self, now: Instant) {
+        self.xact_start.get_or_insert(now);
+    }
+
+    pub fn query(&mut self, text: Option<Bytes>) {
+        let now = Instant::now();
+        self.begin(now);
+        self.timers.push_back(Timer::Query { start: now, text, rows: 0, sqlstate: None });
+    }
+
+    pub fn parse(&mut self, name: &[u8], text: Bytes) {
+        if name.is_empty() {
+            self.unnamed = Some(text);
+        } else {
+            if self.names.len() >= MAX_NAMES {
+                self.names.clear();
+            }
+            self.names.insert(name.to_vec(), text);
+        }
+    }
+
+    pub fn bind(&mut self, statement: &[u8]) {
+        self.begin(Instant::now());
+        self.portal =
+            if statement.is_empty() { self.unnamed.clone() } else { self.names.get(statement).cloned() };
+    }
+
+    pub fn close(&mut self, name: &[u8]) {
+        self.names.remove(name);
+    }
+
+    pub fn execute(&mut self) {
+        let now = Instant::now();
+        self.begin(now);
+        self.timers.push_back(Timer::Execute { start: now, text: self.portal.clone() });
+    }
+
+    pub fn sync(&mut self) {
+        self.timers.push_back(Timer::Sync);
+    }
+
+    fn finish(&mut self, start: Instant, text: Option<Bytes>, rows: u64, sqlstate: Option<String>) {
+        self.finished.push(Finished { text, duration: start.elapsed(), rows, sqlstate });
+    }
+
+    /// CommandComplete, EmptyQueryResponse ('I') or PortalSuspended ('s').
+    pub fn complete(&mut self, tag: Option<&[u8]>) {
+        let n = tag.map_or(0, rows);
+        match self.timers.front_mut() {
+            Some(Timer::Query { rows, .. }) => *rows += n,
+            Some(Timer::Execute { .. }) => {
+                if let Some(Timer::Execute { start, text }) = self.timers.pop_front() {
+                    self.finish(start, text, n, None);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn error(&mut self, code: &str) {
+        match self.timers.front_mut() {
+            Some(Timer::Query { sqlstate, .. }) => *sqlstate = Some(code.to_owned()),
+            Some(Timer::Execute { .. }) => {
+                if let Some(Timer::Execute { start, text }) = self.timers.pop_front() {
+                    self.finish(start, text, 0, Some(code.to_owned()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// ReadyForQuery with the transaction status.
+    pub fn ready(&mut self, status: u8) {
+        while let Some(Timer::Execute { .. }) = self.timers.front() {
+            self.timers.pop_front(); // skipped after an error
+        }
+        if let Some(Timer::Query { start, text, rows, sqlstate }) = self.timers.pop_front() {
+            self.finish(start, text, rows, sqlstate);
+        }
+        if status == b'I' {
+            if let Some(start) = self.xact_start.take() {
+                self.transactions.push(start.elapsed());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simple_query_counts_rows_until_ready() {
+        let mut t = Timing::default();
+        t.query(Some(Bytes::from_static(b"select 1; select 2")));
+        t.complete(Some(b"SELECT 1\0"));
+        t.complete(Some(b"SELECT 1\0"));
+        assert!(t.finished.is_empty());
+        t.ready(b'I');
+        assert_eq!(t.finished.len(), 1);
+        assert_eq!(t.finished[0].rows, 2);
+        assert_eq!(t.transactions.len(), 1);
+    }
+
+    #[test]
+    fn extended_statements_carry_their_text() {
+        let mut t = Timing::default();
+        t.parse(b"s1", Bytes::from_static(b"select $1"));
+        t.bind(b"s1");
+        t.execute();
+        t.parse(b"", Bytes::from_static(b"update t set x = $1"));
+        t.bind(b"");
+        t.execute();
+        t.sync();
+        t.complete(Some(b"SELECT 1\0"));
+        t.error("23505");
+        t.ready(b'I');
+        let texts: Vec<_> = t.finished.iter().map(|f| f.text.clone().unwrap()).collect();
+        assert_eq!(texts, [Bytes::from_static(b"select $1"), Bytes::from_static(b"update t set x = $1")]);
+        assert_eq!(t.finished[1].sqlstate.as_deref(), Some("23505"));
+    }
+
+    #[test]
+    fn executes_skipped_after_an_error_are_dropped_and_transactions_span_statements() {
+        let mut t = Timing::default();
+        t.query(Some(Bytes::from_static(b"begin")));
+        t.ready(b'T');
+        t.bind(b"");
+        t.execute();
+        t.execute();
+        t.sync();
+        t.error("22012");
+        t.ready(b'E');
+        assert_eq!(t.finished.len(), 2);
+        assert!(t.transactions.is_empty());
+        t.query(Some(Bytes::from_static(b"rollback")));
+        t.ready(b'I');
+        assert_eq!(t.transactions.len(), 1);
+        assert_eq!(rows(b"INSERT 0 7\0"), 7);
+    }
+}

@@ -1,0 +1,235 @@
+//! The Prometheus endpoint. Counters and gauges come from the proxy's own atomics, copied into
+//! `metrics` handles once a second (registered once per pool, never looked up by name on the
+//! hot path); latency histograms are recorded into `metrics` histograms with buckets from
+//! 100 µs to 30 s. metrics-exporter-prometheus renders and escapes everything.
+
+use super::histogram::BOUNDS_US;
+use super::stats::{CloseReason, Counters, PoolerError};
+use crate::proxy::Proxy;
+use metrics::{Counter, Gauge, Histogram, Label};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+/// The process-wide exporter handle (one recorder per process).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let buckets: Vec<f64> = BOUNDS_US.iter().map(|&us| us as f64 / 1e6).collect();
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&buckets)
+            .expect("bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first; the handle still renders ours.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+fn labels(database: &str, user: &str) -> Vec<Label> {
+    vec![Label::new("database", database.to_owned()), Label::new("user", user.to_owned())]
+}
+
+/// Histogram handles recorded on the hot path.
+pub struct Latency {
+    pub checkout_wait: Histogram,
+    pub query: Histogram,
+    pub transaction: Histogram,
+}
+
+impl Latency {
+    pub fn register(database: &str, user: &str) -> Latency {
+        let _ = handle();
+        let l = labels(database, user);
+        Latency {
+            checkout_wait: metrics::histogram!("pgsidecar_checkout_wait_seconds", l.clone()),
+            query: metrics::histogram!("pgsidecar_query_duration_seconds", l.clone()),
+            transaction: metrics::histogram!("pgsidecar_transaction_duration_seconds", l),
+        }
+    }
+}
+
+/// Gauges and counters of one pool, set from the pool's state every second.
+struct PoolGauges {
+    max_size: Gauge,
+    servers_active: Gauge,
+    servers_idle: Gauge,
+    servers_connecting: Gauge,
+    clients_connected: Gauge,
+    clients_active: Gauge,
+    clients_waiting: Gauge,
+    clients_pinned: Gauge,
+    oldest_wait: Gauge,
+    saturation: Gauge,
+    queries: Counter,
+    transactions: Counter,
+    bytes_received: Counter,
+    bytes_sent: Counter,
+    opened: Counter,
+    closed: Vec<(CloseReason, Counter)>,
+    errors: Vec<(PoolerError, Counter)>,
+    slow: Counter,
+    cancels: Counter,
+}
+
+impl PoolGauges {
+    fn register(database: &str, user: &str) -> PoolGauges {
+        let l = labels(database, user);
+        let with = |k: &'static str, v: &'static str| {
+            let mut l = l.clone();
+            l.push(Label::new(k, v));
+            l
+        };
+        PoolGauges {
+            max_size: metrics::gauge!("pgsidecar_pool_max_size", l.clone()),
+            servers_active: metrics::gauge!("pgsidecar_servers_active", l.clone()),
+            servers_idle: metrics::gauge!("pgsidecar_servers_idle", l.clone()),
+            servers_connecting: metrics::gauge!("pgsidecar_servers_connecting", l.clone()),
+            clients_connected: metrics::gauge!("pgsidecar_clients_connected", l.clone()),
+            clients_active: metrics::gauge!("pgsidecar_clients_active", l.clone()),
+            clients_waiting: metrics::gauge!("pgsidecar_clients_waiting", l.clone()),
+            clients_pinned: metrics::gauge!("pgsidecar_clients_pinned", l.clone()),
+            oldest_wait: metrics::gauge!("pgsidecar_oldest_wait_seconds", l.clone()),
+            saturation: metrics::gauge!("pgsidecar_pool_saturation_ratio", l.clone()),
+            queries: metrics::counter!("pgsidecar_queries_total", l.clone()),
+            transactions: metrics::counter!("pgsidecar_transactions_total", l.clone()),
+            bytes_received: metrics::counter!("pgsidecar_client_bytes_received_total", l.clone()),
+            bytes_sent: metrics::counter!("pgsidecar_client_bytes_sent_total", l.clone()),
+            opened: metrics::counter!("pgsidecar_server_connections_opened_total", l.clone()),
+            closed: CloseReason::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        *r,
+                        metrics::counter!(
+                            "pgsidecar_server_connections_closed_total",
+                            with("reason", r.as_str())
+                        ),
+                    )
+                })
+                .collect(),
+            errors: PoolerError::ALL
+                .iter()
+                .map(|k| (*k, metrics::counter!("pgsidecar_pooler_errors_total", with("kind", k.as_str()))))
+                .collect(),
+            slow: metrics::counter!("pgsidecar_slow_queries_total", l.clone()),
+            cancels: metrics::counter!("pgsidecar_cancels_total", l),
+        }
+    }
+
+    fn update(&self, s: &crate::server::pool::PoolStats, c: &Counters) {
+        self.max_size.set(s.max_size as f64);
+        self.servers_active.set(s.active as f64);
+        self.servers_idle.set(s.idle as f64);
+        self.servers_connecting.set(s.connecting as f64);
+        self.clients_connected.set(c.clients.load(Ordering::Relaxed) as f64);
+        self.clients_active.set(s.active as f64);
+        self.clients_waiting.set(s.waiting as f64);
+        self.clients_pinned.set(c.pinned.load(Ordering::Relaxed) as f64);
+        self.oldest_wait.set(s.oldest_wait.as_secs_f64());
+        self.saturation.set(if s.max_size == 0 { 0.0 } else { s.active as f64 / s.max_size as f64 });
+        self.queries.absolute(c.queries.load(Ordering::Relaxed));
+        self.transactions.absolute(c.transactions.load(Ordering::Relaxed));
+        self.bytes_received.absolute(c.bytes_from_clients.load(Ordering::Relaxed));
+        self.bytes_sent.absolute(c.bytes_to_clients.load(Ordering::Relaxed));
+        self.opened.absolute(s.opened_total);
+        for (r, counter) in &self.closed {
+            counter.absolute(s.closed_by[*r as usize]);
+        }
+        for (k, counter) in &self.errors {
+            counter.absolute(c.errors[*k as usize].load(Ordering::Relaxed));
+        }
+        self.slow.absolute(c.slow_queries.load(Ordering::Relaxed));
+        self.cancels.absolute(c.cancels.load(Ordering::Relaxed));
+    }
+}
+
+/// The process' own resident memory, CPU seconds and open file descriptors (Linux /proc).
+struct ProcessGauges {
+    rss: Gauge,
+    cpu: Counter,
+    fds: Gauge,
+}
+
+impl ProcessGauges {
+    fn update(&self) {
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+            if let Some(pages) = statm.split_whitespace().nth(1).and_then(|p| p.parse::<f64>().ok()) {
+                self.rss.set(pages * 4096.0);
+            }
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the parenthesised command name; utime and stime are 14th and 15th.
+            let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<&str> = after.split_whitespace().collect();
+            if let (Some(u), Some(s)) = (f.get(11), f.get(12)) {
+                let ticks = u.parse::<u64>().unwrap_or(0) + s.parse::<u64>().unwrap_or(0);
+                self.cpu.absolute(ticks / 100);
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            self.fds.set(dir.count() as f64);
+        }
+    }
+}
+
+/// Copies pool state into the exporter every second, until the proxy is gone.
+pub async fn sample(proxy: Weak<Proxy>) {
+    let exporter = handle();
+    let process = ProcessGauges {
+        rss: metrics::gauge!("pgsidecar_process_resident_memory_bytes"),
+        cpu: metrics::counter!("pgsidecar_process_cpu_seconds_total"),
+        fds: metrics::gauge!("pgsidecar_process_open_fds"),
+    };
+    let pools: Vec<(Arc<crate::proxy::Upstream>, PoolGauges)> = match proxy.upgrade() {
+        Some(p) => p
+            .upstreams()
+            .iter()
+            .map(|u| (u.clone(), PoolGauges::register(&u.pool.database, &u.credentials.user)))
+            .collect(),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if proxy.strong_count() == 0 {
+            return;
+        }
+        for (u, g) in &pools {
+            g.update(&u.pool.stats(), &u.counters);
+        }
+        process.update();
+        exporter.run_upkeep();
+        tick.tick().await;
+    }
+}
+
+/// Serves `GET /metrics` on `listener` with the exporter's text format.
+pub async fn serve(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        tokio::spawn(async move {
+            let mut req = [0u8; 1024];
+            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut req)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let line = String::from_utf8_lossy(&req[..n]);
+            let (status, body, kind) = if line.starts_with("GET /metrics") {
+                ("200 OK", handle().render(), "text/plain; version=0.0.4")
+            } else {
+                ("404 Not Found", "try /metrics\n".to_owned(), "text/plain")
+            };
+            let head = format!("HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
