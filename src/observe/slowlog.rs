@@ -89,7 +89,7 @@ impl SlowLog {
     }
 
     pub fn log_transaction(&self, duration: Duration, database: &str, user: &str, application_name: &str) {
-        if !self.transaction.is_some_and(|t| duration >= t) {
+        if self.transaction.is_none_or(|t| duration < t) {
             return;
         }
         let Some(suppressed) = self.admit() else { return };

@@ -168,7 +168,7 @@ impl Counters {
     pub fn top_statements(&self, n: usize) -> Vec<(u64, QueryTotals)> {
         let map = self.statements.lock().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<(u64, QueryTotals)> = map.iter().map(|(k, t)| (*k, t.clone())).collect();
-        v.sort_by(|a, b| b.1.total.cmp(&a.1.total));
+        v.sort_by_key(|b| std::cmp::Reverse(b.1.total));
         v.truncate(n);
         v
     }
