@@ -1,0 +1,192 @@
+//! Observability through real processes and a real Prometheus text-format parser: the
+//! /metrics endpoint under load, the slow-query log (no literal or bind value in it), l2met
+//! lines parsed back into numbers.
+
+mod common;
+
+use common::pg::{TestPg, SCRAM_PASS, SCRAM_USER};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn free_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}
+
+struct Sidecar {
+    child: Child,
+    listen: String,
+    metrics: String,
+    lines: mpsc::Receiver<String>,
+    seen: std::cell::RefCell<Vec<String>>,
+}
+
+impl Sidecar {
+    fn start(db: &str, extra: &[(&str, &str)]) -> Sidecar {
+        let pg = TestPg::shared();
+        let (listen, metrics) = (free_addr(), free_addr());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsidecar"));
+        cmd.arg("serve")
+            .env_remove("DYNO")
+            .env("DATABASE_URL", pg.url(SCRAM_USER, db, "require"))
+            .env("PGSIDECAR_LISTEN", &listen)
+            .env("PGSIDECAR_METRICS_LISTEN", &metrics)
+            .stderr(Stdio::piped());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let s = Sidecar { child, listen, metrics, lines, seen: Default::default() };
+        s.wait_for_line(|l| l.contains("event=listening"), Duration::from_secs(20));
+        s
+    }
+
+    fn wait_for_line(&self, f: impl Fn(&str) -> bool, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.borrow_mut().push(l.clone());
+                    if f(&l) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("no matching log line within {limit:?}: {:#?}", self.seen.borrow()),
+            }
+        }
+    }
+
+    fn conn_str(&self, db: &str) -> String {
+        let (host, port) = self.listen.split_once(':').unwrap();
+        format!("host={host} port={port} user={SCRAM_USER} password='{SCRAM_PASS}' dbname={db}")
+    }
+
+    fn stop(mut self) -> Vec<String> {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        let mut all = self.seen.take();
+        all.extend(self.lines.try_iter());
+        all
+    }
+}
+
+fn scrape(addr: &str) -> prometheus_parse::Scrape {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let text = body.split_once("\r\n\r\n").unwrap().1;
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format")
+}
+
+fn gauge(scrape: &prometheus_parse::Scrape, name: &str, db: &str) -> Option<f64> {
+    scrape.samples.iter().find(|s| s.metric == name && s.labels.get("database") == Some(db)).and_then(|s| match s.value {
+        prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => Some(v),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_waiting_clients_and_the_wait_histogram() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("metrics");
+    let sc = Sidecar::start(&db, &[("PGSIDECAR_POOL_SIZE", "2"), ("PGSIDECAR_QUERY_WAIT_TIMEOUT", "30s")]);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (c, conn) = tokio_postgres::connect(&sc.conn_str(&db), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        tasks.push(tokio::spawn(async move { c.simple_query("select pg_sleep(1)").await.map(|_| ()) }));
+    }
+    // The gauges are refreshed every second: wait until they show the queue.
+    let metrics = sc.metrics.clone();
+    let db2 = db.clone();
+    let waiting = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let mut best = 0.0f64;
+        while Instant::now() < deadline && best < 15.0 {
+            best = best.max(gauge(&scrape(&metrics), "pgsidecar_clients_waiting", &db2).unwrap_or(0.0));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        best
+    })
+    .await
+    .unwrap();
+    assert!(waiting >= 15.0, "pgsidecar_clients_waiting peaked at {waiting}");
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let scraped = tokio::task::spawn_blocking({
+        let m = sc.metrics.clone();
+        move || {
+            std::thread::sleep(Duration::from_millis(1100));
+            scrape(&m)
+        }
+    })
+    .await
+    .unwrap();
+    let count = scraped
+        .samples
+        .iter()
+        .find(|s| s.metric == "pgsidecar_checkout_wait_seconds" && s.labels.get("database") == Some(db.as_str()))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
+            other => panic!("histogram expected, got {other:?}"),
+        })
+        .expect("wait histogram");
+    assert!(count >= 20.0, "{count}");
+    assert_eq!(gauge(&scraped, "pgsidecar_pool_max_size", &db), Some(2.0));
+    assert!(gauge(&scraped, "pgsidecar_queries_total", &db).unwrap() >= 20.0);
+    assert!(scraped.samples.iter().any(|s| s.metric == "pgsidecar_process_resident_memory_bytes"));
+    sc.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_query_line_has_no_literals_or_bind_values() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("slowlog");
+    let sc = Sidecar::start(&db, &[("PGSIDECAR_SLOW_QUERY_MS", "100"), ("PGSIDECAR_STATS_PERIOD", "1")]);
+    let (c, conn) = tokio_postgres::connect(&sc.conn_str(&db), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c.simple_query("select pg_sleep(0.3), 'secret-literal'").await.unwrap();
+    let row = c.query_one("select pg_sleep(0.2)::text, $1::text", &[&"bind-secret"]).await.unwrap();
+    assert_eq!(row.get::<_, String>(1), "bind-secret");
+    for i in 0..30 {
+        c.simple_query(&format!("select {i}")).await.unwrap();
+    }
+    // One l2met line with the queries counted.
+    let l2met = sc.wait_for_line(|l| l.contains("event=pool_stats") && !l.contains("count#pgsidecar.queries=0"), Duration::from_secs(5));
+    let lines = sc.stop();
+    let slow: Vec<&String> = lines.iter().filter(|l| l.contains("event=slow_query")).collect();
+    assert_eq!(slow.len(), 2, "{slow:#?}");
+    let first = slow.iter().find(|l| l.contains("pg_sleep($1), $2")).expect("normalized text");
+    let ms: f64 = first.split(" duration_ms=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(ms >= 300.0, "{first}");
+    for l in &lines {
+        assert!(!l.contains("secret-literal") && !l.contains("bind-secret"), "leaked: {l}");
+    }
+    // l2met keys parse back into numbers.
+    let mut values = std::collections::HashMap::new();
+    for kv in l2met.split(' ') {
+        if let Some((k, v)) = kv.split_once('=') {
+            if k.contains('#') {
+                let num: f64 = v.trim_end_matches("ms").parse().unwrap_or_else(|_| panic!("{kv}"));
+                values.insert(k.to_owned(), num);
+            }
+        }
+    }
+    assert!(values["count#pgsidecar.queries"] >= 30.0, "{l2met}");
+    assert!(values.contains_key("sample#pgsidecar.clients.waiting"), "{l2met}");
+    assert!(values.contains_key("measure#pgsidecar.checkout.wait.p99"), "{l2met}");
+}
