@@ -707,7 +707,10 @@ def main():
     ap.add_argument("--pool-size", type=int, default=20)
     ap.add_argument("--scale", type=int, default=10, help="pgbench -i scale (default 10)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (for debugging)")
+    ap.add_argument("--replot", metavar="DIR", help="only redraw summary.txt and tps.png from DIR/results.csv")
     args = ap.parse_args()
+    if args.replot:
+        return replot(args.replot)
     q = args.quick
     args.rounds = args.rounds or (1 if q else 3)
     args.duration = args.duration or (3 if q else 8)
@@ -804,7 +807,7 @@ def run(args, out, tmp):
         "pgbouncer": subprocess.run(["pgbouncer", "--version"], capture_output=True, text=True).stdout.splitlines()[0],
         "nproc": os.cpu_count(), "loadavg_start": open("/proc/loadavg").read().strip(),
     }
-    log(f"pgsidecar binary {src_binary} (sha256 {meta['binary_sha256'][:12]}, git {meta['git_head'][:10]}"
+    log(f"pgsidecar binary {src_binary} (sha256 {meta['binary_sha256'][:12]}; repo HEAD {meta['git_head'][:10]}"
         f"{' + uncommitted changes' if meta['git_dirty'] else ''}); {meta['pgbouncer']}; fd limit {fd_limit}")
 
     pg = Postgres(tmp, bins)
@@ -1032,7 +1035,7 @@ def scan_logs(tmp):
                 else:
                     hit = any(w in l for w in ("panic", "level=error", "level=warn", " error ", " fatal ",
                                                " warning ", "thread '"))
-                if not hit:
+                if not hit or "the database system is starting up" in l:  # our own readiness probe
                     continue
                 # Strip timestamps, pids and numbers so that repeats collapse.
                 msg = re.sub(r"^\S+ \S+ \S+ \[\d+\] ", "", line.strip())
@@ -1065,7 +1068,7 @@ def summarize(rows, args, meta):
             s = (s + " " if s != "NA" else "") + st
         return s
 
-    L.append(f"pgsidecar benchmark  {meta['started']}  git {meta['git_head'][:10]}"
+    L.append(f"pgsidecar benchmark  {meta['started']}  binary sha256 {meta['binary_sha256'][:12]}  repo HEAD {meta['git_head'][:10]}"
              f"{' (dirty)' if meta['git_dirty'] else ''}  {meta['pgbouncer']}  {meta['pgbench']}")
     L.append(f"{meta['nproc']} cores; load at start {meta['loadavg_start'].split()[0]}; rounds {args.rounds};"
              f" {args.duration} s per run; pool {args.pool_size}, transaction mode, client auth SCRAM-SHA-256 on both"
@@ -1172,13 +1175,36 @@ def summarize(rows, args, meta):
             seen.add(key)
             L.append("  " + i)
         L.append("")
-    if meta["pgsidecar_log_problems"]:
+    if [p for p in meta["pgsidecar_log_problems"] if "database system is starting up" not in p]:
         L.append("Warnings/errors in the logs (distinct messages, count; PgBouncer/pgsidecar/PostgreSQL):")
-        for p in meta["pgsidecar_log_problems"][:30]:
+        for p in [p for p in meta["pgsidecar_log_problems"] if "database system is starting up" not in p][:30]:
             L.append("  " + p)
         L.append("")
     L.append(f"elapsed {meta['elapsed_min']} min; load at end {meta['loadavg_end'].split()[0]}")
     return "\n".join(L) + "\n"
+
+
+def replot(d):
+    with open(os.path.join(d, "meta.json")) as f:
+        meta = json.load(f)
+    args = argparse.Namespace(**meta["args"])
+    ints = {"round", "clients", "pool_size", "duration_s", "transactions", "failed_transactions",
+            "connections_requested", "connections_open", "rss_base_kb", "rss_kb", "fd_limit"}
+    rows = []
+    with open(os.path.join(d, "results.csv"), newline="") as f:
+        for r in csv.DictReader(f):
+            for k, v in r.items():
+                if k in ("phase", "target", "mode", "mode_run", "status", "note", "error"):
+                    continue
+                r[k] = None if v in ("", None) else (int(float(v)) if k in ints else float(v))
+            rows.append(r)
+    report = summarize(rows, args, meta)
+    with open(os.path.join(d, "summary.txt"), "w") as f:
+        f.write(report)
+    log(report)
+    chart(rows, args, os.path.join(d, "tps.png"))
+    log(f"redrawn: {d}/summary.txt {d}/tps.png")
+    return 0
 
 
 def chart(rows, args, path):
@@ -1189,7 +1215,7 @@ def chart(rows, args, path):
     colors = {DIRECT: "#444444", PGBOUNCER: "#1f77b4", SIDECAR: "#d62728"}
     styles = {"simple": "-", "extended": "--", "prepared": ":"}
     markers = {"simple": "o", "extended": "s", "prepared": "^"}
-    fig, ax = plt.subplots(figsize=(10, 6.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(10, 7.5), dpi=110)
     for t in TARGETS:
         for mode in args.modes:
             if t == PGBOUNCER and mode == "prepared":
@@ -1213,7 +1239,8 @@ def chart(rows, args, path):
                         clip_on=False, label=f"{t} {mode}: failed at c={','.join(map(str, failed))}")
             if not xs:
                 continue
-            ax.errorbar(xs, ys, yerr=[lo, hi], color=colors[t], linestyle=styles[mode], marker=markers[mode],
+            shift = {DIRECT: 0.95, PGBOUNCER: 1.0, SIDECAR: 1.05}[t]  # keep error bars apart on the log axis
+            ax.errorbar([x * shift for x in xs], ys, yerr=[lo, hi], color=colors[t], linestyle=styles[mode], marker=markers[mode],
                         capsize=3, linewidth=1.6, markersize=5,
                         label=f"{t} {mode}" + (" (also its 'prepared' comparison)" if t == PGBOUNCER and mode == "extended"
                                                and "prepared" in args.modes else ""))
@@ -1227,7 +1254,7 @@ def chart(rows, args, path):
     ax.set_title(f"Select-only TPS: direct PostgreSQL vs PgBouncer vs pgsidecar (pool {args.pool_size}, transaction mode)\n"
                  f"median of {args.rounds} round(s), bars = min-max; {args.duration} s per run; "
                  f"PgBouncer 1.18 has no prepared mode in transaction pooling", fontsize=10)
-    ax.legend(fontsize=8, ncol=3, loc="best")
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
     fig.tight_layout()
     fig.savefig(path)
