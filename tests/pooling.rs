@@ -263,3 +263,73 @@ async fn session_mode_shows_the_real_backend_pid_and_delivers_notify() {
         assert_eq!(first_value(&c.simple_query("show statement_timeout").await.unwrap()), "0");
     }
 }
+
+#[tokio::test]
+async fn waiting_clients_are_served_first_come_first_served() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("fifo");
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "1")]).await;
+    let holder = p.connect(&db).await;
+    holder.simple_query("begin; select 1").await.unwrap();
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let c = p.connect(&db).await;
+        let order = order.clone();
+        tasks.push(tokio::spawn(async move {
+            c.simple_query(&format!("select {i}")).await.unwrap();
+            order.lock().unwrap().push(i);
+        }));
+        // Queue them in a known order.
+        until_waiting(&p, i + 1).await;
+    }
+    holder.simple_query("commit").await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn idle_servers_above_the_minimum_are_closed_and_the_minimum_is_kept() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("idlemin");
+    let p = start(
+        pg,
+        &db,
+        &[
+            ("PGSIDECAR_POOL_SIZE", "4"),
+            ("PGSIDECAR_MIN_POOL_SIZE", "2"),
+            ("PGSIDECAR_SERVER_IDLE_TIMEOUT", "300ms"),
+        ],
+    )
+    .await;
+    // The maintenance task opens the minimum by itself.
+    let pool = p.proxy.upstreams()[0].pool.clone();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while pool.stats().idle < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("minimum pool opened");
+    // Four busy clients grow the pool to 4; once idle, it shrinks back to 2.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let c = p.connect(&db).await;
+        tasks.push(tokio::spawn(async move { c.simple_query("select pg_sleep(0.3)").await.unwrap() }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(pool.stats().idle, 4);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while pool.stats().idle > 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("idle servers closed");
+    assert_eq!(pool.stats().idle, 2);
+    assert!(pool.stats().closed_by[0] >= 2, "{:?}", pool.stats());
+}

@@ -275,3 +275,32 @@ async fn server_tls_modes() {
         assert_eq!(r.is_ok(), ok, "{mode}: {:?}", r.err());
     }
 }
+
+#[tokio::test]
+async fn bytes_sent_after_ssl_request_are_refused() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("sslinject");
+    let dir = tempfile::tempdir().unwrap();
+    let tls = common::pg::generate_tls();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert, &tls.cert_pem).unwrap();
+    std::fs::write(&key, &tls.key_pem).unwrap();
+    let p = start(
+        pg,
+        &db,
+        &[
+            ("PGSIDECAR_CLIENT_TLS_CERT", cert.to_str().unwrap()),
+            ("PGSIDECAR_CLIENT_TLS_KEY", key.to_str().unwrap()),
+        ],
+    )
+    .await;
+    // SSLRequest with a plaintext startup packet glued on (CVE-2021-23222 style).
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let mut bytes = vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    bytes.extend(startup(196_608, &[("user", SCRAM_USER), ("database", &db)]));
+    s.write_all(&bytes).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = s.read(&mut buf).await.unwrap_or(0);
+    assert_eq!(n, 0, "the connection must close without answering 'S'");
+    still_serves(&p, &db).await;
+}
