@@ -81,6 +81,19 @@ pub struct ClientConfig {
     pub max_message_size: usize,
 }
 
+/// Who may use the admin console.
+#[derive(Debug, Clone, Default)]
+pub struct AdminConfig {
+    /// User names allowed in; empty allows every user of an upstream URL.
+    pub users: Vec<String>,
+}
+
+impl AdminConfig {
+    pub fn allows(&self, user: &str) -> bool {
+        self.users.is_empty() || self.users.iter().any(|u| u == user)
+    }
+}
+
 /// What gets measured and logged.
 #[derive(Debug, Clone)]
 pub struct ObserveConfig {
@@ -100,6 +113,7 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     pub pool: PoolConfig,
     pub client: ClientConfig,
+    pub admin: AdminConfig,
     pub log_level: tracing::Level,
     pub shutdown_timeout: Duration,
     /// `pgsidecar run` starts the proxy (true) or only the application (false).
@@ -108,6 +122,9 @@ pub struct Config {
     pub ignored_vars: Vec<(&'static str, &'static str)>,
     /// Aliases that were used: (alias, the PGSIDECAR_* name it stands for).
     pub aliases_used: Vec<(&'static str, &'static str)>,
+    /// Every setting as resolved (strings and where they came from), for SHOW CONFIG. Holds
+    /// no secret: upstream URLs are read from the variables `urls` names, not kept here.
+    pub raw: RawSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -361,11 +378,21 @@ impl Config {
                 login_timeout: duration(raw.get("client-login-timeout"))?.max(Duration::from_millis(10)),
                 max_message_size,
             },
+            admin: AdminConfig {
+                users: raw
+                    .get("admin-users")
+                    .value
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            },
             log_level,
             shutdown_timeout: duration(raw.get("shutdown-timeout"))?,
             enabled: flag(raw.get("enabled"))?,
             ignored_vars: IGNORED_VARS.iter().filter(|(name, _)| env.get(name).is_some()).copied().collect(),
             aliases_used: raw.aliases_used.clone(),
+            raw: raw.clone(),
         })
     }
 

@@ -81,6 +81,8 @@ settings! {
         "Server connections a pool may be opening at the same time when demand rises";
     "client-auth", "PGSIDECAR_CLIENT_AUTH", ["PGBOUNCER_AUTH_TYPE"], "scram-sha-256",
         "How clients authenticate: scram-sha-256, md5 or trust (against the upstream URL's user and password)";
+    "admin-users", "PGSIDECAR_ADMIN_USERS", [], "",
+        "Users (space or comma separated) allowed into the admin console (database pgsidecar or pgbouncer); empty = every user of an upstream URL";
     "client-tls-cert", "PGSIDECAR_CLIENT_TLS_CERT", [], "",
         "PEM certificate chain for TLS towards clients (with --client-tls-key); empty = no client TLS";
     "client-tls-key", "PGSIDECAR_CLIENT_TLS_KEY", [], "",

@@ -125,3 +125,15 @@ fn sizing_inputs_and_buildpack_leftovers() {
     assert!(!c.pool.sizing.auto);
     assert_eq!(c.pool.size, 7);
 }
+
+#[test]
+fn admin_users_and_raw_values() {
+    let c = Config::load(&BTreeMap::new(), &env(&[("DATABASE_URL", URL)])).unwrap();
+    assert!(c.admin.allows("anyone"));
+    assert_eq!(c.raw.get("pool-mode").value, "transaction");
+    let e = env(&[("DATABASE_URL", URL), ("PGSIDECAR_ADMIN_USERS", " ops, app  dba")]);
+    let c = Config::load(&BTreeMap::new(), &e).unwrap();
+    assert_eq!(c.admin.users, ["ops", "app", "dba"]);
+    assert!(c.admin.allows("app") && !c.admin.allows("web"));
+    assert!(!format!("{:?}", c.raw).contains("s3cret"));
+}
