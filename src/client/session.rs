@@ -162,6 +162,11 @@ impl Session {
         }
     }
 
+    /// Counts bytes read from the client (SHOW STATS total_received).
+    fn received(&self, n: usize) {
+        self.upstream.counters.bytes_from_clients.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// AuthenticationOk has been sent; finish the login and serve the client until it leaves.
     pub async fn run(mut self) {
         messages::auth_ok(&mut self.cwbuf);
@@ -284,7 +289,7 @@ impl Session {
                 self.crbuf.reserve(h.total_len() - self.crbuf.len());
                 match self.client.read_buf(&mut self.crbuf).await {
                     Ok(0) | Err(_) => return Local::End,
-                    Ok(_) => {}
+                    Ok(n) => self.received(n),
                 }
             }
             let msg = self.crbuf.split_to(h.total_len());
@@ -376,7 +381,7 @@ impl Session {
             self.crbuf.reserve(4096);
             match self.client.read_buf(&mut self.crbuf).await {
                 Ok(0) | Err(_) => return Request::Gone,
-                Ok(_) => {}
+                Ok(n) => self.received(n),
             }
         }
     }
@@ -402,7 +407,7 @@ impl Session {
             }
             match self.client.read_buf(&mut self.crbuf).await {
                 Ok(0) | Err(_) => return false,
-                Ok(_) => {}
+                Ok(n) => self.received(n),
             }
         }
         messages::ready_for_query(&mut self.cwbuf, b'I');
@@ -442,8 +447,9 @@ impl Session {
                     ));
                 }
                 r = self.client.read_buf(&mut self.crbuf), if may_read => {
-                    if matches!(r, Ok(0) | Err(_)) {
-                        break Err(Refused::Gone);
+                    match r {
+                        Ok(0) | Err(_) => break Err(Refused::Gone),
+                        Ok(n) => self.received(n),
                     }
                 }
             }
@@ -611,6 +617,7 @@ impl Session {
             let event = std::future::poll_fn(|cx| poll_io(cx, &mut client, &mut server)).await;
             match event {
                 Ok(ev) => {
+                    self.count_relayed(ev);
                     if ev.client_read == Some(0) {
                         tracing::debug!("client_gone_with_server");
                         self.slot_set(Activity::Idle);
@@ -652,6 +659,19 @@ impl Session {
                     return Flow::End;
                 }
             }
+        }
+    }
+
+    /// Counts the bytes one round of relay I/O read: from the client, and from the server for
+    /// the client (SHOW STATS total_received and total_sent).
+    fn count_relayed(&self, ev: super::io::IoEvent) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.upstream.counters;
+        if let Some(n) = ev.client_read.filter(|&n| n > 0) {
+            c.bytes_from_clients.fetch_add(n as u64, Relaxed);
+        }
+        if let Some(n) = ev.server_read.filter(|&n| n > 0) {
+            c.bytes_to_clients.fetch_add(n as u64, Relaxed);
         }
     }
 
