@@ -43,16 +43,19 @@ pub enum CloseReason {
     Stale,
     Shrink,
     Shutdown,
+    /// RECONNECT in the admin console.
+    Reconnect,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::IdleTimeout,
         CloseReason::Lifetime,
         CloseReason::Broken,
         CloseReason::Stale,
         CloseReason::Shrink,
         CloseReason::Shutdown,
+        CloseReason::Reconnect,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +66,7 @@ impl CloseReason {
             CloseReason::Stale => "stale",
             CloseReason::Shrink => "shrink",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Reconnect => "reconnect",
         }
     }
 }

@@ -96,6 +96,17 @@ pub struct ServerConn {
     pub statements: crate::prepared::ServerStatements,
     pub created: Instant,
     pub last_used: Instant,
+    /// The pool generation this connection was opened in; RECONNECT starts a new one.
+    pub generation: u64,
+}
+
+/// What the admin console shows about a server connection (SHOW SERVERS).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerInfo {
+    pub pid: i32,
+    pub created: Instant,
+    pub prepared_statements: usize,
+    pub tls: bool,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -105,6 +116,15 @@ impl std::fmt::Debug for ServerConn {
 }
 
 impl ServerConn {
+    pub fn info(&self) -> ServerInfo {
+        ServerInfo {
+            pid: self.pid,
+            created: self.created,
+            prepared_statements: self.statements.len(),
+            tls: self.io.is_tls(),
+        }
+    }
+
     /// Connects and logs in, within the target's connect timeout.
     pub async fn connect(target: &Target) -> Result<ServerConn, ServerError> {
         match tokio::time::timeout(target.connect_timeout, Self::connect_inner(target)).await {
@@ -131,6 +151,7 @@ impl ServerConn {
             statements: crate::prepared::ServerStatements::new(target.max_prepared),
             created: Instant::now(),
             last_used: Instant::now(),
+            generation: 0,
         };
         let mut params: Vec<(&str, &str)> = vec![("user", &url.user), ("database", &url.database)];
         if let Some(app) = &url.application_name {

@@ -6,6 +6,10 @@
 //! connection goes to the oldest waiter. When demand rises, up to `connect_parallelism`
 //! connections are opened at once. A waiter that gives up (timeout, cancel, client gone) is
 //! removed by dropping its ticket.
+//!
+//! The admin console can pause a pool (checkouts queue up, servers go idle as they come
+//! back) and start a new generation (RECONNECT: every older server is closed once idle):
+//! see [`control`].
 
 use super::conn::{ServerConn, Target};
 use super::ServerError;
@@ -19,7 +23,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
+mod control;
+
 type Handoff = Result<ServerConn, ServerError>;
+
+const CLOSE_REASONS: usize = CloseReason::ALL.len();
 
 struct Waiter {
     id: u64,
@@ -37,9 +45,13 @@ struct State {
     max_size: usize,
     login_params: Option<Arc<BTreeMap<String, String>>>,
     closed: bool,
+    /// PAUSE: no server is handed out until RESUME.
+    paused: bool,
+    /// Servers opened in an older generation are closed instead of reused (RECONNECT).
+    generation: u64,
     opened_total: u64,
     /// Server connections closed, by [`CloseReason`].
-    closed_by: [u64; 6],
+    closed_by: [u64; CLOSE_REASONS],
 }
 
 impl State {
@@ -61,10 +73,11 @@ pub struct PoolStats {
     pub waiting: usize,
     pub max_size: usize,
     pub oldest_wait: Duration,
+    pub paused: bool,
     pub opened_total: u64,
     pub closed_total: u64,
     /// Closed connections by [`CloseReason`].
-    pub closed_by: [u64; 6],
+    pub closed_by: [u64; CLOSE_REASONS],
 }
 
 pub struct Pool {
@@ -74,6 +87,8 @@ pub struct Pool {
     pub target: Arc<Target>,
     cfg: PoolConfig,
     state: Mutex<State>,
+    /// Woken when the last leased server comes back while the pool is paused.
+    drained: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Pool {
@@ -99,9 +114,12 @@ impl Pool {
                 max_size,
                 login_params: None,
                 closed: false,
+                paused: false,
+                generation: 0,
                 opened_total: 0,
-                closed_by: [0; 6],
+                closed_by: [0; CLOSE_REASONS],
             }),
+            drained: tokio::sync::Notify::new(),
         })
     }
 
@@ -124,6 +142,7 @@ impl Pool {
             waiting: s.waiters.len(),
             max_size: s.max_size,
             oldest_wait: s.waiters.front().map(|w| w.since.elapsed()).unwrap_or_default(),
+            paused: s.paused,
             opened_total: s.opened_total,
             closed_total: s.closed_by.iter().sum(),
             closed_by: s.closed_by,
@@ -156,17 +175,7 @@ impl Pool {
     pub fn checkout(self: &Arc<Self>) -> Ticket {
         let mut doomed = Vec::new();
         let mut s = self.lock();
-        while let Some(mut conn) = s.idle.pop() {
-            let reason = if conn.is_stale() {
-                Some(CloseReason::Stale)
-            } else {
-                self.expired(&conn).then_some(CloseReason::Lifetime)
-            };
-            if let Some(reason) = reason {
-                s.note_closed(reason, 1);
-                doomed.push(conn);
-                continue;
-            }
+        if let Some(conn) = self.take_idle(&mut s, &mut doomed) {
             s.active += 1;
             drop(s);
             close_all(doomed);
@@ -190,22 +199,76 @@ impl Pool {
         self.cfg.server_lifetime.is_some_and(|l| conn.created.elapsed() >= l)
     }
 
+    /// An idle server that may be handed out now, closing unusable ones on the way; none
+    /// while the pool is paused.
+    fn take_idle(&self, s: &mut State, doomed: &mut Vec<ServerConn>) -> Option<ServerConn> {
+        if s.paused {
+            return None;
+        }
+        while let Some(mut conn) = s.idle.pop() {
+            let reason = if conn.is_stale() {
+                Some(CloseReason::Stale)
+            } else if conn.generation != s.generation {
+                Some(CloseReason::Reconnect)
+            } else {
+                self.expired(&conn).then_some(CloseReason::Lifetime)
+            };
+            match reason {
+                Some(reason) => {
+                    s.note_closed(reason, 1);
+                    doomed.push(conn);
+                }
+                None => return Some(conn),
+            }
+        }
+        None
+    }
+
+    /// Gives a connection counted as active to the oldest waiter still waiting; returns it
+    /// when nobody took it.
+    fn hand_over(s: &mut State, mut conn: ServerConn) -> Option<ServerConn> {
+        while let Some(w) = s.waiters.pop_front() {
+            match w.tx.send(Ok(conn)) {
+                Ok(()) => return None,
+                Err(Ok(back)) => conn = back,
+                Err(Err(_)) => unreachable!("we sent Ok"),
+            }
+        }
+        Some(conn)
+    }
+
+    /// One fewer server out on a lease; wakes a PAUSE waiting for the last one.
+    fn lease_ended(&self, s: &mut State) {
+        s.active -= 1;
+        if s.paused && s.active == 0 {
+            self.drained.notify_waiters();
+        }
+    }
+
     /// Opens connections for waiters not yet covered, within the size and parallelism limits.
     fn spawn_connects(self: &Arc<Self>, s: &mut State) {
-        if s.closed {
+        if s.closed || s.paused {
             return;
         }
         while s.waiters.len() > s.connecting
             && s.connecting < self.cfg.connect_parallelism
             && s.total() < s.max_size
         {
-            s.connecting += 1;
-            let pool = self.clone();
-            tokio::spawn(async move {
-                let result = ServerConn::connect(&pool.target).await;
-                pool.connected(result);
-            });
+            self.spawn_connect(s);
         }
+    }
+
+    fn spawn_connect(self: &Arc<Self>, s: &mut State) {
+        s.connecting += 1;
+        let generation = s.generation;
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let result = ServerConn::connect(&pool.target).await;
+            pool.connected(result.map(|mut conn| {
+                conn.generation = generation;
+                conn
+            }));
+        });
     }
 
     fn connected(self: &Arc<Self>, result: Result<ServerConn, ServerError>) {
@@ -244,13 +307,15 @@ impl Pool {
     fn put_back_locked(self: &Arc<Self>, mut s: MutexGuard<'_, State>, mut conn: ServerConn) {
         let reason = if s.closed {
             Some(CloseReason::Shutdown)
+        } else if conn.generation != s.generation {
+            Some(CloseReason::Reconnect)
         } else if self.expired(&conn) {
             Some(CloseReason::Lifetime)
         } else {
             (s.total() > s.max_size).then_some(CloseReason::Shrink)
         };
         if let Some(reason) = reason {
-            s.active -= 1;
+            self.lease_ended(&mut s);
             s.note_closed(reason, 1);
             self.spawn_connects(&mut s);
             drop(s);
@@ -258,21 +323,20 @@ impl Pool {
             return;
         }
         conn.last_used = Instant::now();
-        while let Some(w) = s.waiters.pop_front() {
-            match w.tx.send(Ok(conn)) {
-                Ok(()) => return,
-                Err(Ok(back)) => conn = back,
-                Err(Err(_)) => unreachable!("we sent Ok"),
+        if !s.paused {
+            match Self::hand_over(&mut s, conn) {
+                None => return,
+                Some(back) => conn = back,
             }
         }
-        s.active -= 1;
+        self.lease_ended(&mut s);
         s.idle.push(conn);
     }
 
     /// A leased connection that cannot be reused: forget it and replace it if needed.
     fn discard(self: &Arc<Self>) {
         let mut s = self.lock();
-        s.active -= 1;
+        self.lease_ended(&mut s);
         s.note_closed(CloseReason::Broken, 1);
         self.spawn_connects(&mut s);
     }
@@ -320,12 +384,7 @@ impl Pool {
                 }
             }
             while !s.closed && s.total() < min && s.connecting < self.cfg.connect_parallelism {
-                s.connecting += 1;
-                let pool = self.clone();
-                tokio::spawn(async move {
-                    let result = ServerConn::connect(&pool.target).await;
-                    pool.connected(result);
-                });
+                self.spawn_connect(&mut s);
             }
         }
         close_all(doomed);

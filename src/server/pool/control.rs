@@ -1,0 +1,71 @@
+//! What the admin console does to a pool: PAUSE and RESUME, RECONNECT, and the list of idle
+//! servers for SHOW SERVERS. Each takes the pool's lock briefly and never across an await.
+
+use super::{close_all, Pool, ServerConn};
+use crate::observe::stats::CloseReason;
+use crate::server::conn::ServerInfo;
+use std::sync::Arc;
+
+impl Pool {
+    /// Stops handing out servers: checkouts wait in the queue until [`Pool::resume`], and
+    /// servers coming back stay idle. [`Pool::until_drained`] tells when the last one is back.
+    pub fn pause(&self) {
+        self.lock().paused = true;
+    }
+
+    /// Resolves once no server of this pool is out on a lease (after [`Pool::pause`]).
+    pub async fn until_drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().active == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Hands servers out again: queued clients get idle servers, then new ones, oldest first.
+    pub fn resume(self: &Arc<Self>) {
+        let mut doomed = Vec::new();
+        {
+            let mut s = self.lock();
+            s.paused = false;
+            while !s.waiters.is_empty() {
+                let Some(conn) = self.take_idle(&mut s, &mut doomed) else { break };
+                s.active += 1;
+                if let Some(conn) = Self::hand_over(&mut s, conn) {
+                    s.active -= 1;
+                    s.idle.push(conn);
+                }
+            }
+            self.spawn_connects(&mut s);
+        }
+        close_all(doomed);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    /// Closes every server once it is idle: the idle ones now, leased ones when they come
+    /// back. Waiting clients get new servers.
+    pub fn reconnect(self: &Arc<Self>) {
+        let doomed = {
+            let mut s = self.lock();
+            s.generation += 1;
+            let n = s.idle.len();
+            s.note_closed(CloseReason::Reconnect, n);
+            let doomed = std::mem::take(&mut s.idle);
+            self.spawn_connects(&mut s);
+            doomed
+        };
+        close_all(doomed);
+    }
+
+    /// The idle servers right now (SHOW SERVERS).
+    pub fn idle_servers(&self) -> Vec<ServerInfo> {
+        self.lock().idle.iter().map(ServerConn::info).collect()
+    }
+}
