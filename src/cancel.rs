@@ -2,39 +2,83 @@
 //! client is doing now. A cancel for a client that is running a query is sent to its server
 //! on a new connection with that server's key; a cancel for a client waiting in the queue
 //! takes it out of the queue (it then gets 57014).
+//!
+//! The registry is also the list of logged-in clients: each slot carries who the client is
+//! ([`ClientInfo`]) for SHOW CLIENTS, and the server it holds for SHOW SERVERS.
 
-use crate::server::conn::Target;
+use crate::server::conn::{ServerInfo, Target};
 use bytes::BytesMut;
 use rand::Rng;
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
-/// What a client is doing, as far as cancelling goes.
+/// What a client is doing: for cancelling, and for SHOW CLIENTS / SHOW SERVERS.
 #[derive(Clone)]
 pub enum Activity {
     Idle,
-    /// Waiting in a pool's queue; `notify_waiters` wakes the wait to give up.
-    Waiting,
+    /// Waiting in a pool's queue since `since`; `notify_waiters` wakes the wait to give up.
+    Waiting {
+        since: Instant,
+    },
     Active {
         target: Arc<Target>,
-        pid: i32,
+        server: ServerInfo,
         secret: i32,
     },
 }
 
-/// Per-client cancel state, shared between the session and the registry.
+/// Who a client is, fixed at login. Never a password or query text.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub user: String,
+    /// The database name the client asked for.
+    pub database: String,
+    pub peer: SocketAddr,
+    pub connected_at: SystemTime,
+    pub tls: bool,
+}
+
+/// Per-client state, shared between the session and the registry.
 pub struct CancelSlot {
     activity: Mutex<Activity>,
     pub wake: Notify,
+    pub info: Arc<ClientInfo>,
+    application_name: Mutex<String>,
+    pinned: AtomicBool,
 }
 
 impl CancelSlot {
     pub fn set(&self, activity: Activity) {
         *self.activity.lock().unwrap_or_else(|p| p.into_inner()) = activity;
     }
+
+    pub fn activity(&self) -> Activity {
+        self.activity.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_application_name(&self, name: &str) {
+        name.clone_into(&mut self.application_name.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    pub fn set_pinned(&self, pinned: bool) {
+        self.pinned.store(pinned, Ordering::Relaxed);
+    }
+}
+
+/// One registered client at one moment (SHOW CLIENTS).
+pub struct ClientSnapshot {
+    /// The key's process id, as the client was told in BackendKeyData.
+    pub pid: i32,
+    pub info: Arc<ClientInfo>,
+    pub activity: Activity,
+    pub application_name: String,
+    pub pinned: bool,
 }
 
 struct Entry {
@@ -67,8 +111,19 @@ impl Drop for Registration {
 impl Registry {
     /// Issues a key. `pid` is fixed in session mode (the server's real process id) and
     /// random otherwise.
-    pub fn register(self: &Arc<Self>, fixed_pid: Option<i32>) -> Registration {
-        let slot = Arc::new(CancelSlot { activity: Mutex::new(Activity::Idle), wake: Notify::new() });
+    pub fn register(
+        self: &Arc<Self>,
+        fixed_pid: Option<i32>,
+        info: Arc<ClientInfo>,
+        application_name: &str,
+    ) -> Registration {
+        let slot = Arc::new(CancelSlot {
+            activity: Mutex::new(Activity::Idle),
+            wake: Notify::new(),
+            info,
+            application_name: Mutex::new(application_name.to_owned()),
+            pinned: AtomicBool::new(false),
+        });
         let mut rng = rand::rng();
         let secret: i32 = rng.random();
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -85,6 +140,26 @@ impl Registry {
         Registration { registry: self.clone(), pid, secret, slot }
     }
 
+    /// Every registered client, oldest connection first.
+    pub fn snapshot(&self) -> Vec<ClientSnapshot> {
+        let slots: Vec<(i32, Arc<CancelSlot>)> = {
+            let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter().map(|(pid, e)| (*pid, e.slot.clone())).collect()
+        };
+        let mut out: Vec<ClientSnapshot> = slots
+            .into_iter()
+            .map(|(pid, slot)| ClientSnapshot {
+                pid,
+                info: slot.info.clone(),
+                activity: slot.activity(),
+                application_name: slot.application_name.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                pinned: slot.pinned.load(Ordering::Relaxed),
+            })
+            .collect();
+        out.sort_by_key(|c| (c.info.connected_at, c.pid));
+        out
+    }
+
     /// Handles a CancelRequest. Runs detached from the requesting socket, which libpq closes
     /// right after sending.
     pub fn cancel(&self, pid: i32, secret: i32) {
@@ -93,7 +168,7 @@ impl Registry {
             match map.get(&pid) {
                 Some(e) if bool::from(e.secret.to_be_bytes().ct_eq(&secret.to_be_bytes())) => {
                     let a = e.slot.activity.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    if matches!(a, Activity::Waiting) {
+                    if matches!(a, Activity::Waiting { .. }) {
                         e.slot.wake.notify_waiters();
                     }
                     a
@@ -104,9 +179,9 @@ impl Registry {
                 }
             }
         };
-        if let Activity::Active { target, pid, secret } = activity {
+        if let Activity::Active { target, server, secret } = activity {
             tokio::spawn(async move {
-                if let Err(e) = send_cancel(&target, pid, secret).await {
+                if let Err(e) = send_cancel(&target, server.pid, secret).await {
                     tracing::warn!(error = %e, "cancel_forward_failed");
                 }
             });

@@ -21,6 +21,8 @@
 //!   LRU caches, rewriting of Parse/Bind/Describe/Close.
 //! - [`cancel`]: proxy-issued cancel keys mapped to what each client is doing.
 //! - [`proxy`]: the running proxy: upstreams, pools, accept loop, maintenance.
+//! - [`admin`]: the admin console (virtual database `pgsidecar` / `pgbouncer`): PgBouncer's
+//!   SHOW, PAUSE, RESUME, RECONNECT, RELOAD and SHUTDOWN, one file per command.
 //! - [`supervise`]: `pgsidecar run -- CMD` (URL rewrite, signals, drain) and `serve`.
 //! - [`check`]: `pgsidecar check`, settings and upstream diagnosis without starting the proxy.
 //! - [`demo`]: `pgsidecar demo`: temporary PostgreSQL, the proxy and a simulated app, with a live view.
@@ -28,6 +30,7 @@
 //! - [`logging`]: logfmt log lines on stderr.
 //! - [`observe`]: latency histograms kept by the proxy (checkout wait).
 
+pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod check;

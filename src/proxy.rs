@@ -38,6 +38,10 @@ pub struct Proxy {
     pub cancels: Arc<Registry>,
     pub client_tls: Option<tokio_rustls::TlsAcceptor>,
     clients: AtomicUsize,
+    /// Admin console sessions among `clients`; they do not hold up a drain.
+    consoles: AtomicUsize,
+    /// When the proxy started (SHOW STATS averages).
+    pub started: std::time::Instant,
     /// Clients pinned to their server by session state (transaction mode).
     pub pinned: AtomicUsize,
     pub slow_log: Arc<crate::observe::slowlog::SlowLog>,
@@ -58,9 +62,25 @@ struct ClientGuard(Arc<Proxy>);
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
-        if self.0.clients.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+        self.0.notify_if_idle();
+    }
+}
+
+/// Marks a client as an admin console session for as long as it lives.
+struct ConsoleGuard(Arc<Proxy>);
+
+impl ConsoleGuard {
+    fn new(proxy: Arc<Proxy>) -> ConsoleGuard {
+        proxy.consoles.fetch_add(1, Ordering::AcqRel);
+        proxy.notify_if_idle();
+        ConsoleGuard(proxy)
+    }
+}
+
+impl Drop for ConsoleGuard {
+    fn drop(&mut self) {
+        self.0.consoles.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -98,6 +118,8 @@ impl Proxy {
             cancels: Arc::new(Registry::default()),
             client_tls,
             clients: AtomicUsize::new(0),
+            consoles: AtomicUsize::new(0),
+            started: std::time::Instant::now(),
             pinned: AtomicUsize::new(0),
             slow_log,
             idle: tokio::sync::Notify::new(),
@@ -117,13 +139,25 @@ impl Proxy {
         self.clients.load(Ordering::Acquire)
     }
 
-    /// Resolves once no client is connected.
+    /// Client connections that are not admin console sessions.
+    fn app_clients(&self) -> usize {
+        self.clients().saturating_sub(self.consoles.load(Ordering::Acquire))
+    }
+
+    fn notify_if_idle(&self) {
+        if self.app_clients() == 0 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Resolves once no client is connected, apart from admin console sessions (an operator
+    /// who typed SHUTDOWN in psql must not hold up the drain).
     pub async fn wait_idle(&self) {
         loop {
             let notified = self.idle.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.clients() == 0 {
+            if self.app_clients() == 0 {
                 return;
             }
             notified.await;
@@ -196,7 +230,7 @@ impl Proxy {
         let login_timeout = self.config.client.login_timeout;
         let (stream, outcome) = match tokio::time::timeout(
             login_timeout,
-            handshake(&self, stream, over_limit),
+            handshake(&self, stream, peer, over_limit),
         )
         .await
         {
@@ -212,9 +246,17 @@ impl Proxy {
                 Session::new(self.clone(), *login).run().await;
                 tracing::debug!(peer = %peer, "client_disconnect");
             }
+            Ok(Outcome::Console(login)) => {
+                tracing::info!(peer = %peer, user = %login.user, "admin_login");
+                let _console = ConsoleGuard::new(self.clone());
+                crate::admin::console::run(self.clone(), *login).await;
+                tracing::debug!(peer = %peer, "admin_disconnect");
+            }
             Ok(Outcome::Cancel) | Ok(Outcome::Refused) => {}
             Err(refusal) => {
-                if refusal.log == "auth_failed" || refusal.error.as_ref().is_some_and(|e| e.code == "53300") {
+                if matches!(refusal.log, "auth_failed" | "admin_not_allowed")
+                    || refusal.error.as_ref().is_some_and(|e| e.code == "53300")
+                {
                     tracing::warn!(peer = %peer, reason = refusal.log, "client_refused");
                 } else {
                     tracing::debug!(peer = %peer, reason = refusal.log, "client_refused");

@@ -3,6 +3,7 @@
 //! limit or by `MAX_PRE_AUTH_MESSAGE`, and the whole exchange by the login timeout.
 
 use crate::auth::scram::{self, Exchange, ScramError};
+use crate::auth::Credentials;
 use crate::config::ClientAuth;
 use crate::proxy::{Proxy, Upstream};
 use crate::stream::Stream;
@@ -12,6 +13,7 @@ use crate::wire::startup::{parse_options, split_startup, Startup, StartupPacket}
 use crate::wire::{tag, MAX_PRE_AUTH_MESSAGE};
 use bytes::BytesMut;
 use rand::RngCore;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -24,10 +26,24 @@ pub struct Login {
     pub database: String,
     pub upstream: Arc<Upstream>,
     pub settings: super::params::Settings,
+    pub peer: SocketAddr,
+}
+
+/// An authenticated client of the admin console.
+pub struct ConsoleLogin {
+    pub stream: Stream,
+    pub rbuf: BytesMut,
+    pub user: String,
+    /// `pgsidecar` or `pgbouncer`, as the client asked.
+    pub database: String,
+    pub application_name: String,
+    pub peer: SocketAddr,
 }
 
 pub enum Outcome {
     Login(Box<Login>),
+    /// The client asked for the admin console's virtual database.
+    Console(Box<ConsoleLogin>),
     /// The connection carried a CancelRequest, which has been handed on.
     Cancel,
     /// The client was refused; the error (if any) has been sent.
@@ -159,11 +175,10 @@ async fn authenticate(
     stream: &mut Stream,
     rbuf: &mut BytesMut,
     method: ClientAuth,
-    upstream: &Upstream,
+    creds: &Credentials,
     user: &str,
     out: &mut BytesMut,
 ) -> Result<(), Refusal> {
-    let creds = &upstream.credentials;
     let user_ok = creds.user == user;
     match method {
         ClientAuth::Trust if user_ok => Ok(()),
@@ -234,6 +249,7 @@ async fn authenticate(
 pub async fn handshake(
     proxy: &Arc<Proxy>,
     stream: Stream,
+    peer: SocketAddr,
     over_limit: bool,
 ) -> (Option<Stream>, Result<Outcome, Refusal>) {
     let mut rbuf = BytesMut::with_capacity(512);
@@ -246,23 +262,49 @@ pub async fn handshake(
     };
     let result = login(proxy, &mut stream, &mut rbuf, startup, over_limit).await;
     match result {
-        Ok((login_startup, user, database, upstream, settings)) => (
+        Ok(Admitted::Pool { startup, user, database, upstream, settings }) => (
             None,
             Ok(Outcome::Login(Box::new(Login {
                 stream,
                 rbuf,
-                startup: login_startup,
+                startup,
                 user,
                 database,
                 upstream,
                 settings,
+                peer,
+            }))),
+        ),
+        Ok(Admitted::Console { user, database, application_name }) => (
+            None,
+            Ok(Outcome::Console(Box::new(ConsoleLogin {
+                stream,
+                rbuf,
+                user,
+                database,
+                application_name,
+                peer,
             }))),
         ),
         Err(r) => (Some(stream), Err(r)),
     }
 }
 
-type LoginParts = (Startup, String, String, Arc<Upstream>, super::params::Settings);
+/// Where an authenticated client goes.
+enum Admitted {
+    Pool {
+        startup: Startup,
+        user: String,
+        database: String,
+        upstream: Arc<Upstream>,
+        settings: super::params::Settings,
+    },
+    Console {
+        user: String,
+        database: String,
+        application_name: String,
+    },
+}
 
 async fn login(
     proxy: &Arc<Proxy>,
@@ -270,7 +312,7 @@ async fn login(
     rbuf: &mut BytesMut,
     startup: Startup,
     over_limit: bool,
-) -> Result<LoginParts, Refusal> {
+) -> Result<Admitted, Refusal> {
     let mut out = BytesMut::new();
     let Some(user) = startup.param("user").map(str::to_owned) else {
         return Err(Refusal::send(
@@ -320,6 +362,14 @@ async fn login(
             ))
         }
     };
+    if crate::admin::is_console_database(&database) {
+        let user = console_login(proxy, stream, rbuf, &user, &mut out).await?;
+        if !out.is_empty() {
+            write(stream, &mut out).await?;
+        }
+        let application_name = startup.param("application_name").unwrap_or_default().to_owned();
+        return Ok(Admitted::Console { user, database, application_name });
+    }
     let Some(upstream) = proxy.upstream(&database) else {
         return Err(Refusal::send(
             PgError::fatal("3D000", format!("database \"{database}\" does not exist")),
@@ -327,7 +377,7 @@ async fn login(
         ));
     };
     if let Err(refusal) =
-        authenticate(stream, rbuf, proxy.config.client.auth, &upstream, &user, &mut out).await
+        authenticate(stream, rbuf, proxy.config.client.auth, &upstream.credentials, &user, &mut out).await
     {
         if refusal.log == "auth_failed" {
             upstream.counters.error(crate::observe::stats::PoolerError::AuthFailure);
@@ -338,5 +388,36 @@ async fn login(
         write(stream, &mut out).await?;
     }
     let settings = super::params::from_startup(&startup.params, &options);
-    Ok((startup, user, database, upstream, settings))
+    Ok(Admitted::Pool { startup, user, database, upstream, settings })
+}
+
+/// Authenticates a client of the admin console with the credentials of the upstream whose
+/// URL names the same user, then applies PGSIDECAR_ADMIN_USERS.
+async fn console_login(
+    proxy: &Arc<Proxy>,
+    stream: &mut Stream,
+    rbuf: &mut BytesMut,
+    user: &str,
+    out: &mut BytesMut,
+) -> Result<String, Refusal> {
+    let upstreams = proxy.upstreams();
+    // A user no URL names still goes through the exchange (against credentials it cannot
+    // match), so the answer does not tell which users exist.
+    let upstream = upstreams.iter().find(|u| u.credentials.user == user).unwrap_or(&upstreams[0]);
+    if let Err(refusal) =
+        authenticate(stream, rbuf, proxy.config.client.auth, &upstream.credentials, user, out).await
+    {
+        if refusal.log == "auth_failed" {
+            upstream.counters.error(crate::observe::stats::PoolerError::AuthFailure);
+        }
+        return Err(refusal);
+    }
+    if !proxy.config.admin.allows(user) {
+        return Err(Refusal::send(
+            PgError::fatal("28000", format!("user \"{user}\" is not allowed to use the admin console"))
+                .with_hint("PGSIDECAR_ADMIN_USERS lists the users who may"),
+            "admin_not_allowed",
+        ));
+    }
+    Ok(user.to_owned())
 }

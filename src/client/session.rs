@@ -5,7 +5,7 @@ use super::handshake::Login;
 use super::io::{poll_io, Half, IoError};
 use super::params::{self, Settings};
 use super::relay::{Relay, Statements, READ_HIGH, TRACKED_REPORTED, WRITE_HIGH};
-use crate::cancel::{Activity, Registration};
+use crate::cancel::{Activity, ClientInfo, Registration};
 use crate::config::PoolMode;
 use crate::observe::stats::PoolerError;
 use crate::prepared::ClientStatements;
@@ -74,6 +74,8 @@ pub struct Session {
     slow: Arc<crate::observe::slowlog::SlowLog>,
     app_name: String,
     user: String,
+    /// Who this client is, for the registry (SHOW CLIENTS).
+    info: Arc<ClientInfo>,
 }
 
 impl Drop for Session {
@@ -103,10 +105,18 @@ enum Request {
 
 impl Session {
     pub fn new(proxy: Arc<Proxy>, login: Login) -> Session {
-        let Login { stream, rbuf, upstream, settings, user, .. } = login;
+        let Login { stream, rbuf, upstream, settings, user, database, peer, .. } = login;
         let mode = proxy.config.pool.mode;
         upstream.counters.clients.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let info = Arc::new(ClientInfo {
+            user: user.clone(),
+            database,
+            peer,
+            connected_at: std::time::SystemTime::now(),
+            tls: stream.is_tls(),
+        });
         Session {
+            info,
             timing: Default::default(),
             last_wait: Duration::ZERO,
             slow: proxy.slow_log.clone(),
@@ -162,6 +172,10 @@ impl Session {
         }
     }
 
+    fn register(&self, fixed_pid: Option<i32>) -> Registration {
+        self.proxy.cancels.register(fixed_pid, self.info.clone(), &self.app_name)
+    }
+
     /// Counts bytes read from the client (SHOW STATS total_received).
     fn received(&self, n: usize) {
         self.upstream.counters.bytes_from_clients.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
@@ -172,25 +186,29 @@ impl Session {
         messages::auth_ok(&mut self.cwbuf);
         let mut session_lease = None;
         let login_params = if self.mode == PoolMode::Session {
-            self.registration = Some(self.proxy.cancels.register(None));
+            self.registration = Some(self.register(None));
             match self.checkout().await {
                 Ok(mut lease) => {
                     let conn = lease.conn();
                     let params = conn.login_params.clone();
                     // In session mode the client keeps this server: show it the real pid.
-                    self.registration = Some(self.proxy.cancels.register(Some(conn.pid)));
-                    self.slot_set(Activity::Active {
-                        target: self.upstream.pool.target.clone(),
-                        pid: conn.pid,
-                        secret: conn.secret,
-                    });
+                    let (pid, active) = (
+                        conn.pid,
+                        Activity::Active {
+                            target: self.upstream.pool.target.clone(),
+                            server: conn.info(),
+                            secret: conn.secret,
+                        },
+                    );
+                    self.registration = Some(self.register(Some(pid)));
+                    self.slot_set(active);
                     session_lease = Some(lease);
                     Arc::new(params)
                 }
                 Err(flow) => return self.finish_refused(flow).await,
             }
         } else {
-            self.registration = Some(self.proxy.cancels.register(None));
+            self.registration = Some(self.register(None));
             match self.upstream.pool.login_params() {
                 Some(p) => p,
                 None => match self.checkout().await {
@@ -422,8 +440,8 @@ impl Session {
         let notified = slot.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        slot.set(Activity::Waiting);
         let started = Instant::now();
+        slot.set(Activity::Waiting { since: started });
         let wait_limit = self.proxy.config.pool.query_wait_timeout;
         let deadline = tokio::time::sleep(wait_limit.unwrap_or(Duration::from_secs(86_400 * 365)));
         tokio::pin!(deadline);
@@ -472,7 +490,7 @@ impl Session {
                 let conn = lease.conn();
                 slot.set(Activity::Active {
                     target: pool.target.clone(),
-                    pid: conn.pid,
+                    server: conn.info(),
                     secret: conn.secret,
                 });
                 Ok(lease)
@@ -716,6 +734,11 @@ impl Session {
                 self.settings.insert(name.clone(), value.clone());
                 conn.applied.insert(name.clone(), value.clone());
             }
+            if name == "application_name" {
+                if let Some(r) = &self.registration {
+                    r.slot.set_application_name(&value);
+                }
+            }
             self.told.insert(name, value);
         }
     }
@@ -770,6 +793,9 @@ impl Session {
             return;
         }
         self.pinned = pinned;
+        if let Some(r) = &self.registration {
+            r.slot.set_pinned(pinned);
+        }
         let text = crate::observe::normalize::normalize(&String::from_utf8_lossy(statement), 200);
         let delta = if pinned { 1 } else { -1 };
         self.upstream.counters.pinned.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);

@@ -202,6 +202,27 @@ pub fn data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
     finish(buf, at);
 }
 
+/// The answer to a Query holding no statement.
+pub fn empty_query_response(buf: &mut BytesMut) {
+    let at = begin(buf, b'I');
+    finish(buf, at);
+}
+
+/// A NoticeResponse (severity NOTICE, SQLSTATE 00000) with an optional detail.
+pub fn notice(buf: &mut BytesMut, message: &str, detail: Option<&str>) {
+    let at = begin(buf, tag::NOTICE_RESPONSE);
+    for (field, value) in [(b'S', "NOTICE"), (b'V', "NOTICE"), (b'C', "00000"), (b'M', message)] {
+        buf.put_u8(field);
+        put_cstr(buf, value.as_bytes());
+    }
+    if let Some(detail) = detail {
+        buf.put_u8(b'D');
+        put_cstr(buf, detail.as_bytes());
+    }
+    buf.put_u8(0);
+    finish(buf, at);
+}
+
 pub fn command_complete(buf: &mut BytesMut, tag_text: &str) {
     let at = begin(buf, tag::COMMAND_COMPLETE);
     put_cstr(buf, tag_text.as_bytes());

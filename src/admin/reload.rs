@@ -1,0 +1,35 @@
+//! RELOAD: size the pools again from the databases' connection limits (PGSIDECAR_POOL_SIZE
+//! auto), as at start. Settings are read once at start: changing any other needs a restart,
+//! which the answer's NOTICE says.
+
+use super::Words;
+use crate::proxy::Proxy;
+use crate::wire::messages::{self, PgError};
+use bytes::BytesMut;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reload;
+
+impl Reload {
+    pub fn parse(words: Words<'_>) -> Result<Reload, PgError> {
+        words.finish()?;
+        Ok(Reload)
+    }
+
+    pub async fn execute(&self, proxy: &Proxy) -> BytesMut {
+        proxy.size_pools().await;
+        let mut buf = BytesMut::new();
+        let what = if proxy.config.pool.sizing.auto {
+            "pool sizes were computed again from the databases' connection limits"
+        } else {
+            "nothing to reload: PGSIDECAR_POOL_SIZE is fixed"
+        };
+        messages::notice(
+            &mut buf,
+            what,
+            Some("other settings are read at start: restart pgsidecar to change them"),
+        );
+        messages::command_complete(&mut buf, "RELOAD");
+        buf
+    }
+}
