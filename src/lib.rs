@@ -19,6 +19,8 @@
 //!   server is attached, and session settings that follow a client between servers.
 //! - [`prepared`]: named prepared statements in transaction mode: proxy-wide names, per-server
 //!   LRU caches, rewriting of Parse/Bind/Describe/Close.
+//! - [`budget`]: the cross-dyno connection budget: sidecars sharing a database agree on their
+//!   shares through the database itself.
 //! - [`cancel`]: proxy-issued cancel keys mapped to what each client is doing.
 //! - [`proxy`]: the running proxy: upstreams, pools, accept loop, maintenance.
 //! - [`admin`]: the admin console (virtual database `pgsidecar` / `pgbouncer`): PgBouncer's
@@ -32,6 +34,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod budget;
 pub mod cancel;
 pub mod check;
 pub mod cli;

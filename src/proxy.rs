@@ -30,6 +30,8 @@ pub struct Upstream {
     pub counters: crate::observe::stats::Counters,
     /// Latency histograms exported to Prometheus.
     pub latency: crate::observe::metrics::Latency,
+    /// The cross-dyno budget as last computed.
+    pub budget: crate::budget::BudgetState,
 }
 
 pub struct Proxy {
@@ -99,6 +101,7 @@ impl Proxy {
                 sizing: std::sync::Mutex::new(None),
                 counters: Default::default(),
                 latency: crate::observe::metrics::Latency::register(&up.url.database, &up.url.user),
+                budget: Default::default(),
             }));
         }
         let client_tls = match (&config.client.tls_cert, &config.client.tls_key) {
@@ -161,6 +164,22 @@ impl Proxy {
                 return;
             }
             notified.await;
+        }
+    }
+
+    /// Starts the cross-dyno budget rounds for every auto-sized pool (the first round runs
+    /// before this returns, so no server is opened beyond the share).
+    pub async fn start_budget(self: &Arc<Self>) {
+        let cfg = &self.config.pool.sizing;
+        let (true, Some(period)) = (cfg.auto, cfg.budget_period) else { return };
+        for up in &self.upstreams {
+            tokio::spawn(crate::budget::run(up.clone(), Arc::downgrade(self), period, cfg.reserved));
+            let deadline = tokio::time::Instant::now() + period.min(std::time::Duration::from_secs(5));
+            while up.budget.claim.load(std::sync::atomic::Ordering::Relaxed) == 0
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
         }
     }
 

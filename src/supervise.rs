@@ -88,6 +88,7 @@ pub async fn run(config: Config, cmd: Vec<OsString>) -> ExitCode {
         }
     };
     proxy.size_pools().await;
+    proxy.start_budget().await;
     start_metrics(&proxy.config).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut serving = tokio::spawn(proxy.clone().serve(listener, async move {
@@ -207,6 +208,7 @@ pub async fn serve(config: Config) -> ExitCode {
     };
     log_upstreams(&proxy);
     proxy.size_pools().await;
+    proxy.start_budget().await;
     start_metrics(&proxy.config).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or(listen), "listening");

@@ -92,9 +92,13 @@ fn scrape(addr: &str) -> prometheus_parse::Scrape {
 }
 
 fn gauge(scrape: &prometheus_parse::Scrape, name: &str, db: &str) -> Option<f64> {
-    scrape.samples.iter().find(|s| s.metric == name && s.labels.get("database") == Some(db)).and_then(|s| match s.value {
-        prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => Some(v),
-        _ => None,
+    scrape.samples.iter().find(|s| s.metric == name && s.labels.get("database") == Some(db)).and_then(|s| {
+        match s.value {
+            prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        }
     })
 }
 
@@ -139,9 +143,13 @@ async fn metrics_show_waiting_clients_and_the_wait_histogram() {
     let count = scraped
         .samples
         .iter()
-        .find(|s| s.metric == "pgsidecar_checkout_wait_seconds" && s.labels.get("database") == Some(db.as_str()))
+        .find(|s| {
+            s.metric == "pgsidecar_checkout_wait_seconds" && s.labels.get("database") == Some(db.as_str())
+        })
         .map(|s| match &s.value {
-            prometheus_parse::Value::Histogram(buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
+            prometheus_parse::Value::Histogram(buckets) => {
+                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
             other => panic!("histogram expected, got {other:?}"),
         })
         .expect("wait histogram");
@@ -166,7 +174,10 @@ async fn slow_query_line_has_no_literals_or_bind_values() {
         c.simple_query(&format!("select {i}")).await.unwrap();
     }
     // One l2met line with the queries counted.
-    let l2met = sc.wait_for_line(|l| l.contains("event=pool_stats") && !l.contains("count#pgsidecar.queries=0"), Duration::from_secs(5));
+    let l2met = sc.wait_for_line(
+        |l| l.contains("event=pool_stats") && !l.contains("count#pgsidecar.queries=0"),
+        Duration::from_secs(5),
+    );
     let lines = sc.stop();
     let slow: Vec<&String> = lines.iter().filter(|l| l.contains("event=slow_query")).collect();
     assert_eq!(slow.len(), 2, "{slow:#?}");

@@ -53,6 +53,8 @@ pub struct SizingConfig {
     pub processes: u32,
     /// Explicit reserve; `None` for the default (the larger of 3 and 10%).
     pub reserved: Option<u32>,
+    /// Period of the cross-dyno budget rounds; `None` when off.
+    pub budget_period: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -283,11 +285,13 @@ impl Config {
         } else {
             Some(number(reserved_raw, 0, 100_000)? as u32)
         };
+        let budget_period = optional_duration(raw.get("budget-period"))?;
         let sizing = SizingConfig {
             auto,
             plan,
             processes: number(raw.get("processes"), 1, 100_000)? as u32,
             reserved,
+            budget_period,
         };
         let min_size = number(raw.get("min-pool-size"), 0, 10_000)?;
         if !auto && min_size > size {

@@ -63,6 +63,8 @@ settings! {
         "Heroku Postgres plan (essential-0, standard-0, premium-2, ...): its connection limit is used when the database cannot be asked";
     "processes", "PGSIDECAR_PROCESSES", [], "1",
         "Number of sidecars sharing the database's connections (dynos x sidecars per dyno), for pool-size auto";
+    "budget-period", "PGSIDECAR_BUDGET_PERIOD", [], "10s",
+        "With pool-size auto: how often sidecars sharing the database recount each other and resize (0 turns the shared budget off)";
     "reserved-connections", "PGSIDECAR_RESERVED_CONNECTIONS", [], "auto",
         "Connections left free for consoles, migrations and deploy overlap (auto: the larger of 3 and 10% of the limit)";
     "min-pool-size", "PGSIDECAR_MIN_POOL_SIZE", ["PGBOUNCER_MIN_POOL_SIZE"], "0",

@@ -72,6 +72,9 @@ struct PoolGauges {
     errors: Vec<(PoolerError, Counter)>,
     slow: Counter,
     cancels: Counter,
+    budget_limit: Gauge,
+    budget_sidecars: Gauge,
+    budget_share: Gauge,
 }
 
 impl PoolGauges {
@@ -115,8 +118,17 @@ impl PoolGauges {
                 .map(|k| (*k, metrics::counter!("pgsidecar_pooler_errors_total", with("kind", k.as_str()))))
                 .collect(),
             slow: metrics::counter!("pgsidecar_slow_queries_total", l.clone()),
-            cancels: metrics::counter!("pgsidecar_cancels_total", l),
+            cancels: metrics::counter!("pgsidecar_cancels_total", l.clone()),
+            budget_limit: metrics::gauge!("pgsidecar_budget_connections", l.clone()),
+            budget_sidecars: metrics::gauge!("pgsidecar_budget_sidecars", l.clone()),
+            budget_share: metrics::gauge!("pgsidecar_budget_share", l),
         }
+    }
+
+    fn update_budget(&self, b: &crate::budget::BudgetState) {
+        self.budget_limit.set(b.limit.load(Ordering::Relaxed) as f64);
+        self.budget_sidecars.set(b.sidecars.load(Ordering::Relaxed) as f64);
+        self.budget_share.set(b.share.load(Ordering::Relaxed) as f64);
     }
 
     fn update(&self, s: &crate::server::pool::PoolStats, c: &Counters) {
@@ -199,6 +211,7 @@ pub async fn sample(proxy: Weak<Proxy>) {
         }
         for (u, g) in &pools {
             g.update(&u.pool.stats(), &u.counters);
+            g.update_budget(&u.budget);
         }
         process.update();
         exporter.run_upkeep();

@@ -160,7 +160,9 @@ impl Pool {
         let mut doomed = Vec::new();
         {
             let mut s = self.lock();
-            s.max_size = size.max(1);
+            // Zero is allowed: a sidecar with no room in the shared budget queues its clients
+            // until its peers release servers.
+            s.max_size = size;
             while s.total() > s.max_size && !s.idle.is_empty() {
                 doomed.push(s.idle.remove(0));
                 s.note_closed(CloseReason::Shrink, 1);
