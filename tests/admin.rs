@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::code;
+
 use common::pg::{pg_tool, TestPg, MD5_PASS, MD5_USER, SCRAM_PASS, SCRAM_USER};
 use common::proxy::{self, start, TestProxy};
 use std::process::{Command, Output};
@@ -37,10 +39,6 @@ fn psql_rows(p: &TestProxy, sql: &str) -> Vec<Vec<String>> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
     stdout.lines().filter(|l| !l.is_empty()).map(|l| l.split('|').map(str::to_owned).collect()).collect()
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no code: {e}"))
 }
 
 fn message(e: &tokio_postgres::Error) -> String {

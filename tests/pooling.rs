@@ -3,24 +3,13 @@
 
 mod common;
 
+use common::{code, first_value};
+
 use common::pg::TestPg;
 use common::proxy::{self, start};
 use futures_util::{SinkExt, StreamExt, TryStreamExt};
 use std::time::{Duration, Instant};
 use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
-
-fn first_value(msgs: &[SimpleQueryMessage]) -> String {
-    msgs.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
-            _ => None,
-        })
-        .expect("a row")
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no code: {e}"))
-}
 
 /// Waits until the pool reports `n` waiting clients.
 async fn until_waiting(p: &proxy::TestProxy, n: usize) {

@@ -3,20 +3,12 @@
 
 mod common;
 
+use common::first_value;
+
 use common::pg::{pg_tool, TestPg, SCRAM_PASS, SCRAM_USER};
 use common::proxy::{self, start};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio_postgres::SimpleQueryMessage;
-
-fn first_value(msgs: &[SimpleQueryMessage]) -> String {
-    msgs.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
-            _ => None,
-        })
-        .expect("a row")
-}
 
 #[tokio::test]
 async fn prepared_statements_work_across_servers() {

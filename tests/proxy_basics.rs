@@ -3,13 +3,11 @@
 
 mod common;
 
+use common::code;
+
 use common::pg::{TestPg, MD5_PASS, MD5_USER, PLAIN_PASS, PLAIN_USER, SCRAM_PASS, SCRAM_USER};
 use common::proxy::{self, env_for, start, start_with_env};
 use tokio_postgres::types::Type;
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no code: {e}"))
-}
 
 #[tokio::test]
 async fn simple_and_extended_queries_over_tls_to_server() {
