@@ -25,7 +25,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// How long the proxy's own clean-up statements (ROLLBACK, DISCARD ALL) may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Buffers larger than this are given back once a client is idle.
-const KEEP_CAPACITY: usize = 64 * 1024;
+const KEEP_CAPACITY: usize = 16 * 1024;
+/// Read reservation while a client is idle: most requests are small, and an idle client
+/// should cost little memory (the buffer grows for larger messages).
+const IDLE_READ: usize = 1024;
 
 /// Session state that pins a client to its server in transaction mode; one row, one count.
 const SESSION_STATE_QUERY: &str = "SELECT (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql) \
@@ -132,7 +135,7 @@ impl Session {
             upstream,
             client: stream,
             crbuf: rbuf,
-            cwbuf: BytesMut::with_capacity(1024),
+            cwbuf: BytesMut::new(),
             swbuf: BytesMut::new(),
             cflush: false,
             sflush: false,
@@ -187,7 +190,7 @@ impl Session {
         let mut session_lease = None;
         let login_params = if self.mode == PoolMode::Session {
             self.registration = Some(self.register(None));
-            match self.checkout().await {
+            match Box::pin(self.checkout()).await {
                 Ok(mut lease) => {
                     let conn = lease.conn();
                     let params = conn.login_params.clone();
@@ -211,7 +214,7 @@ impl Session {
             self.registration = Some(self.register(None));
             match self.upstream.pool.login_params() {
                 Some(p) => p,
-                None => match self.checkout().await {
+                None => match Box::pin(self.checkout()).await {
                     Ok(mut lease) => {
                         let p = Arc::new(lease.conn().login_params.clone());
                         self.slot_set(Activity::Idle);
@@ -237,7 +240,7 @@ impl Session {
                 return;
             };
             messages::ready_for_query(&mut self.cwbuf, b'I');
-            let flow = self.attached(lease).await;
+            let flow = Box::pin(self.attached(lease)).await;
             debug_assert!(matches!(flow, Flow::End));
             return;
         }
@@ -266,7 +269,9 @@ impl Session {
                     Local::End => return,
                 }
             }
-            let lease = match self.checkout().await {
+            // The checkout and relay futures are large; boxed, they are allocated only while a
+            // client is busy, so an idle client's task stays small.
+            let lease = match Box::pin(self.checkout()).await {
                 Ok(lease) => lease,
                 Err(Refused::Error(e)) if e.severity == messages::Severity::Error => {
                     tracing::warn!(code = e.code, error = %e.message, "pooler_error");
@@ -281,7 +286,7 @@ impl Session {
             let Some(lease) = self.apply_settings(lease).await else {
                 return;
             };
-            match self.attached(lease).await {
+            match Box::pin(self.attached(lease)).await {
                 Flow::Released => continue,
                 Flow::End => return,
             }
@@ -396,7 +401,7 @@ impl Session {
                     return Request::Gone;
                 }
             }
-            self.crbuf.reserve(4096);
+            self.crbuf.reserve(IDLE_READ);
             match self.client.read_buf(&mut self.crbuf).await {
                 Ok(0) | Err(_) => return Request::Gone,
                 Ok(n) => self.received(n),
