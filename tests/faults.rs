@@ -1,0 +1,92 @@
+//! Server faults with real processes: PostgreSQL restarted under load, pooled servers
+//! terminated, and PostgreSQL down when clients arrive.
+
+mod common;
+
+use common::pg::{PgOptions, TestPg, SCRAM_USER};
+use common::proxy::{self, start};
+use std::time::{Duration, Instant};
+
+async fn until_ok(p: &proxy::TestProxy, db: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if let Ok(c) = p.connect_with(db, "").await {
+            if c.simple_query("select 1").await.is_ok() {
+                return started.elapsed();
+            }
+        }
+        assert!(started.elapsed() < limit, "not serving again within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_under_load_errors_in_flight_then_recovers() {
+    let pg = TestPg::start(PgOptions { max_connections: 50, tls: true });
+    let db = pg.create_db("restart");
+    let p = start(&pg, &db, &[("PGSIDECAR_POOL_SIZE", "4")]).await;
+    for immediate in [false, true] {
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            clients.push(p.connect(&db).await);
+        }
+        // In-flight transactions when the server goes away.
+        let running: Vec<_> = clients
+            .into_iter()
+            .map(|c| tokio::spawn(async move { c.simple_query("select pg_sleep(5)").await.map(|_| ()) }))
+            .collect();
+        while proxy::server_count(&pg, &db) < 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let pg_ref = &pg;
+        tokio::task::block_in_place(|| if immediate { pg_ref.stop_immediate() } else { pg_ref.stop_fast() });
+        for r in running {
+            r.await.unwrap().expect_err("an in-flight query fails when the server goes");
+        }
+        tokio::task::block_in_place(|| pg_ref.restart_same_port());
+        let back = until_ok(&p, &db, Duration::from_secs(5)).await;
+        eprintln!("immediate={immediate}: serving again {back:?} after PostgreSQL accepted connections");
+        assert!(back < Duration::from_secs(1), "new transactions took {back:?} after restart");
+        // No servers leaked: the pool never holds more than its size.
+        let stats = p.proxy.upstreams()[0].pool.stats();
+        assert!(stats.active + stats.idle + stats.connecting <= 4, "{stats:?}");
+    }
+}
+
+#[tokio::test]
+async fn terminated_idle_servers_are_replaced_unnoticed() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("terminate");
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "2")]).await;
+    let a = p.connect(&db).await;
+    let b = p.connect(&db).await;
+    let (ra, rb) =
+        tokio::join!(a.simple_query("select pg_sleep(0.1)"), b.simple_query("select pg_sleep(0.1)"));
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(p.proxy.upstreams()[0].pool.stats().idle, 2);
+    pg.sql(
+        "postgres",
+        &format!("select count(pg_terminate_backend(pid)) from pg_stat_activity where datname = '{db}'"),
+    );
+    // The next clients do not notice: stale servers are dropped at checkout.
+    for _ in 0..5 {
+        assert_eq!(common::first_value(&a.simple_query("select 1").await.unwrap()), "1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_down_at_start_then_recovers_by_itself() {
+    let pg = TestPg::start(PgOptions { max_connections: 20, tls: false });
+    let db = pg.create_db("downstart");
+    tokio::task::block_in_place(|| pg.stop_fast());
+    let mut env = common::proxy::env_for(&pg, SCRAM_USER, &db, "disable", &[]);
+    env.insert("PGSIDECAR_SERVER_CONNECT_TIMEOUT".into(), "2s".into());
+    let p = common::proxy::start_with_env(env).await;
+    let started = Instant::now();
+    let err = common::must_fail(p.connect_with(&db, "").await, "database is down");
+    assert_eq!(common::code(&err), "08001", "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2), "the error took {:?}", started.elapsed());
+    tokio::task::block_in_place(|| pg.restart_same_port());
+    until_ok(&p, &db, Duration::from_secs(5)).await;
+}
