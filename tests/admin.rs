@@ -322,16 +322,8 @@ fn show_queries_lists_pgbench_statements() {
     let db = pg.create_db("adminbench");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let p = rt.block_on(start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "2")]));
-    for args in [&["-i", "-q"][..], &["-S", "-t", "50", "-c", "2"][..]] {
-        let out = Command::new(pg_tool("pgbench"))
-            .args(["-h", "127.0.0.1", "-p", &p.port().to_string(), "-U", SCRAM_USER])
-            .args(args)
-            .arg(&db)
-            .env("PGPASSWORD", SCRAM_PASS)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "pgbench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    p.pgbench(&db, &["-i", "-q"]);
+    p.pgbench(&db, &["-S", "-t", "50", "-c", "2"]);
     let rows = psql_rows(&p, "SHOW QUERIES");
     let select = rows
         .iter()

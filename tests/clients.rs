@@ -30,26 +30,13 @@ fn psql(p: &proxy::TestProxy, db: &str) -> Command {
     cmd
 }
 
-fn pgbench(p: &proxy::TestProxy, db: &str, args: &[&str]) -> String {
-    let out = Command::new(pg_tool("pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &p.port().to_string(), "-U", SCRAM_USER])
-        .args(args)
-        .arg(db)
-        .env("PGPASSWORD", SCRAM_PASS)
-        .output()
-        .expect("run pgbench");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
-    text
-}
-
 #[test]
 fn pgbench_simple_and_extended_with_a_small_pool() {
     let pg = TestPg::shared();
     let db = pg.create_db("pgbench");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let p = rt.block_on(start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "4")]));
-    pgbench(&p, &db, &["-i", "-q"]);
+    p.pgbench(&db, &["-i", "-q"]);
     let watch_db = db.clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
@@ -61,7 +48,7 @@ fn pgbench_simple_and_extended_with_a_small_pool() {
         max
     });
     for mode in ["simple", "extended"] {
-        let out = pgbench(&p, &db, &["-c", "20", "-j", "2", "-T", "3", "-M", mode]);
+        let out = p.pgbench(&db, &["-c", "20", "-j", "2", "-T", "3", "-M", mode]);
         assert!(out.contains("number of failed transactions: 0 "), "{out}");
         assert!(!out.contains("number of transactions actually processed: 0/"), "{out}");
     }

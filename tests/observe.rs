@@ -133,9 +133,19 @@ async fn metrics_show_waiting_clients_and_the_wait_histogram() {
     }
     let scraped = tokio::task::spawn_blocking({
         let m = sc.metrics.clone();
+        let db = db.clone();
         move || {
-            std::thread::sleep(Duration::from_millis(1100));
-            scrape(&m)
+            // The sampler copies counters every second: poll until it has seen the load.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let s = scrape(&m);
+                if gauge(&s, "pgsidecar_queries_total", &db).unwrap_or(0.0) >= 20.0
+                    || Instant::now() > deadline
+                {
+                    return s;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     })
     .await

@@ -5,7 +5,7 @@ mod common;
 
 use common::first_value;
 
-use common::pg::{pg_tool, TestPg, SCRAM_PASS, SCRAM_USER};
+use common::pg::{TestPg, SCRAM_PASS, SCRAM_USER};
 use common::proxy::{self, start};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -49,21 +49,8 @@ fn pgbench_prepared_mode_with_many_clients() {
     let db = pg.create_db("pgbprep");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let p = rt.block_on(start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "5")]));
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(pg_tool("pgbench"))
-            .args(["-h", "127.0.0.1", "-p", &p.port().to_string(), "-U", SCRAM_USER])
-            .args(args)
-            .arg(&db)
-            .env("PGPASSWORD", SCRAM_PASS)
-            .output()
-            .unwrap();
-        let text =
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "{text}");
-        text
-    };
-    run(&["-i", "-q"]);
-    let out = run(&["-M", "prepared", "-c", "50", "-j", "2", "-T", "3"]);
+    p.pgbench(&db, &["-i", "-q"]);
+    let out = p.pgbench(&db, &["-M", "prepared", "-c", "50", "-j", "2", "-T", "3"]);
     assert!(out.contains("number of failed transactions: 0 "), "{out}");
     assert!(proxy::server_count(pg, &db) <= 5);
 }

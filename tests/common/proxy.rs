@@ -74,6 +74,21 @@ impl TestProxy {
         )
     }
 
+    /// Runs pgbench through the proxy as scram_user; returns its output, panics if it failed.
+    pub fn pgbench(&self, db: &str, args: &[&str]) -> String {
+        let out = std::process::Command::new(super::pg::pg_tool("pgbench"))
+            .args(["-h", "127.0.0.1", "-p", &self.port().to_string(), "-U", SCRAM_USER])
+            .args(args)
+            .arg(db)
+            .env("PGPASSWORD", SCRAM_PASS)
+            .output()
+            .expect("run pgbench");
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
+        text
+    }
+
     pub fn url(&self, db: &str) -> String {
         self.url_as(SCRAM_USER, SCRAM_PASS, db)
     }
