@@ -6,7 +6,9 @@
 pub fn normalize(sql: &str, max: usize) -> String {
     let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len().min(max) + 8);
-    let mut n = 0;
+    // Placeholders for literals are numbered after the statement's own parameters, so that
+    // `select $1 || 'x'` does not read (and fingerprint) as `select $1 || $1`.
+    let mut n = highest_parameter(b);
     let mut i = 0;
     let mut pending_space = false;
     let mut placeholder = |out: &mut String| {
@@ -107,6 +109,26 @@ pub fn normalize(sql: &str, max: usize) -> String {
     out
 }
 
+/// The highest `$n` parameter number in the text (0 when there is none).
+fn highest_parameter(b: &[u8]) -> u32 {
+    let mut highest = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let ident_before = i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'$');
+        if b[i] == b'$' && !ident_before {
+            let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if digits > 0 {
+                let v = std::str::from_utf8(&b[i + 1..i + 1 + digits]).ok().and_then(|d| d.parse().ok());
+                highest = highest.max(v.unwrap_or(0));
+                i += 1 + digits;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    highest
+}
+
 #[cfg(test)]
 mod tests {
     use super::normalize;
@@ -119,6 +141,13 @@ mod tests {
         );
         assert_eq!(normalize("select E'a\\'b', $$body$$, $tag$x$tag$, x'ff'", 200), "select $1, $2, $3, $4");
         assert_eq!(normalize("select $1, col2, t1.c3 from t1", 200), "select $1, col2, t1.c3 from t1");
+    }
+
+    #[test]
+    fn literal_placeholders_follow_the_parameters() {
+        assert_eq!(normalize("select $1 || 'x'", 200), "select $1 || $2");
+        assert_eq!(normalize("select pg_sleep(0.2), $2::text, $1", 200), "select pg_sleep($3), $2::text, $1");
+        assert_eq!(normalize("insert into t values ($1, $1)", 200), "insert into t values ($1, $1)");
     }
 
     #[test]
