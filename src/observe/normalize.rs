@@ -114,7 +114,8 @@ fn highest_parameter(b: &[u8]) -> u32 {
     let mut highest = 0;
     let mut i = 0;
     while i < b.len() {
-        let ident_before = i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'$');
+        let ident_before =
+            i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'$');
         if b[i] == b'$' && !ident_before {
             let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
             if digits > 0 {
