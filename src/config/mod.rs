@@ -71,6 +71,12 @@ pub struct PoolConfig {
     pub query_wait_timeout: Option<Duration>,
     /// Statements cached per server in transaction mode; 0 disables rewriting.
     pub max_prepared_statements: usize,
+    /// Longest wait for a server's complete answer before it is cancelled; `None` when off.
+    pub query_timeout: Option<Duration>,
+    /// Longest a client may sit idle inside a transaction; `None` when off.
+    pub idle_transaction_timeout: Option<Duration>,
+    /// Servers idle longer than this are checked with a round trip before use (zero: always).
+    pub server_check_delay: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -373,6 +379,9 @@ impl Config {
                 connect_parallelism: number(raw.get("server-connect-parallelism"), 1, 1000)?,
                 query_wait_timeout: optional_duration(raw.get("query-wait-timeout"))?,
                 max_prepared_statements: number(raw.get("max-prepared-statements"), 0, 100_000)?,
+                query_timeout: optional_duration(raw.get("query-timeout"))?,
+                idle_transaction_timeout: optional_duration(raw.get("idle-transaction-timeout"))?,
+                server_check_delay: duration(raw.get("server-check-delay"))?,
             },
             client: ClientConfig {
                 auth,

@@ -79,6 +79,12 @@ settings! {
         "Server connections idle longer than this are closed, down to the minimum pool size (0 = never)";
     "server-connect-timeout", "PGSIDECAR_SERVER_CONNECT_TIMEOUT", [], "5s",
         "Limit for connecting and logging in to the server (the URL's connect_timeout wins)";
+    "query-timeout", "PGSIDECAR_QUERY_TIMEOUT", ["PGBOUNCER_QUERY_TIMEOUT"], "0",
+        "The proxy's own backstop for a request the server does not answer (statement_timeout is the usual tool): past it the server is sent a cancel, and closed if it still does not answer; the client gets 57014 (0 = off)";
+    "idle-transaction-timeout", "PGSIDECAR_IDLE_TRANSACTION_TIMEOUT", ["PGBOUNCER_IDLE_TRANSACTION_TIMEOUT"], "60s",
+        "A client idle inside a transaction longer than this gets FATAL 25P03 and its server is rolled back (0 = off)";
+    "server-check-delay", "PGSIDECAR_SERVER_CHECK_DELAY", ["PGBOUNCER_SERVER_CHECK_DELAY"], "30s",
+        "A pooled server idle longer than this answers an empty query before it is handed out; a failed check replaces it (0 = check every time)";
     "server-connect-parallelism", "PGSIDECAR_SERVER_CONNECT_PARALLELISM", [], "4",
         "Server connections a pool may be opening at the same time when demand rises";
     "client-auth", "PGSIDECAR_CLIENT_AUTH", ["PGBOUNCER_AUTH_TYPE"], "scram-sha-256",

@@ -137,3 +137,33 @@ fn admin_users_and_raw_values() {
     assert!(c.admin.allows("app") && !c.admin.allows("web"));
     assert!(!format!("{:?}", c.raw).contains("s3cret"));
 }
+
+#[test]
+fn reliability_timeouts() {
+    let c = Config::load(&BTreeMap::new(), &env(&[("DATABASE_URL", URL)])).unwrap();
+    assert_eq!(c.pool.query_timeout, None);
+    assert_eq!(c.pool.idle_transaction_timeout, Some(Duration::from_secs(60)));
+    assert_eq!(c.pool.server_check_delay, Duration::from_secs(30));
+    let e = env(&[
+        ("DATABASE_URL", URL),
+        ("PGBOUNCER_QUERY_TIMEOUT", "90"),
+        ("PGBOUNCER_IDLE_TRANSACTION_TIMEOUT", "0"),
+        ("PGBOUNCER_SERVER_CHECK_DELAY", "0"),
+    ]);
+    let c = Config::load(&BTreeMap::new(), &e).unwrap();
+    assert_eq!(c.pool.query_timeout, Some(Duration::from_secs(90)));
+    assert_eq!(c.pool.idle_transaction_timeout, None);
+    assert_eq!(c.pool.server_check_delay, Duration::ZERO);
+    let e = env(&[
+        ("DATABASE_URL", URL),
+        ("PGSIDECAR_QUERY_TIMEOUT", "1500ms"),
+        ("PGBOUNCER_QUERY_TIMEOUT", "9"),
+    ]);
+    assert_eq!(
+        Config::load(&BTreeMap::new(), &e).unwrap().pool.query_timeout,
+        Some(Duration::from_millis(1500))
+    );
+    let e = env(&[("DATABASE_URL", URL), ("PGSIDECAR_IDLE_TRANSACTION_TIMEOUT", "a while")]);
+    let err = Config::load(&BTreeMap::new(), &e).unwrap_err().to_string();
+    assert!(err.contains("PGSIDECAR_IDLE_TRANSACTION_TIMEOUT"), "{err}");
+}
