@@ -45,10 +45,12 @@ pub enum CloseReason {
     Shutdown,
     /// RECONNECT in the admin console.
     Reconnect,
+    /// An idle server failed its check before being handed out (PGSIDECAR_SERVER_CHECK_DELAY).
+    CheckFailed,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::IdleTimeout,
         CloseReason::Lifetime,
         CloseReason::Broken,
@@ -56,6 +58,7 @@ impl CloseReason {
         CloseReason::Shrink,
         CloseReason::Shutdown,
         CloseReason::Reconnect,
+        CloseReason::CheckFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +70,7 @@ impl CloseReason {
             CloseReason::Shrink => "shrink",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Reconnect => "reconnect",
+            CloseReason::CheckFailed => "check_failed",
         }
     }
 }

@@ -46,6 +46,7 @@ impl Target {
             .await
             .map_err(|e| ServerError::Connect(format!("cannot connect to {}: {e}", self.url.host_port())))?;
         let _ = tcp.set_nodelay(true);
+        set_keepalive(&tcp);
         let Some(tls) = &self.tls else {
             return Ok(Stream::Plain(tcp));
         };
@@ -79,6 +80,49 @@ impl Target {
     }
 }
 
+/// TCP keepalive on server sockets: a server that vanished without a FIN or RST (a network
+/// partition, a host gone) is noticed after about a minute of silence instead of the kernel's
+/// two hours, on idle pooled connections and under long queries alike.
+const KEEPALIVE_IDLE_SECS: u32 = 30;
+const KEEPALIVE_INTERVAL_SECS: u32 = 10;
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Best effort: a socket that refuses an option still works, only without the early warning.
+fn set_keepalive(tcp: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if let Err(e) = setsockopt(tcp, sockopt::KeepAlive, &true) {
+        tracing::debug!(error = %e, "server_keepalive_unavailable");
+        return;
+    }
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    let _ = setsockopt(tcp, sockopt::TcpKeepIdle, &KEEPALIVE_IDLE_SECS);
+    #[cfg(not(any(target_os = "openbsd", target_os = "haiku", target_os = "redox")))]
+    {
+        let _ = setsockopt(tcp, sockopt::TcpKeepInterval, &KEEPALIVE_INTERVAL_SECS);
+        let _ = setsockopt(tcp, sockopt::TcpKeepCount, &KEEPALIVE_PROBES);
+    }
+}
+
+impl Target {
+    /// Asks Postgres to cancel what the server `pid` runs, on a connection of its own; done
+    /// once Postgres has read the request (it then closes the connection), within `limit`.
+    pub async fn cancel(&self, pid: i32, secret: i32, limit: std::time::Duration) -> Result<(), ServerError> {
+        let send = async {
+            let mut stream = self.open().await?;
+            let mut buf = BytesMut::new();
+            frontend::cancel_request(pid, secret, &mut buf);
+            stream.write_all(&buf).await.map_err(ServerError::io)?;
+            stream.flush().await.map_err(ServerError::io)?;
+            let mut sink = [0u8; 16];
+            let _ = stream.read(&mut sink).await;
+            Ok(())
+        };
+        tokio::time::timeout(limit, send).await.unwrap_or_else(|_| {
+            Err(ServerError::Timeout(format!("cancel request not taken within {limit:?}")))
+        })
+    }
+}
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// An authenticated server connection.
@@ -98,6 +142,8 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// The pool generation this connection was opened in; RECONNECT starts a new one.
     pub generation: u64,
+    /// Not yet handed back by a client: logged in just now, so it needs no check.
+    pub fresh: bool,
 }
 
 /// What the admin console shows about a server connection (SHOW SERVERS).
@@ -152,6 +198,7 @@ impl ServerConn {
             created: Instant::now(),
             last_used: Instant::now(),
             generation: 0,
+            fresh: true,
         };
         let mut params: Vec<(&str, &str)> = vec![("user", &url.user), ("database", &url.database)];
         if let Some(app) = &url.application_name {
@@ -308,6 +355,16 @@ impl ServerConn {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// The pool's check of a server that sat idle: an empty query must come back with
+    /// ReadyForQuery (outside a transaction) within `limit`. On failure the connection is in
+    /// an unknown state and must be closed.
+    pub async fn check(&mut self, limit: std::time::Duration) -> Result<(), ServerError> {
+        match tokio::time::timeout(limit, self.exec("", &mut Vec::new())).await {
+            Ok(r) => r.map(drop),
+            Err(_) => Err(ServerError::Timeout(format!("no answer to the server check within {limit:?}"))),
         }
     }
 

@@ -27,6 +27,11 @@ mod control;
 
 type Handoff = Result<ServerConn, ServerError>;
 
+/// Longest wait for an idle server's answer to the check (the connect timeout if shorter).
+const MAX_CHECK_WAIT: Duration = Duration::from_secs(2);
+/// Failed checks in a row after which the checkout gives up with the last error.
+const MAX_CHECK_ATTEMPTS: usize = 16;
+
 const CLOSE_REASONS: usize = CloseReason::ALL.len();
 
 struct Waiter {
@@ -78,6 +83,8 @@ pub struct PoolStats {
     pub closed_total: u64,
     /// Closed connections by [`CloseReason`].
     pub closed_by: [u64; CLOSE_REASONS],
+    /// Idle servers checked before being handed out (failures are `closed_by` CheckFailed).
+    pub checks_total: u64,
 }
 
 pub struct Pool {
@@ -89,6 +96,7 @@ pub struct Pool {
     state: Mutex<State>,
     /// Woken when the last leased server comes back while the pool is paused.
     drained: tokio::sync::Notify,
+    checks: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Pool {
@@ -120,6 +128,7 @@ impl Pool {
                 closed_by: [0; CLOSE_REASONS],
             }),
             drained: tokio::sync::Notify::new(),
+            checks: Default::default(),
         })
     }
 
@@ -146,6 +155,7 @@ impl Pool {
             opened_total: s.opened_total,
             closed_total: s.closed_by.iter().sum(),
             closed_by: s.closed_by,
+            checks_total: self.checks.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -195,6 +205,43 @@ impl Pool {
         drop(s);
         close_all(doomed);
         Ticket { pool: self.clone(), since: Instant::now(), inner: TicketState::Waiting { id, rx } }
+    }
+
+    /// [`Pool::checkout`], then the check of a server that sat idle longer than
+    /// PGSIDECAR_SERVER_CHECK_DELAY: an empty query with a bounded wait. A server that fails
+    /// it is closed and the caller gets another one, without noticing. Dropping the future
+    /// leaves the queue (or discards the server being checked).
+    pub async fn checkout_checked(self: &Arc<Self>) -> Result<Lease, ServerError> {
+        let delay = self.cfg.server_check_delay;
+        // Every failure closes a server that was idle; servers opened meanwhile need no check,
+        // so this ends quickly. The bound is for safety only.
+        let mut attempts = 0;
+        loop {
+            let mut lease = self.checkout().await?;
+            let conn = lease.conn();
+            if conn.fresh || conn.last_used.elapsed() < delay {
+                return Ok(lease);
+            }
+            self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let limit = self.cfg.connect_timeout.min(MAX_CHECK_WAIT);
+            match conn.check(limit).await {
+                Ok(()) => return Ok(lease),
+                Err(e) => {
+                    tracing::info!(
+                        database = %self.database,
+                        server_pid = conn.pid,
+                        idle_ms = conn.last_used.elapsed().as_millis() as u64,
+                        error = %e,
+                        "server_check_failed"
+                    );
+                    lease.close_because(CloseReason::CheckFailed);
+                    attempts += 1;
+                    if attempts >= MAX_CHECK_ATTEMPTS {
+                        return Err(e);
+                    }
+                }
+            }
+        }
     }
 
     fn expired(&self, conn: &ServerConn) -> bool {
@@ -288,11 +335,16 @@ impl Pool {
             }
             Err(e) => {
                 tracing::warn!(database = %self.database, kind = e.kind(), error = %e, "server_connect_failed");
-                // The oldest waiter gets the server's own message; the others keep waiting
-                // for the next attempt.
-                while let Some(w) = s.waiters.pop_front() {
+                // The server's own message goes to every waiter that no other attempt still
+                // under way could serve, oldest first (at least one): a retry would most
+                // likely fail the same way (a login refused, a server that does not answer),
+                // and one attempt per waiter would multiply the delay.
+                let uncovered = s.waiters.len().saturating_sub(s.connecting).max(1);
+                let mut told = 0;
+                while told < uncovered {
+                    let Some(w) = s.waiters.pop_front() else { break };
                     if w.tx.send(Err(e.clone())).is_ok() {
-                        break;
+                        told += 1;
                     }
                 }
                 self.spawn_connects(&mut s);
@@ -336,10 +388,10 @@ impl Pool {
     }
 
     /// A leased connection that cannot be reused: forget it and replace it if needed.
-    fn discard(self: &Arc<Self>) {
+    fn discard(self: &Arc<Self>, reason: CloseReason) {
         let mut s = self.lock();
         self.lease_ended(&mut s);
-        s.note_closed(CloseReason::Broken, 1);
+        s.note_closed(reason, 1);
         self.spawn_connects(&mut s);
     }
 
@@ -481,15 +533,21 @@ impl Lease {
 
     /// Returns a clean, idle connection to the pool.
     pub fn release(mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some(mut conn) = self.conn.take() {
+            conn.fresh = false;
             self.pool.put_back(conn);
         }
     }
 
     /// Closes the connection politely (Terminate) and frees its slot.
-    pub fn close(mut self) {
+    pub fn close(self) {
+        self.close_because(CloseReason::Broken);
+    }
+
+    /// [`Lease::close`], counted under `reason`.
+    pub fn close_because(mut self, reason: CloseReason) {
         if let Some(conn) = self.conn.take() {
-            self.pool.discard();
+            self.pool.discard(reason);
             close_all(vec![conn]);
         }
     }
@@ -498,7 +556,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.conn.take().is_some() {
-            self.pool.discard();
+            self.pool.discard(CloseReason::Broken);
         }
     }
 }
