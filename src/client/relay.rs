@@ -165,6 +165,12 @@ impl Relay {
             && !self.client_skip
     }
 
+    /// Bytes of a server message already being forwarded that are still to come: the next
+    /// server message starts this far into the server's read buffer.
+    pub fn server_partial(&self) -> usize {
+        self.s2c_remaining
+    }
+
     /// How many bytes of server data may be buffered before reading pauses.
     pub fn server_read_limit(&self) -> usize {
         READ_HIGH.max(self.s2c_need)

@@ -18,9 +18,13 @@ use crate::wire::messages::{self, PgError};
 use crate::wire::tag;
 use bytes::BytesMut;
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Sleep;
 
 /// How long the proxy's own clean-up statements (ROLLBACK, DISCARD ALL) may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,6 +33,13 @@ const KEEP_CAPACITY: usize = 16 * 1024;
 /// Read reservation while a client is idle: most requests are small, and an idle client
 /// should cost little memory (the buffer grows for larger messages).
 const IDLE_READ: usize = 1024;
+
+/// After PGSIDECAR_QUERY_TIMEOUT: how long the server has to answer the cancel before it is
+/// closed.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
+/// Longest wait for a client to take the error that ends its session on a timeout (it may
+/// have stopped reading).
+const CLIENT_FLUSH_LIMIT: Duration = Duration::from_secs(1);
 
 /// Session state that pins a client to its server in transaction mode; one row, one count.
 const SESSION_STATE_QUERY: &str = "SELECT (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql) \
@@ -450,7 +461,8 @@ impl Session {
         let wait_limit = self.proxy.config.pool.query_wait_timeout;
         let deadline = tokio::time::sleep(wait_limit.unwrap_or(Duration::from_secs(86_400 * 365)));
         tokio::pin!(deadline);
-        let mut ticket = pool.checkout();
+        let ticket = pool.checkout_checked();
+        tokio::pin!(ticket);
         let result = loop {
             let may_read = self.crbuf.len() < READ_HIGH;
             tokio::select! {
@@ -477,7 +489,8 @@ impl Session {
                 }
             }
         };
-        drop(ticket);
+        // The ticket (pinned above) leaves the queue when this function returns, with no
+        // await in between.
         self.last_wait = started.elapsed();
         self.upstream.latency.checkout_wait.record(self.last_wait.as_secs_f64());
         match &result {
@@ -559,8 +572,20 @@ impl Session {
     async fn attached(&mut self, mut lease: Lease) -> Flow {
         let mut relay = Relay::new(self.mode == PoolMode::Transaction);
         let max = self.max_message;
+        let cfg = &self.proxy.config.pool;
+        let mut t = Timeouts::new(cfg.query_timeout, cfg.idle_transaction_timeout);
+        // One timer for the whole attachment, created only once a deadline is needed; it lives
+        // in this (boxed) future, so it costs no allocation of its own.
+        let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
         loop {
             let conn = lease.conn();
+            if t.phase == Phase::Cancelling && t.reply.is_some() && !conn.rbuf.is_empty() {
+                // The server's answer to the proxy's cancel names the query timeout instead.
+                let reply = t.reply.as_deref().unwrap_or_default();
+                if replace_cancel_error(&mut conn.rbuf, relay.server_partial(), reply) {
+                    t.reply = None;
+                }
+            }
             let mut st = Statements {
                 timing: &mut self.timing,
                 client: &mut self.statements,
@@ -586,6 +611,9 @@ impl Session {
                 self.note_reported(&mut relay, &mut lease);
             }
             self.record_finished();
+            if t.phase == Phase::Cancelling && relay.outstanding == 0 {
+                t.cancel_settled().await;
+            }
             let conn = lease.conn();
             let drained = self.swbuf.is_empty() && conn.rbuf.is_empty() && !self.sflush;
             if self.mode == PoolMode::Transaction && relay.at_rest() && drained && !relay.server_fatal {
@@ -603,7 +631,11 @@ impl Session {
                 }
                 if !self.pinned {
                     self.slot_set(Activity::Idle);
-                    lease.release();
+                    if t.doomed {
+                        lease.close();
+                    } else {
+                        lease.release();
+                    }
                     if relay.terminated {
                         self.flush_client().await;
                         return Flow::End;
@@ -615,8 +647,11 @@ impl Session {
             if relay.terminated && drained {
                 self.flush_client().await;
                 self.slot_set(Activity::Idle);
-                self.give_back(lease, &relay).await;
+                self.give_back(lease, &relay, t.doomed).await;
                 return Flow::End;
+            }
+            if t.enabled {
+                t.update(&relay, self.crbuf.is_empty(), timer.as_mut());
             }
             let client_may_read = !relay.terminated
                 && self.crbuf.len() < relay.client_read_limit()
@@ -637,7 +672,28 @@ impl Session {
                 needs_flush: &mut self.sflush,
                 may_read: server_may_read,
             };
-            let event = std::future::poll_fn(|cx| poll_io(cx, &mut client, &mut server)).await;
+            let armed = t.deadline.is_some();
+            let event = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = poll_io(cx, &mut client, &mut server) {
+                    return Poll::Ready(Some(r));
+                }
+                match timer.as_mut().as_pin_mut() {
+                    Some(sleep) if armed => sleep.poll(cx).map(|()| None),
+                    _ => Poll::Pending,
+                }
+            })
+            .await;
+            let Some(event) = event else {
+                match t.expired(timer.as_mut()) {
+                    Expired::No => {}
+                    Expired::Query => self.start_cancel(&mut t, &mut lease, timer.as_mut()),
+                    Expired::IdleTransaction(idle) => {
+                        return self.idle_transaction_expired(lease, &relay, idle).await;
+                    }
+                    Expired::Cancel => return self.cancel_expired(lease, &relay, &t).await,
+                }
+                continue;
+            };
             match event {
                 Ok(ev) => {
                     self.count_relayed(ev);
@@ -645,7 +701,7 @@ impl Session {
                         tracing::debug!("client_gone_with_server");
                         self.slot_set(Activity::Idle);
                         self.swbuf.clear();
-                        self.give_back(lease, &relay).await;
+                        self.give_back(lease, &relay, t.doomed).await;
                         return Flow::End;
                     }
                     if ev.server_read == Some(0) {
@@ -672,7 +728,7 @@ impl Session {
                 Err(IoError::Client(_)) => {
                     self.slot_set(Activity::Idle);
                     self.swbuf.clear();
-                    self.give_back(lease, &relay).await;
+                    self.give_back(lease, &relay, t.doomed).await;
                     return Flow::End;
                 }
                 Err(IoError::Server(e)) => {
@@ -683,6 +739,95 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// PGSIDECAR_QUERY_TIMEOUT passed with the server's answer incomplete: ask Postgres to
+    /// cancel the statement, and give the server [`CANCEL_GRACE`] to answer.
+    fn start_cancel(&self, t: &mut Timeouts, lease: &mut Lease, timer: Pin<&mut Option<Sleep>>) {
+        let conn = lease.conn();
+        let limit = t.query.unwrap_or_default();
+        tracing::warn!(
+            database = %self.upstream.pool.database,
+            user = %self.user,
+            server_pid = conn.pid,
+            timeout_ms = limit.as_millis() as u64,
+            "query_timeout_cancel"
+        );
+        let target = self.upstream.pool.target.clone();
+        let (pid, secret) = (conn.pid, conn.secret);
+        t.cancel = Some(tokio::spawn(async move { target.cancel(pid, secret, CANCEL_GRACE).await }));
+        let mut reply = BytesMut::new();
+        PgError::error(
+            "57014",
+            format!(
+                "pgsidecar: canceling statement: the server gave no complete answer within {limit:?} (PGSIDECAR_QUERY_TIMEOUT)"
+            ),
+        )
+        .with_hint(
+            "if statements legitimately run this long, raise PGSIDECAR_QUERY_TIMEOUT; to bound them, set statement_timeout below it so Postgres ends them itself",
+        )
+        .encode(&mut reply);
+        t.reply = Some(reply.freeze());
+        t.phase = Phase::Cancelling;
+        t.arm(tokio::time::Instant::now(), CANCEL_GRACE, timer);
+    }
+
+    /// The server answered neither the request within PGSIDECAR_QUERY_TIMEOUT nor the cancel
+    /// after it: close it (its slot is freed) and end the session with 08006.
+    async fn cancel_expired(&mut self, lease: Lease, relay: &Relay, t: &Timeouts) -> Flow {
+        let limit = t.query.unwrap_or_default();
+        tracing::warn!(
+            database = %self.upstream.pool.database,
+            user = %self.user,
+            timeout_ms = limit.as_millis() as u64,
+            grace_ms = CANCEL_GRACE.as_millis() as u64,
+            "query_timeout_server_closed"
+        );
+        self.slot_set(Activity::Idle);
+        lease.close();
+        // Mid-message the client could not read an error: closing tells it enough.
+        if relay.server_partial() == 0 {
+            PgError::fatal(
+                "08006",
+                format!(
+                    "pgsidecar: the server gave no answer within {limit:?} (PGSIDECAR_QUERY_TIMEOUT), nor within {CANCEL_GRACE:?} of a cancel request; its connection was closed"
+                ),
+            )
+            .with_hint(
+                "check the database's health and the network to it; if statements legitimately run this long, raise PGSIDECAR_QUERY_TIMEOUT",
+            )
+            .encode(&mut self.cwbuf);
+        }
+        let _ = tokio::time::timeout(CLIENT_FLUSH_LIMIT, self.flush_client()).await;
+        Flow::End
+    }
+
+    /// The client sat inside a transaction past PGSIDECAR_IDLE_TRANSACTION_TIMEOUT: FATAL
+    /// 25P03, its server rolled back (or closed), the connection ended.
+    async fn idle_transaction_expired(&mut self, lease: Lease, relay: &Relay, idle: Duration) -> Flow {
+        let limit = self.proxy.config.pool.idle_transaction_timeout.unwrap_or_default();
+        tracing::warn!(
+            database = %self.upstream.pool.database,
+            user = %self.user,
+            application_name = %self.settings.get("application_name").unwrap_or(&self.app_name),
+            idle_ms = idle.as_millis() as u64,
+            timeout_ms = limit.as_millis() as u64,
+            "idle_transaction_timeout"
+        );
+        PgError::fatal(
+            "25P03",
+            format!(
+                "pgsidecar: terminating connection: idle inside a transaction for longer than {limit:?} (PGSIDECAR_IDLE_TRANSACTION_TIMEOUT)"
+            ),
+        )
+        .with_hint(
+            "commit or roll back promptly: an open transaction holds one of the pool's server connections; raise PGSIDECAR_IDLE_TRANSACTION_TIMEOUT if this is expected (0 turns it off)",
+        )
+        .encode(&mut self.cwbuf);
+        let _ = tokio::time::timeout(CLIENT_FLUSH_LIMIT, self.flush_client()).await;
+        self.slot_set(Activity::Idle);
+        self.give_back(lease, relay, false).await;
+        Flow::End
     }
 
     /// Counts the bytes one round of relay I/O read: from the client, and from the server for
@@ -814,37 +959,37 @@ impl Session {
     }
 
     /// The client left while holding a server: return it clean, or close it.
-    async fn give_back(&mut self, mut lease: Lease, relay: &Relay) {
-        let reusable =
-            relay.quiet() && self.swbuf.is_empty() && !relay.server_fatal && lease.conn().rbuf.is_empty();
+    /// `doomed`: a cancel may still reach the server, so it is closed whatever its state.
+    async fn give_back(&mut self, mut lease: Lease, relay: &Relay, doomed: bool) {
+        let reusable = !doomed
+            && relay.quiet()
+            && self.swbuf.is_empty()
+            && !relay.server_fatal
+            && lease.conn().rbuf.is_empty();
         if !reusable {
             lease.close();
             return;
         }
-        let mut sql = String::new();
-        if relay.status != b'I' {
-            sql.push_str("ROLLBACK; ");
-        }
         // Session mode, and a pinned client's server: its session state goes with the client.
         let discard = self.mode == PoolMode::Session || self.pinned;
-        if discard {
-            sql.push_str("DISCARD ALL; ");
-        }
+        // Separate queries: in one multi-statement query DISCARD ALL would run inside the
+        // implicit transaction block and fail.
+        let rollback = (relay.status != b'I').then_some("ROLLBACK");
         let conn = lease.conn();
-        if !sql.is_empty() {
+        for sql in rollback.into_iter().chain(discard.then_some("DISCARD ALL")) {
             let mut reported = Vec::new();
             let ok = matches!(
-                tokio::time::timeout(CLEANUP_TIMEOUT, conn.exec(&sql, &mut reported)).await,
+                tokio::time::timeout(CLEANUP_TIMEOUT, conn.exec(sql, &mut reported)).await,
                 Ok(Ok(_))
             );
             if !ok {
                 lease.close();
                 return;
             }
-            if discard {
-                conn.applied.clear();
-                conn.statements.clear();
-            }
+        }
+        if discard {
+            conn.applied.clear();
+            conn.statements.clear();
         }
         if relay.settings_changed && !discard {
             let mut reported = Vec::new();
@@ -865,9 +1010,223 @@ impl Session {
     }
 }
 
+/// What an attachment is waiting on, for PGSIDECAR_QUERY_TIMEOUT and
+/// PGSIDECAR_IDLE_TRANSACTION_TIMEOUT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No timeout applies: idle outside a transaction, a message half-way, ...
+    Other,
+    /// The server owes a ReadyForQuery.
+    Busy,
+    /// Inside a transaction with nothing owed or pending either way.
+    IdleInTransaction,
+    /// The query timeout passed and a cancel was sent; the server has until the deadline.
+    Cancelling,
+}
+
+/// What a timer that fired means.
+enum Expired {
+    /// Nothing (yet): the deadline moved later since the timer was set.
+    No,
+    Query,
+    IdleTransaction(Duration),
+    Cancel,
+}
+
+/// The timeouts of one server attachment. The deadline is a plain value updated when the
+/// phase changes (no timer work while no timeout applies); the one `Sleep` is moved only
+/// when a deadline comes earlier than it, or when it fires before the current deadline.
+struct Timeouts {
+    enabled: bool,
+    query: Option<Duration>,
+    idle_transaction: Option<Duration>,
+    phase: Phase,
+    /// ReadyForQuery still owed when the phase was last looked at.
+    outstanding: u32,
+    deadline: Option<tokio::time::Instant>,
+    /// When the current phase began (for the log).
+    since: Option<tokio::time::Instant>,
+    /// The cancel request on its way to Postgres.
+    cancel: Option<tokio::task::JoinHandle<Result<(), ServerError>>>,
+    /// The ErrorResponse that replaces the server's 57014 answer to the proxy's cancel.
+    reply: Option<bytes::Bytes>,
+    /// A cancel may still reach the server: close it rather than give it to anyone else.
+    doomed: bool,
+}
+
+impl Timeouts {
+    fn new(query: Option<Duration>, idle_transaction: Option<Duration>) -> Timeouts {
+        Timeouts {
+            enabled: query.is_some() || idle_transaction.is_some(),
+            query,
+            idle_transaction,
+            phase: Phase::Other,
+            outstanding: 0,
+            deadline: None,
+            since: None,
+            cancel: None,
+            reply: None,
+            doomed: false,
+        }
+    }
+
+    /// Follows the relay's state; a new phase (or an answer while more are owed) restarts
+    /// the deadline that applies to it.
+    fn update(&mut self, relay: &Relay, client_quiet: bool, timer: Pin<&mut Option<Sleep>>) {
+        if self.phase == Phase::Cancelling {
+            return;
+        }
+        let phase = if relay.outstanding > 0 {
+            Phase::Busy
+        } else if matches!(relay.status, b'T' | b'E') && relay.quiet() && client_quiet {
+            Phase::IdleInTransaction
+        } else {
+            Phase::Other
+        };
+        let answered = phase == Phase::Busy && relay.outstanding < self.outstanding;
+        self.outstanding = relay.outstanding;
+        if phase == self.phase && !answered {
+            return;
+        }
+        self.phase = phase;
+        let limit = match phase {
+            Phase::Busy => self.query,
+            Phase::IdleInTransaction => self.idle_transaction,
+            _ => None,
+        };
+        match limit {
+            Some(limit) => {
+                let now = tokio::time::Instant::now();
+                self.since = Some(now);
+                self.arm(now, limit, timer);
+            }
+            None => self.deadline = None,
+        }
+    }
+
+    /// Sets the deadline to `now + limit`.
+    fn arm(&mut self, now: tokio::time::Instant, limit: Duration, mut timer: Pin<&mut Option<Sleep>>) {
+        let at = now + limit;
+        self.deadline = Some(at);
+        match timer.as_mut().as_pin_mut() {
+            None => timer.set(Some(tokio::time::sleep_until(at))),
+            // A later deadline waits for a timer still to fire (no timer work now); a timer
+            // set for an earlier moment that has passed, or for a later one, is moved.
+            Some(sleep) if sleep.deadline() <= now || sleep.deadline() > at => sleep.reset(at),
+            Some(_) => {}
+        }
+    }
+
+    /// The timer fired: what it means now.
+    fn expired(&mut self, timer: Pin<&mut Option<Sleep>>) -> Expired {
+        let Some(at) = self.deadline else { return Expired::No };
+        let now = tokio::time::Instant::now();
+        if now < at {
+            if let Some(sleep) = timer.as_pin_mut() {
+                sleep.reset(at);
+            }
+            return Expired::No;
+        }
+        self.deadline = None;
+        match self.phase {
+            Phase::Busy => Expired::Query,
+            Phase::IdleInTransaction => {
+                Expired::IdleTransaction(self.since.map(|s| now - s).unwrap_or_default())
+            }
+            Phase::Cancelling => Expired::Cancel,
+            Phase::Other => Expired::No,
+        }
+    }
+
+    /// The server answered everything after the proxy's cancel. Waits (within the deadline)
+    /// for the cancel request to have reached Postgres, so that it cannot hit a later
+    /// statement; if that is not known, the server is doomed.
+    async fn cancel_settled(&mut self) {
+        if let Some(handle) = self.cancel.take() {
+            let until = self.deadline.unwrap_or_else(tokio::time::Instant::now);
+            let delivered = matches!(tokio::time::timeout_at(until, handle).await, Ok(Ok(Ok(()))));
+            self.doomed |= !delivered;
+        }
+        self.phase = Phase::Other;
+        self.deadline = None;
+        self.reply = None;
+    }
+}
+
+/// Replaces the first ErrorResponse with SQLSTATE 57014 among the whole messages in `rbuf`
+/// (whose first `skip` bytes end a message already being forwarded) by `with`. Returns
+/// whether it did.
+fn replace_cancel_error(rbuf: &mut BytesMut, skip: usize, with: &[u8]) -> bool {
+    let mut at = skip;
+    while rbuf.len() >= at + crate::wire::frame::HEADER_LEN {
+        let len = i32::from_be_bytes([rbuf[at + 1], rbuf[at + 2], rbuf[at + 3], rbuf[at + 4]]);
+        let Ok(len) = usize::try_from(len) else { return false };
+        if len < 4 {
+            return false;
+        }
+        let end = at + 1 + len;
+        if rbuf.len() < end {
+            return false;
+        }
+        if rbuf[at] == tag::ERROR_RESPONSE
+            && messages::ErrorFields::parse(&rbuf[at + crate::wire::frame::HEADER_LEN..end])
+                .is_ok_and(|f| f.code == "57014")
+        {
+            let mut out = BytesMut::with_capacity(rbuf.len() - (end - at) + with.len());
+            out.extend_from_slice(&rbuf[..at]);
+            out.extend_from_slice(with);
+            out.extend_from_slice(&rbuf[end..]);
+            *rbuf = out;
+            return true;
+        }
+        at = end;
+    }
+    false
+}
+
 /// Why a checkout did not produce a server.
 enum Refused {
     Gone,
     Error(PgError),
     Server(ServerError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_cancel_error;
+    use crate::wire::messages::{self, PgError};
+    use bytes::BytesMut;
+
+    #[test]
+    fn the_servers_cancel_error_is_replaced_whole_and_only_it() {
+        let mut ours = BytesMut::new();
+        PgError::error("57014", "pgsidecar: PGSIDECAR_QUERY_TIMEOUT").encode(&mut ours);
+        let mut theirs = BytesMut::new();
+        PgError::error("57014", "canceling statement due to user request").encode(&mut theirs);
+        let mut other = BytesMut::new();
+        PgError::error("22012", "division by zero").encode(&mut other);
+        let mut rfq = BytesMut::new();
+        messages::ready_for_query(&mut rfq, b'I');
+
+        // The tail of a streamed message first, then another error, then the cancel's.
+        let mut buf = BytesMut::from(&b"xyz"[..]);
+        buf.extend_from_slice(&other);
+        buf.extend_from_slice(&theirs);
+        buf.extend_from_slice(&rfq);
+        assert!(replace_cancel_error(&mut buf, 3, &ours));
+        let mut want = BytesMut::from(&b"xyz"[..]);
+        want.extend_from_slice(&other);
+        want.extend_from_slice(&ours);
+        want.extend_from_slice(&rfq);
+        assert_eq!(buf, want);
+
+        // Incomplete: left alone until it is whole.
+        let mut buf = BytesMut::from(&theirs[..theirs.len() - 1]);
+        assert!(!replace_cancel_error(&mut buf, 0, &ours));
+        assert_eq!(&buf[..], &theirs[..theirs.len() - 1]);
+        // A bogus length or an offset past the end changes nothing and does not panic.
+        let mut buf = BytesMut::from(&b"E\xff\xff\xff\xff"[..]);
+        assert!(!replace_cancel_error(&mut buf, 0, &ours));
+        assert!(!replace_cancel_error(&mut buf, 100, &ours));
+    }
 }
