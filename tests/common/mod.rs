@@ -2,6 +2,7 @@
 
 pub mod pg;
 pub mod proxy;
+pub mod relay;
 
 /// The error of a result that must have failed (for values that are not `Debug`).
 pub fn must_fail<T, E>(r: Result<T, E>, what: &str) -> E {
