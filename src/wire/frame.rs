@@ -66,19 +66,35 @@ fn printable(tag: u8) -> String {
 
 /// Splits one whole message off the front of `buf` without copying.
 ///
-/// `Ok(None)` when the message is not complete yet; capacity for the rest is reserved, which
-/// the length check in [`Header::parse`] bounds.
+/// `Ok(None)` when the message is not complete yet; capacity for the whole message is
+/// reserved (exactly, see [`reserve_exact`]), which the length check in [`Header::parse`]
+/// bounds.
 pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<(u8, BytesMut)>, FrameError> {
     let Some(header) = Header::parse(buf, max)? else {
         return Ok(None);
     };
     if buf.len() < header.total_len() {
-        buf.reserve(header.total_len() - buf.len());
+        reserve_exact(buf, header.total_len());
         return Ok(None);
     }
     let mut frame = buf.split_to(header.total_len());
     frame.advance(HEADER_LEN);
     Ok(Some((header.tag, frame)))
+}
+
+/// Makes room for `total` bytes in `buf` without allocating more than that.
+///
+/// `BytesMut::reserve` grows a buffer it reallocates to at least twice its capacity, so
+/// reserving up to a limit could allocate nearly twice the limit: a message just under `max`
+/// arriving in a buffer already more than half that size. A buffer that must grow is
+/// replaced by one of exactly `total` bytes instead (one copy, as a reallocation makes).
+pub fn reserve_exact(buf: &mut BytesMut, total: usize) {
+    if buf.capacity() >= total {
+        return;
+    }
+    let mut grown = BytesMut::with_capacity(total);
+    grown.extend_from_slice(buf);
+    *buf = grown;
 }
 
 /// A cursor over a message body for reading its fields.

@@ -62,7 +62,7 @@ pub fn split_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, Startu
     }
     let len = len as usize;
     if buf.len() < len {
-        buf.reserve(len - buf.len());
+        super::frame::reserve_exact(buf, len);
         return Ok(None);
     }
     let mut packet = buf.split_to(len);

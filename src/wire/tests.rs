@@ -132,3 +132,35 @@ fn error_response_round_trips() {
     assert_eq!(fields.message, "too many clients");
     assert!(fields.is_fatal());
 }
+
+#[test]
+fn frame_reservation_never_exceeds_the_limit() {
+    // Found writing the `frame` fuzz target's capacity check: a buffer more than half the limit holding the start
+    // of a message just under the limit. `BytesMut::reserve` doubled it (12,000 bytes for a
+    // 10,000-byte limit); the reservation is now exactly the message.
+    let max = 10_000;
+    let mut buf = BytesMut::with_capacity(6_000);
+    buf.put_u8(b'Q');
+    buf.put_i32(9_000 - 1);
+    buf.put_bytes(b'x', 6_000 - 5);
+    assert_eq!(buf.capacity(), 6_000);
+    assert_eq!(split_frame(&mut buf, max).unwrap(), None);
+    assert!((9_000..=max).contains(&buf.capacity()), "capacity {}", buf.capacity());
+    buf.put_bytes(b'x', 3_000);
+    let (tag, body) = split_frame(&mut buf, max).unwrap().unwrap();
+    assert_eq!((tag, body.len()), (b'Q', 9_000 - 5));
+    assert!(body.iter().all(|&b| b == b'x') && buf.is_empty());
+}
+
+#[test]
+fn startup_reservation_never_exceeds_the_limit() {
+    let mut buf = startup_bytes(super::PROTOCOL_3_0, &[("user", "u"), ("application_name", &"a".repeat(8_900))]);
+    let whole = buf.split();
+    let mut buf = BytesMut::with_capacity(6_000);
+    buf.put_slice(&whole[..6_000]);
+    assert_eq!(split_startup(&mut buf).unwrap(), None);
+    assert!((whole.len()..=super::MAX_STARTUP_PACKET).contains(&buf.capacity()), "{}", buf.capacity());
+    buf.put_slice(&whole[6_000..]);
+    let Some(StartupPacket::Startup(s)) = split_startup(&mut buf).unwrap() else { panic!("a startup packet") };
+    assert_eq!(s.param("application_name").map(str::len), Some(8_900));
+}
