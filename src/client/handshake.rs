@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use rand::RngCore;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// An authenticated client, ready for its session.
 pub struct Login {
@@ -65,14 +65,14 @@ impl Refusal {
     }
 }
 
-async fn read_more(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), Refusal> {
+async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<(), Refusal> {
     match stream.read_buf(buf).await {
         Ok(0) | Err(_) => Err(Refusal::silent("client_closed_during_login")),
         Ok(_) => Ok(()),
     }
 }
 
-async fn write(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), Refusal> {
+async fn write<S: AsyncWrite + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<(), Refusal> {
     let r = async {
         stream.write_all(buf).await?;
         stream.flush().await
@@ -82,18 +82,30 @@ async fn write(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), Refusal> {
     r.map_err(|_| Refusal::silent("client_closed_during_login"))
 }
 
-/// Reads the startup packet, answering SSL and GSS requests on the way.
-async fn read_startup(
+/// What the startup phase ended with.
+pub(crate) enum StartupStep {
+    /// The client asked for TLS and `S` has been answered: the stream is to be upgraded.
+    Tls,
+    /// A CancelRequest, handed on.
+    Cancel,
+    Startup(Startup),
+}
+
+/// Reads startup packets until a StartupMessage or CancelRequest, answering SSL and GSS
+/// requests on the way. `tls` says whether an SSLRequest can be accepted on this stream;
+/// accepting it (answering `S`) ends this step, and the caller upgrades the stream.
+pub(crate) async fn read_startup_packet<S: AsyncRead + AsyncWrite + Unpin>(
     proxy: &Proxy,
-    mut stream: Stream,
+    stream: &mut S,
     rbuf: &mut BytesMut,
-) -> Result<(Stream, Option<Startup>), Refusal> {
+    tls: bool,
+) -> Result<StartupStep, Refusal> {
     let mut out = BytesMut::new();
     loop {
         let packet = match split_startup(rbuf) {
             Ok(Some(p)) => p,
             Ok(None) => {
-                read_more(&mut stream, rbuf).await?;
+                read_more(stream, rbuf).await?;
                 continue;
             }
             Err(e) => {
@@ -104,43 +116,59 @@ async fn read_startup(
             }
         };
         match packet {
-            StartupPacket::SslRequest => {
-                let tls = match (&proxy.client_tls, &stream) {
-                    (Some(acceptor), Stream::Plain(_)) => acceptor.clone(),
-                    _ => {
-                        messages::refuse_encryption(&mut out);
-                        write(&mut stream, &mut out).await?;
-                        continue;
-                    }
-                };
+            StartupPacket::SslRequest if tls => {
                 if !rbuf.is_empty() {
                     // Bytes sent after SSLRequest but before the handshake would be taken as
                     // if they were encrypted (CVE-2021-23222): refuse them.
                     return Err(Refusal::silent("data_after_ssl_request"));
                 }
                 out.extend_from_slice(b"S");
-                write(&mut stream, &mut out).await?;
-                let Stream::Plain(tcp) = stream else { unreachable!() };
-                stream = match tls.accept(tcp).await {
+                write(stream, &mut out).await?;
+                return Ok(StartupStep::Tls);
+            }
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                messages::refuse_encryption(&mut out);
+                write(stream, &mut out).await?;
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                proxy.cancels.cancel(pid, secret);
+                return Ok(StartupStep::Cancel);
+            }
+            StartupPacket::Startup(s) => return Ok(StartupStep::Startup(s)),
+        }
+    }
+}
+
+/// Reads the startup packet, answering SSL and GSS requests on the way and upgrading the
+/// stream to TLS when the client asks and the proxy has a certificate.
+async fn read_startup(
+    proxy: &Proxy,
+    mut stream: Stream,
+    rbuf: &mut BytesMut,
+) -> Result<(Stream, Option<Startup>), Refusal> {
+    loop {
+        let tls = proxy.client_tls.is_some() && matches!(stream, Stream::Plain(_));
+        match read_startup_packet(proxy, &mut stream, rbuf, tls).await? {
+            StartupStep::Tls => {
+                let (Some(acceptor), Stream::Plain(tcp)) = (&proxy.client_tls, stream) else {
+                    unreachable!("TLS is only accepted on a plain stream with an acceptor")
+                };
+                stream = match acceptor.accept(tcp).await {
                     Ok(s) => Stream::Accepted(Box::new(s)),
                     Err(_) => return Err(Refusal::silent("client_tls_handshake_failed")),
                 };
             }
-            StartupPacket::GssEncRequest => {
-                messages::refuse_encryption(&mut out);
-                write(&mut stream, &mut out).await?;
-            }
-            StartupPacket::Cancel { pid, secret } => {
-                proxy.cancels.cancel(pid, secret);
-                return Ok((stream, None));
-            }
-            StartupPacket::Startup(s) => return Ok((stream, Some(s))),
+            StartupStep::Cancel => return Ok((stream, None)),
+            StartupStep::Startup(s) => return Ok((stream, Some(s))),
         }
     }
 }
 
 /// Reads one password-type message ('p') before authentication completes.
-async fn read_password_message(stream: &mut Stream, rbuf: &mut BytesMut) -> Result<BytesMut, Refusal> {
+async fn read_password_message<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+) -> Result<BytesMut, Refusal> {
     loop {
         match split_frame(rbuf, MAX_PRE_AUTH_MESSAGE) {
             Ok(Some((tag::PASSWORD, body))) => return Ok(body),
@@ -171,8 +199,8 @@ fn auth_failed(user: &str) -> Refusal {
     )
 }
 
-async fn authenticate(
-    stream: &mut Stream,
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     rbuf: &mut BytesMut,
     method: ClientAuth,
     creds: &Credentials,
@@ -291,7 +319,7 @@ pub async fn handshake(
 }
 
 /// Where an authenticated client goes.
-enum Admitted {
+pub(crate) enum Admitted {
     Pool {
         startup: Startup,
         user: String,
@@ -306,9 +334,11 @@ enum Admitted {
     },
 }
 
-async fn login(
+/// Everything after the startup packet: protocol negotiation, database selection and
+/// authentication.
+pub(crate) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     proxy: &Arc<Proxy>,
-    stream: &mut Stream,
+    stream: &mut S,
     rbuf: &mut BytesMut,
     startup: Startup,
     over_limit: bool,
@@ -393,9 +423,9 @@ async fn login(
 
 /// Authenticates a client of the admin console with the credentials of the upstream whose
 /// URL names the same user, then applies PGSIDECAR_ADMIN_USERS.
-async fn console_login(
+async fn console_login<S: AsyncRead + AsyncWrite + Unpin>(
     proxy: &Arc<Proxy>,
-    stream: &mut Stream,
+    stream: &mut S,
     rbuf: &mut BytesMut,
     user: &str,
     out: &mut BytesMut,
