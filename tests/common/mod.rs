@@ -2,7 +2,9 @@
 
 pub mod pg;
 pub mod proxy;
+pub mod raw;
 pub mod relay;
+pub mod watch;
 
 /// The error of a result that must have failed (for values that are not `Debug`).
 pub fn must_fail<T, E>(r: Result<T, E>, what: &str) -> E {
