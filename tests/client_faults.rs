@@ -75,9 +75,18 @@ async fn a_client_vanishing_mid_query_leaves_no_server_behind() {
     for i in 0..5 {
         assert_eq!(first_value(&other.simple_query(&format!("select {i}")).await.unwrap()), i.to_string());
     }
+    // Two clients at once use both of the pool's servers.
+    let third = p.connect(&db).await;
+    let (r1, r2) = tokio::join!(
+        other.simple_query("select pg_sleep(0.2), 'both-busy'"),
+        third.simple_query("select pg_sleep(0.2), 'both-busy'")
+    );
+    r1.unwrap();
+    r2.unwrap();
     pool_settles(&p, 2).await;
     // The pool holds at most 2, but PostgreSQL still runs the abandoned statement on a backend
-    // the proxy has closed (nothing tells it to stop before pg_sleep returns).
+    // the proxy has closed (nothing tells it to stop before pg_sleep returns): printed, not
+    // asserted.
     let orphaned = watch::backends(&w, &db).await;
     let gone = watch::until(Duration::from_secs(15), "the vanished client's statement ends", || async {
         present(&w, "vanish-sleep").await == 0
@@ -113,6 +122,32 @@ async fn a_client_vanishing_mid_query_leaves_no_server_behind() {
         watch::backends(&w, &db).await <= 2
     })
     .await;
+}
+
+/// The statement of a client that vanished stops with it: PostgreSQL does not keep running it
+/// on a backend the pool no longer counts (which would take the database over the pool's size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: when a client vanishes mid-statement the proxy closes the server \
+            connection without cancelling the statement; PostgreSQL runs it to the end on a \
+            backend the pool no longer counts (3 backends for a pool of 2 seen); fix in \
+            src/client/session.rs give_back"]
+async fn a_vanished_clients_statement_stops_with_it() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("vanishstop");
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "2"), TRUST]).await;
+    let w = watch::superuser(pg, "postgres").await;
+    let mut s = raw::trusted_login(p.addr, SCRAM_USER, &db).await;
+    s.write_all(&raw::query("select pg_sleep(60), 'vanish-stop'")).await.unwrap();
+    watch::until(Duration::from_secs(10), "sleep running", || async {
+        running(&w, "vanish-stop").await == 1
+    })
+    .await;
+    drop(s);
+    let gone = watch::until(Duration::from_secs(10), "the vanished client's statement stops", || async {
+        present(&w, "vanish-stop").await == 0
+    })
+    .await;
+    eprintln!("vanished client's pg_sleep(60) stopped {gone:?} after the drop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
