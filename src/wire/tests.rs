@@ -154,13 +154,16 @@ fn frame_reservation_never_exceeds_the_limit() {
 
 #[test]
 fn startup_reservation_never_exceeds_the_limit() {
-    let mut buf = startup_bytes(super::PROTOCOL_3_0, &[("user", "u"), ("application_name", &"a".repeat(8_900))]);
+    let mut buf =
+        startup_bytes(super::PROTOCOL_3_0, &[("user", "u"), ("application_name", &"a".repeat(8_900))]);
     let whole = buf.split();
     let mut buf = BytesMut::with_capacity(6_000);
     buf.put_slice(&whole[..6_000]);
     assert_eq!(split_startup(&mut buf).unwrap(), None);
     assert!((whole.len()..=super::MAX_STARTUP_PACKET).contains(&buf.capacity()), "{}", buf.capacity());
     buf.put_slice(&whole[6_000..]);
-    let Some(StartupPacket::Startup(s)) = split_startup(&mut buf).unwrap() else { panic!("a startup packet") };
+    let Some(StartupPacket::Startup(s)) = split_startup(&mut buf).unwrap() else {
+        panic!("a startup packet")
+    };
     assert_eq!(s.param("application_name").map(str::len), Some(8_900));
 }
