@@ -181,8 +181,13 @@ impl Relay {
         READ_HIGH.max(self.c2s_need)
     }
 
-    /// Sends answers the proxy owes once everything before them has been answered.
+    /// Sends answers the proxy owes once everything before them has been answered, and never
+    /// into the middle of a server message being forwarded (an asynchronous notice or
+    /// notification may be half through when the client's request is answered here).
     fn emit_local(&mut self, to_client: &mut BytesMut) {
+        if self.s2c_remaining > 0 {
+            return; // server_to_client emits them once that message is through
+        }
         while let Some(Expect::Local(..) | Expect::LocalQuery(_)) = self.expect.front() {
             match self.expect.pop_front() {
                 Some(Expect::Local(bytes, _)) => to_client.extend_from_slice(&bytes),

@@ -297,3 +297,31 @@ fn sync_sent_before_copy_data_is_not_answered() {
     relay.server_to_client(&mut answers, &mut to_client, 1 << 20, &mut st).unwrap();
     assert!(relay.at_rest());
 }
+
+#[test]
+fn local_answer_waits_for_the_server_message_being_forwarded() {
+    // Found with the post_auth fuzz target's framing check: a Close the proxy answers itself, sent while an
+    // asynchronous server message (a notice, a notification) was half forwarded, put its
+    // CloseComplete into the middle of that message and the client's stream out of step.
+    let mut server = ServerStatements::new(10);
+    let mut rig = Rig::new();
+    rig.send(&mut server, &[parse("s1", "select 1"), sync()]);
+    assert_eq!(tags(&rig.answer(&mut server, &[ok(b'1'), ready()])), "1Z");
+    let notice = msg(b'N', b"SNOTICE\0Mhello\0\0");
+    let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
+    let mut st = Statements {
+        timing: &mut rig.timing,
+        client: &mut rig.client,
+        server: &mut server,
+        rewrite: true,
+        pinned: false,
+    };
+    let mut half = BytesMut::from(&notice[..8]);
+    rig.relay.server_to_client(&mut half, &mut to_client, 1 << 20, &mut st).unwrap();
+    let mut input = BytesMut::from(&close("s1")[..]);
+    rig.relay.client_to_server(&mut input, &mut to_server, &mut to_client, 1 << 20, &mut st).unwrap();
+    assert!(to_server.is_empty(), "the Close is answered by the proxy");
+    let mut rest = BytesMut::from(&notice[8..]);
+    rig.relay.server_to_client(&mut rest, &mut to_client, 1 << 20, &mut st).unwrap();
+    assert_eq!(tags(&decode(to_client)), "N3");
+}
