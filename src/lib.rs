@@ -41,6 +41,8 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod observe;
 pub mod prepared;
