@@ -355,8 +355,10 @@ enum Chunk {
 pub struct ScriptedStream {
     script: VecDeque<Chunk>,
     pending: Vec<u8>,
-    /// What the proxy wrote.
+    /// What the proxy wrote (typed messages).
     pub written: Vec<u8>,
+    /// One-byte answers to SSLRequest and GSSENCRequest.
+    pub encryption_answers: usize,
     scram: Option<postgres_protocol::authentication::sasl::ScramSha256>,
     /// A correct proof or password was sent.
     pub proved: bool,
@@ -472,6 +474,12 @@ impl AsyncRead for ScriptedStream {
 impl AsyncWrite for ScriptedStream {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if matches!(data, b"N" | b"S") {
+            // The one-byte answer to SSLRequest / GSSENCRequest: not a typed message.
+            this.encryption_answers += 1;
+            assert!(this.encryption_answers <= 64);
+            return Poll::Ready(Ok(1));
+        }
         this.written.extend_from_slice(data);
         assert!(this.written.len() < 64 * 1024, "the handshake wrote {} bytes", this.written.len());
         Poll::Ready(Ok(data.len()))
@@ -538,6 +546,10 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
 /// future is a hang), write a bounded answer, and admit a client only as `USER` and only with
 /// a correct proof (or under trust).
 pub fn pre_auth(data: &[u8]) {
+    run_pre_auth(data);
+}
+
+fn run_pre_auth(data: &[u8]) -> HandshakeEnd {
     let mut input = Input(data);
     let flags = input.u8();
     let auth = usize::from(flags & 3) % 3;
@@ -564,8 +576,14 @@ pub fn pre_auth(data: &[u8]) {
         });
     }
     let proxy = proxy(auth);
-    let mut stream =
-        ScriptedStream { script, pending: Vec::new(), written: Vec::new(), scram: None, proved: false };
+    let mut stream = ScriptedStream {
+        script,
+        pending: Vec::new(),
+        written: Vec::new(),
+        encryption_answers: 0,
+        scram: None,
+        proved: false,
+    };
     let end = {
         let fut = pin!(client_handshake(&proxy, &mut stream, tls, over_limit));
         let _rt = runtime().enter();
@@ -586,6 +604,7 @@ pub fn pre_auth(data: &[u8]) {
         HandshakeEnd::Tls => assert!(tls),
         _ => {}
     }
+    end
 }
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -805,6 +824,27 @@ mod tests {
     #[test]
     fn pre_auth_seeds() {
         replay("pre_auth", super::pre_auth);
+    }
+
+    #[test]
+    fn pre_auth_seeds_reach_every_outcome() {
+        use super::HandshakeEnd::*;
+        let end = |name: &str| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/pre_auth").join(name);
+            super::run_pre_auth(&std::fs::read(path).unwrap())
+        };
+        let pool = || Pool { user: super::USER.into(), database: "appdb".into() };
+        for ok in ["scram_ok", "md5_ok", "trust", "ssl_refused_then_trust", "protocol_3_1_options"] {
+            assert_eq!(end(ok), pool(), "{ok}");
+        }
+        assert_eq!(end("gss_then_md5"), pool());
+        assert_eq!(end("console_scram"), Console { user: super::USER.into() });
+        assert_eq!(end("scram_wrong"), Refused("auth_failed"));
+        assert_eq!(end("md5_wrong"), Refused("auth_failed"));
+        assert_eq!(end("unknown_database"), Refused("unknown_database"));
+        assert_eq!(end("over_limit"), Refused("max_client_conn"));
+        assert_eq!(end("ssl_accepted"), Tls);
+        assert_eq!(end("cancel"), Cancel);
     }
 
     #[test]
