@@ -505,7 +505,10 @@ async fn session(run: &Run) -> Vec<(String, String)> {
     assert_eq!(data.concat().len(), 2 * (copy.len() + 3));
 
     // A cancelled statement with a parameter: cancelled once PostgreSQL runs it.
-    let canceller = sc.connect(SCRAM_USER, sp, DB_SCRAM).await.unwrap();
+    let app = format!("secrets_{}", run.name); // both tests share the cluster
+    let (canceller, conn) =
+        sc.config(SCRAM_USER, sp, DB_SCRAM).application_name(&app).connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
     let token = canceller.cancel_token();
     let cancel_value = fx.value("cancelled-query parameter").to_owned();
     let running = tokio::spawn(async move {
@@ -514,7 +517,11 @@ async fn session(run: &Run) -> Vec<(String, String)> {
     let pg = fx.pg;
     blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while pg.sql("postgres", "select count(*) from pg_stat_activity where state = 'active' and query like 'select pg_sleep(30)%'") != "1" {
+        let running = format!(
+            "select count(*) from pg_stat_activity where state = 'active' \
+             and query like 'select pg_sleep(30)%' and application_name = '{app}'"
+        );
+        while pg.sql("postgres", &running) != "1" {
             assert!(Instant::now() < deadline, "the statement never ran");
             std::thread::sleep(Duration::from_millis(20));
         }
