@@ -52,13 +52,34 @@ const STATE_WORDS: &[&[u8]] =
     &[b"prepare", b"deallocate", b"listen", b"declare", b"close", b"temp", b"advisory", b"discard", b"drop"];
 
 fn mentions_session_state(sql: &[u8]) -> bool {
-    sql.windows(4).enumerate().any(|(i, w)| {
-        let w0 = w[0].to_ascii_lowercase();
-        matches!(w0, b'p' | b'd' | b'l' | b'c' | b't' | b'a')
-            && STATE_WORDS
+    // Runs on every statement: a byte-table test first, the word comparison only at word
+    // starts whose first letter can begin one of the words.
+    const fn starts() -> [bool; 256] {
+        let mut t = [false; 256];
+        let mut k = 0;
+        while k < STATE_WORDS.len() {
+            let c = STATE_WORDS[k][0];
+            t[c as usize] = true;
+            t[c.to_ascii_uppercase() as usize] = true;
+            k += 1;
+        }
+        t
+    }
+    static STARTS: [bool; 256] = starts();
+    let mut prev_letter = false;
+    for (i, &c) in sql.iter().enumerate() {
+        if STARTS[c as usize] && !prev_letter {
+            let (rest, first) = (&sql[i..], c.to_ascii_lowercase());
+            if STATE_WORDS
                 .iter()
-                .any(|word| sql.len() >= i + word.len() && sql[i..i + word.len()].eq_ignore_ascii_case(word))
-    })
+                .any(|w| w[0] == first && rest.len() >= w.len() && rest[..w.len()].eq_ignore_ascii_case(w))
+            {
+                return true;
+            }
+        }
+        prev_letter = c.is_ascii_alphabetic();
+    }
+    false
 }
 
 /// A request whose response the relay is waiting for.

@@ -946,7 +946,7 @@ impl Session {
         if let Some(r) = &self.registration {
             r.slot.set_pinned(pinned);
         }
-        let text = crate::observe::normalize::normalize(&String::from_utf8_lossy(statement), 200);
+        let text = crate::observe::normalize::normalize_bytes(statement, 200);
         let delta = if pinned { 1 } else { -1 };
         self.upstream.counters.pinned.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
         if pinned {

@@ -4,18 +4,62 @@
 /// Normalizes `sql`, keeping at most `max` bytes of output (cut on a character boundary, with
 /// `...` appended when cut).
 pub fn normalize(sql: &str, max: usize) -> String {
-    let b = sql.as_bytes();
-    let mut out = String::with_capacity(sql.len().min(max) + 8);
+    normalize_bytes(sql.as_bytes(), max)
+}
+
+/// Bytes that continue an identifier (or a `$n` parameter); non-ASCII bytes are letters.
+fn is_ident(c: u8) -> bool {
+    const fn table() -> [bool; 256] {
+        let mut t = [false; 256];
+        let mut c = 0;
+        while c < 256 {
+            let b = c as u8;
+            t[c] = b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+            c += 1;
+        }
+        t
+    }
+    static IDENT: [bool; 256] = table();
+    IDENT[c as usize]
+}
+
+fn placeholder(out: &mut Vec<u8>, n: &mut u32) {
+    *n += 1;
+    out.push(b'$');
+    let mut digits = [0u8; 10];
+    let mut v = *n;
+    let mut k = digits.len();
+    loop {
+        k -= 1;
+        digits[k] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[k..]);
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// [`normalize`] of raw statement bytes, in one pass that copies identifiers and keywords a
+/// run at a time (it runs for every statement, so it is on the hot path). Invalid UTF-8 comes
+/// out as U+FFFD.
+pub fn normalize_bytes(b: &[u8], max: usize) -> String {
+    normalize_counted(b, max).0
+}
+
+/// [`normalize_bytes`], also saying how many literals it replaced.
+pub fn normalize_counted(b: &[u8], max: usize) -> (String, u32) {
+    let mut out: Vec<u8> = Vec::with_capacity(b.len().min(max) + 8);
     // Placeholders for literals are numbered after the statement's own parameters, so that
     // `select $1 || 'x'` does not read (and fingerprint) as `select $1 || $1`.
-    let mut n = highest_parameter(b);
+    let parameters = highest_parameter(b);
+    let mut n = parameters;
     let mut i = 0;
     let mut pending_space = false;
-    let mut placeholder = |out: &mut String| {
-        n += 1;
-        out.push('$');
-        out.push_str(&n.to_string());
-    };
     while i < b.len() && out.len() < max {
         let c = b[i];
         if c.is_ascii_whitespace() {
@@ -24,23 +68,20 @@ pub fn normalize(sql: &str, max: usize) -> String {
             continue;
         }
         if c == b'-' && b.get(i + 1) == Some(&b'-') {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
+            i = b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |p| i + p);
             pending_space = !out.is_empty();
             continue;
         }
         if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            i = sql[i + 2..].find("*/").map_or(b.len(), |e| i + 2 + e + 2);
+            i = find(&b[i + 2..], b"*/").map_or(b.len(), |e| i + 2 + e + 2);
             pending_space = !out.is_empty();
             continue;
         }
         if pending_space {
-            out.push(' ');
+            out.push(b' ');
             pending_space = false;
         }
-        let prev_ident =
-            out.as_bytes().last().is_some_and(|p| p.is_ascii_alphanumeric() || *p == b'_' || *p == b'$');
+        let prev_ident = out.last().is_some_and(|&p| is_ident(p));
         // String literals: '...', E'...', B'...', X'...', N'...' with '' escapes (and \' in E'').
         let prefixed = matches!(c, b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N')
             && b.get(i + 1) == Some(&b'\'')
@@ -63,7 +104,7 @@ pub fn normalize(sql: &str, max: usize) -> String {
                 i += 1;
             }
             i += 1;
-            placeholder(&mut out);
+            placeholder(&mut out, &mut n);
             continue;
         }
         // Dollar-quoted strings: $tag$ ... $tag$ (a $1 parameter is not one).
@@ -73,16 +114,15 @@ pub fn normalize(sql: &str, max: usize) -> String {
             if let Some(e) =
                 tag_end.filter(|&e| b[e] == b'$' && !b[i + 1..e].first().is_some_and(u8::is_ascii_digit))
             {
-                let tag = &sql[i..=e];
+                let tag = &b[i..=e];
                 let body_start = e + 1;
-                i = sql[body_start..].find(tag).map_or(b.len(), |p| body_start + p + tag.len());
-                placeholder(&mut out);
+                i = find(&b[body_start..], tag).map_or(b.len(), |p| body_start + p + tag.len());
+                placeholder(&mut out, &mut n);
                 continue;
             }
         }
         // Numbers not part of an identifier.
-        if c.is_ascii_digit() && !prev_ident
-            || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit) && !prev_ident)
+        if !prev_ident && (c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit)))
         {
             while i < b.len()
                 && (b[i].is_ascii_alphanumeric()
@@ -91,41 +131,48 @@ pub fn normalize(sql: &str, max: usize) -> String {
             {
                 i += 1;
             }
-            placeholder(&mut out);
+            placeholder(&mut out, &mut n);
             continue;
         }
-        let ch_len = sql[i..].chars().next().map_or(1, char::len_utf8);
-        out.push_str(&sql[i..i + ch_len]);
-        i += ch_len;
+        if is_ident(c) {
+            // A keyword or identifier: copied whole.
+            let start = i;
+            while i < b.len() && is_ident(b[i]) {
+                i += 1;
+            }
+            out.extend_from_slice(&b[start..i]);
+            continue;
+        }
+        out.push(c);
+        i += 1;
     }
-    if i < b.len() {
+    if i < b.len() || out.len() > max {
         let mut cut = max.min(out.len());
-        while !out.is_char_boundary(cut) {
+        while cut > 0 && cut < out.len() && out[cut] & 0xC0 == 0x80 {
             cut -= 1;
         }
         out.truncate(cut);
-        out.push_str("...");
+        out.extend_from_slice(b"...");
     }
-    out
+    let text = match String::from_utf8(out) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
+    (text, n - parameters)
 }
 
 /// The highest `$n` parameter number in the text (0 when there is none).
 fn highest_parameter(b: &[u8]) -> u32 {
-    let mut highest = 0;
-    let mut i = 0;
-    while i < b.len() {
-        let ident_before =
-            i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'$');
-        if b[i] == b'$' && !ident_before {
-            let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
-            if digits > 0 {
-                let v = std::str::from_utf8(&b[i + 1..i + 1 + digits]).ok().and_then(|d| d.parse().ok());
-                highest = highest.max(v.unwrap_or(0));
-                i += 1 + digits;
-                continue;
-            }
+    let mut highest = 0u32;
+    for (i, _) in b.iter().enumerate().filter(|(_, &c)| c == b'$') {
+        if i > 0 && is_ident(b[i - 1]) {
+            continue;
         }
-        i += 1;
+        let mut v = 0u32;
+        for &d in b[i + 1..].iter().take_while(|c| c.is_ascii_digit()) {
+            v = v.saturating_mul(10).saturating_add(u32::from(d - b'0'));
+        }
+        highest = highest.max(v);
     }
     highest
 }
@@ -149,6 +196,7 @@ mod tests {
         assert_eq!(normalize("select $1 || 'x'", 200), "select $1 || $2");
         assert_eq!(normalize("select pg_sleep(0.2), $2::text, $1", 200), "select pg_sleep($3), $2::text, $1");
         assert_eq!(normalize("insert into t values ($1, $1)", 200), "insert into t values ($1, $1)");
+        assert_eq!(super::normalize_counted(b"select $2, 'a', 3", 200), ("select $2, $3, $4".to_owned(), 2));
     }
 
     #[test]
@@ -161,6 +209,31 @@ mod tests {
         let s = normalize("select 'aaaa', ééééééé from t", 14);
         assert!(s.ends_with("...") && s.len() <= 17, "{s}");
         assert!(!s.contains("aaaa"));
+    }
+
+    #[test]
+    fn bytes_and_text_agree() {
+        let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 123;";
+        assert_eq!(
+            super::normalize_bytes(sql.as_bytes(), 200),
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+        );
+        assert_eq!(
+            normalize("select $2, x$1, a12 from t where b=$$ $$", 200),
+            "select $2, x$1, a12 from t where b=$3"
+        );
+        assert_eq!(super::normalize_bytes(b"select \xff 'v'", 200), "select \u{fffd} $1");
+        let many: String = (0..12).map(|k| format!("{k},")).collect();
+        assert_eq!(
+            normalize(&format!("select {many}"), 200),
+            "select $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,"
+        );
+    }
+
+    #[test]
+    fn long_identifier_is_cut() {
+        let s = normalize(&format!("select {}", "é".repeat(100)), 21);
+        assert!(s.ends_with("...") && s.len() <= 24, "{s}");
     }
 
     #[test]

@@ -68,10 +68,7 @@ impl SlowLog {
 
     pub fn log_query(&self, q: &SlowQuery<'_>) {
         let Some(suppressed) = self.admit() else { return };
-        let text = q
-            .text
-            .map(|t| super::normalize::normalize(&String::from_utf8_lossy(t), self.max_len))
-            .unwrap_or_default();
+        let text = q.text.map(|t| super::normalize::normalize_bytes(t, self.max_len)).unwrap_or_default();
         let fingerprint = format!("{:016x}", super::stats::fingerprint(&text));
         tracing::warn!(
             duration_ms = q.duration.as_secs_f64() * 1000.0,

@@ -3,6 +3,27 @@
 
 use super::histogram::Histogram;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Keys of the statement maps are FNV hashes already: hashing them again is wasted work.
+#[derive(Default)]
+struct KeyIsHash(u64);
+
+impl Hasher for KeyIsHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | self.0 >> 56) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type Prehashed = BuildHasherDefault<KeyIsHash>;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -103,10 +124,10 @@ pub struct Counters {
     pub errors: [AtomicU64; 4],
     pub query_time: Histogram,
     pub xact_time: Histogram,
-    statements: Mutex<HashMap<u64, QueryTotals>>,
+    statements: Mutex<HashMap<u64, QueryTotals, Prehashed>>,
     /// Raw text hash -> fingerprint of its normalized form, so that the same text (a prepared
     /// statement run again) is normalized once.
-    fingerprints: Mutex<HashMap<u64, u64>>,
+    fingerprints: Mutex<HashMap<u64, u64, Prehashed>>,
 }
 
 impl Counters {
@@ -151,22 +172,23 @@ impl Counters {
         let (fp, normalized) = match known {
             Some(fp) => (fp, None),
             None => {
-                let n = super::normalize::normalize(&String::from_utf8_lossy(text), 2000);
+                let (n, literals) = super::normalize::normalize_counted(text, 2000);
                 let fp = fingerprint(&n);
-                let mut map = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner());
-                if map.len() >= 4 * MAX_STATEMENTS {
-                    map.clear();
+                // Texts with literals in them rarely come again (simple-protocol queries with
+                // inlined values): remembering them would only churn the map.
+                if literals == 0 {
+                    let mut map = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner());
+                    if map.len() >= 4 * MAX_STATEMENTS {
+                        map.clear();
+                    }
+                    map.insert(raw, fp);
                 }
-                map.insert(raw, fp);
                 (fp, Some(n))
             }
         };
         self.statement(
             fp,
-            || {
-                normalized
-                    .unwrap_or_else(|| super::normalize::normalize(&String::from_utf8_lossy(text), 2000))
-            },
+            || normalized.unwrap_or_else(|| super::normalize::normalize_bytes(text, 2000)),
             d,
             rows,
         );

@@ -263,6 +263,9 @@ fn session_state_words() {
     assert!(mentions_session_state(b"select pg_advisory_lock(1)"));
     assert!(mentions_session_state(b"create TEMP table t(x int)"));
     assert!(!mentions_session_state(b"select * from users where id = $1"));
+    assert!(mentions_session_state(b"SELECT pg_try_advisory_xact_lock(7)"));
+    assert!(mentions_session_state(b"DEALLOCATE ALL"));
+    assert!(!mentions_session_state(b"select attempts, updated_at from jobs"));
 }
 
 #[test]
