@@ -73,7 +73,7 @@ pub fn main() -> ExitCode {
         // The demo brings its own database: no settings are read from the environment.
         crate::logging::init(tracing::Level::WARN, true);
         let secs = m.get_one::<u64>("duration").copied().unwrap_or(20);
-        return match runtime() {
+        return match runtime(crate::config::auto_worker_threads()) {
             Ok(rt) => rt.block_on(crate::demo::run(std::time::Duration::from_secs(secs))),
             Err(_) => ExitCode::FAILURE,
         };
@@ -90,7 +90,7 @@ pub fn main() -> ExitCode {
     for (alias, name) in &config.aliases_used {
         tracing::info!(alias = *alias, setting = *name, "alias_used");
     }
-    let runtime = match runtime() {
+    let runtime = match runtime(config.worker_threads) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "runtime_start_failed");
@@ -109,11 +109,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// A runtime sized to the machine: the sidecar shares the dyno with the application.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+/// A runtime sized to the machine: the sidecar shares the dyno with the application. One
+/// thread is a current-thread runtime (no work stealing, no cross-thread wake-ups).
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        return tokio::runtime::Builder::new_current_thread().max_blocking_threads(4).enable_all().build();
+    }
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores.clamp(1, 8))
+        .worker_threads(threads)
         .max_blocking_threads(4)
         .thread_name("pgsidecar")
         .enable_all()

@@ -124,6 +124,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log_level: tracing::Level,
     pub shutdown_timeout: Duration,
+    /// Threads of the runtime that serves clients.
+    pub worker_threads: usize,
     /// `pgsidecar run` starts the proxy (true) or only the application (false).
     pub enabled: bool,
     /// heroku-buildpack-pgbouncer variables that are set but have no meaning here, with why.
@@ -192,6 +194,15 @@ fn duration(raw: &Raw) -> Result<Duration, ConfigError> {
 /// A duration where 0 means "no limit".
 fn optional_duration(raw: &Raw) -> Result<Option<Duration>, ConfigError> {
     duration(raw).map(|d| (!d.is_zero()).then_some(d))
+}
+
+/// One thread on small machines: a sidecar shares the dyno's cores with the application, and
+/// one thread without work stealing uses the least CPU per query; two on larger machines.
+pub fn auto_worker_threads() -> usize {
+    match std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) {
+        0..=2 => 1,
+        _ => 2,
+    }
 }
 
 fn number(raw: &Raw, min: usize, max: usize) -> Result<usize, ConfigError> {
@@ -402,6 +413,10 @@ impl Config {
             },
             log_level,
             shutdown_timeout: duration(raw.get("shutdown-timeout"))?,
+            worker_threads: match raw.get("worker-threads").value.as_str() {
+                "auto" | "" => auto_worker_threads(),
+                _ => number(raw.get("worker-threads"), 1, 16)?,
+            },
             enabled: flag(raw.get("enabled"))?,
             ignored_vars: IGNORED_VARS.iter().filter(|(name, _)| env.get(name).is_some()).copied().collect(),
             aliases_used: raw.aliases_used.clone(),

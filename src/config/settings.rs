@@ -113,6 +113,8 @@ settings! {
         "Address of the Prometheus endpoint (GET /metrics); empty turns it off";
     "server-sslmode", "PGSIDECAR_SERVER_SSLMODE", ["PGBOUNCER_SERVER_TLS_SSLMODE"], "prefer",
         "sslmode for upstream URLs that do not give one (Heroku Postgres needs require)";
+    "worker-threads", "PGSIDECAR_WORKER_THREADS", [], "auto",
+        "Threads serving clients: auto (1 on machines with up to 2 cores, where the application needs the rest; else 2) or a number up to 16";
     "shutdown-timeout", "PGSIDECAR_SHUTDOWN_TIMEOUT", [], "25s",
         "After SIGTERM, longest time to keep serving while the application drains (the platform kills at 30 s)";
     "enabled", "PGSIDECAR_ENABLED", ["PGBOUNCER_ENABLED"], "1",
