@@ -51,6 +51,11 @@ pub struct CancelSlot {
     pub info: Arc<ClientInfo>,
     application_name: Mutex<String>,
     pinned: AtomicBool,
+    /// Cancel requests forwarded to this client's server and not yet done with (PostgreSQL
+    /// has not closed the cancel connection): the server must not serve anyone else until
+    /// then, or the cancel may hit the next client's statement.
+    in_flight: std::sync::atomic::AtomicUsize,
+    settled: Notify,
 }
 
 impl CancelSlot {
@@ -68,6 +73,21 @@ impl CancelSlot {
 
     pub fn set_pinned(&self, pinned: bool) {
         self.pinned.store(pinned, Ordering::Relaxed);
+    }
+
+    /// Waits until every cancel request forwarded for this client has been processed by
+    /// PostgreSQL. Call after setting the activity to anything but `Active`, before the
+    /// server goes back to the pool.
+    pub async fn cancels_settled(&self) {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -123,6 +143,8 @@ impl Registry {
             info,
             application_name: Mutex::new(application_name.to_owned()),
             pinned: AtomicBool::new(false),
+            in_flight: Default::default(),
+            settled: Notify::new(),
         });
         let mut rng = rand::rng();
         let secret: i32 = rng.random();
@@ -167,11 +189,19 @@ impl Registry {
             let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             match map.get(&pid) {
                 Some(e) if bool::from(e.secret.to_be_bytes().ct_eq(&secret.to_be_bytes())) => {
-                    let a = e.slot.activity.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    if matches!(a, Activity::Waiting { .. }) {
-                        e.slot.wake.notify_waiters();
+                    let guard = e.slot.activity.lock().unwrap_or_else(|p| p.into_inner());
+                    let a = guard.clone();
+                    match a {
+                        Activity::Waiting { .. } => e.slot.wake.notify_waiters(),
+                        // Counted under the activity lock: a session that sets its activity
+                        // to Idle and then waits for cancels to settle sees this one.
+                        Activity::Active { .. } => {
+                            e.slot.in_flight.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Activity::Idle => {}
                     }
-                    a
+                    drop(guard);
+                    (a, e.slot.clone())
                 }
                 _ => {
                     tracing::debug!("cancel_unknown_key");
@@ -179,11 +209,14 @@ impl Registry {
                 }
             }
         };
+        let (activity, slot) = activity;
         if let Activity::Active { target, server, secret } = activity {
             tokio::spawn(async move {
                 if let Err(e) = send_cancel(&target, server.pid, secret).await {
                     tracing::warn!(error = %e, "cancel_forward_failed");
                 }
+                slot.in_flight.fetch_sub(1, Ordering::SeqCst);
+                slot.settled.notify_waiters();
             });
         }
     }

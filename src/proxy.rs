@@ -2,7 +2,7 @@
 
 use crate::auth::Credentials;
 use crate::cancel::Registry;
-use crate::client::handshake::{handshake, Outcome};
+use crate::client::handshake::{handshake, Login, Outcome};
 use crate::client::session::Session;
 use crate::config::sizing::{self, DbLimits, Sizing};
 use crate::config::Config;
@@ -245,7 +245,34 @@ impl Proxy {
         reports.abort();
     }
 
-    async fn client(self: Arc<Self>, stream: Stream, peer: std::net::SocketAddr, over_limit: bool) {
+    pub(crate) async fn client(
+        self: Arc<Self>,
+        stream: Stream,
+        peer: std::net::SocketAddr,
+        over_limit: bool,
+    ) {
+        // Everything before the session is boxed and gone once the client has logged in: the
+        // task of an idle client holds only the session.
+        let Some(login) = Box::pin(self.admit(stream, peer, over_limit)).await else {
+            return;
+        };
+        tracing::debug!(peer = %peer, user = %login.user, database = %login.database, "client_login");
+        // Moved out of its box in a statement of its own, so the box is freed now rather
+        // than when the client leaves.
+        let login: Login = *login;
+        let mut session = Session::new(self.clone(), login);
+        session.run().await;
+        tracing::debug!(peer = %peer, "client_disconnect");
+    }
+
+    /// Startup and authentication; a pool client's login, or `None` when the connection was
+    /// something else (the admin console, a cancel request) or was refused.
+    async fn admit(
+        self: &Arc<Self>,
+        stream: Stream,
+        peer: std::net::SocketAddr,
+        over_limit: bool,
+    ) -> Option<Box<Login>> {
         let login_timeout = self.config.client.login_timeout;
         let (stream, outcome) = match tokio::time::timeout(
             login_timeout,
@@ -256,19 +283,15 @@ impl Proxy {
             Ok(x) => x,
             Err(_) => {
                 tracing::warn!(peer = %peer, timeout_ms = login_timeout.as_millis() as u64, "client_login_timeout");
-                return;
+                return None;
             }
         };
         match outcome {
-            Ok(Outcome::Login(login)) => {
-                tracing::debug!(peer = %peer, user = %login.user, database = %login.database, "client_login");
-                Session::new(self.clone(), *login).run().await;
-                tracing::debug!(peer = %peer, "client_disconnect");
-            }
+            Ok(Outcome::Login(login)) => return Some(login),
             Ok(Outcome::Console(login)) => {
                 tracing::info!(peer = %peer, user = %login.user, "admin_login");
                 let _console = ConsoleGuard::new(self.clone());
-                crate::admin::console::run(self.clone(), *login).await;
+                Box::pin(crate::admin::console::run(self.clone(), *login)).await;
                 tracing::debug!(peer = %peer, "admin_disconnect");
             }
             Ok(Outcome::Cancel) | Ok(Outcome::Refused) => {}
@@ -291,6 +314,7 @@ impl Proxy {
                 }
             }
         }
+        None
     }
 
     /// Closes idle servers and stops pools (for shutdown).

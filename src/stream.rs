@@ -19,6 +19,15 @@ impl Stream {
         !matches!(self, Stream::Plain(_))
     }
 
+    /// Waits until a read may find data, without holding a buffer meanwhile. A TLS stream may
+    /// have decrypted data waiting already, so it is ready at once.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.readable().await,
+            _ => Ok(()),
+        }
+    }
+
     /// The underlying socket, for options such as `TCP_NODELAY`.
     pub fn tcp(&self) -> &TcpStream {
         match self {

@@ -48,6 +48,17 @@ fn rows(tag: &[u8]) -> u64 {
 }
 
 impl Timing {
+    /// Nothing timed, pending or remembered: the session may drop this until it needs it.
+    pub fn is_empty(&self) -> bool {
+        self.timers.is_empty()
+            && self.names.is_empty()
+            && self.unnamed.is_none()
+            && self.portal.is_none()
+            && self.xact_start.is_none()
+            && self.finished.is_empty()
+            && self.transactions.is_empty()
+    }
+
     fn begin(&mut self, now: Instant) {
         self.xact_start.get_or_insert(now);
     }

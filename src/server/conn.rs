@@ -135,7 +135,7 @@ pub struct ServerConn {
     /// ParameterStatus values reported at login.
     pub login_params: BTreeMap<String, String>,
     /// Session settings the proxy has applied on behalf of clients (name -> value).
-    pub applied: BTreeMap<String, String>,
+    pub applied: crate::client::params::Settings,
     /// Proxy-wide prepared statements this server holds.
     pub statements: crate::prepared::ServerStatements,
     pub created: Instant,
@@ -193,7 +193,7 @@ impl ServerConn {
             pid: 0,
             secret: 0,
             login_params: BTreeMap::new(),
-            applied: BTreeMap::new(),
+            applied: Default::default(),
             statements: crate::prepared::ServerStatements::new(target.max_prepared),
             created: Instant::now(),
             last_used: Instant::now(),

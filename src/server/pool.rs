@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 mod control;
 
-type Handoff = Result<ServerConn, ServerError>;
+type Handoff = Result<Box<ServerConn>, ServerError>;
 
 /// Longest wait for an idle server's answer to the check (the connect timeout if shorter).
 const MAX_CHECK_WAIT: Duration = Duration::from_secs(2);
@@ -41,7 +41,7 @@ struct Waiter {
 }
 
 struct State {
-    idle: Vec<ServerConn>,
+    idle: Vec<Box<ServerConn>>,
     /// Connections out on leases (or in a channel on their way to a waiter).
     active: usize,
     connecting: usize,
@@ -194,7 +194,7 @@ impl Pool {
             return Ticket {
                 pool: self.clone(),
                 since: Instant::now(),
-                inner: TicketState::Ready(Some(Box::new(conn))),
+                inner: TicketState::Ready(Some(conn)),
             };
         }
         let (tx, rx) = oneshot::channel();
@@ -250,7 +250,7 @@ impl Pool {
 
     /// An idle server that may be handed out now, closing unusable ones on the way; none
     /// while the pool is paused.
-    fn take_idle(&self, s: &mut State, doomed: &mut Vec<ServerConn>) -> Option<ServerConn> {
+    fn take_idle(&self, s: &mut State, doomed: &mut Vec<Box<ServerConn>>) -> Option<Box<ServerConn>> {
         if s.paused {
             return None;
         }
@@ -275,7 +275,7 @@ impl Pool {
 
     /// Gives a connection counted as active to the oldest waiter still waiting; returns it
     /// when nobody took it.
-    fn hand_over(s: &mut State, mut conn: ServerConn) -> Option<ServerConn> {
+    fn hand_over(s: &mut State, mut conn: Box<ServerConn>) -> Option<Box<ServerConn>> {
         while let Some(w) = s.waiters.pop_front() {
             match w.tx.send(Ok(conn)) {
                 Ok(()) => return None,
@@ -331,7 +331,7 @@ impl Pool {
                 }
                 tracing::debug!(database = %self.database, server_pid = conn.pid, "server_connected");
                 s.active += 1;
-                self.put_back_locked(s, conn);
+                self.put_back_locked(s, Box::new(conn));
             }
             Err(e) => {
                 tracing::warn!(database = %self.database, kind = e.kind(), error = %e, "server_connect_failed");
@@ -353,12 +353,12 @@ impl Pool {
     }
 
     /// Gives a connection back: to the oldest waiter, or to the idle list.
-    fn put_back(self: &Arc<Self>, conn: ServerConn) {
+    fn put_back(self: &Arc<Self>, conn: Box<ServerConn>) {
         let s = self.lock();
         self.put_back_locked(s, conn);
     }
 
-    fn put_back_locked(self: &Arc<Self>, mut s: MutexGuard<'_, State>, mut conn: ServerConn) {
+    fn put_back_locked(self: &Arc<Self>, mut s: MutexGuard<'_, State>, mut conn: Box<ServerConn>) {
         let reason = if s.closed {
             Some(CloseReason::Shutdown)
         } else if conn.generation != s.generation {
@@ -457,7 +457,7 @@ impl Pool {
     }
 }
 
-fn close_all(conns: Vec<ServerConn>) {
+fn close_all(conns: Vec<Box<ServerConn>>) {
     if conns.is_empty() {
         return;
     }
@@ -489,7 +489,7 @@ impl Future for Ticket {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let result = match &mut this.inner {
-            TicketState::Ready(conn) => Ok(*conn.take().expect("ticket polled after completion")),
+            TicketState::Ready(conn) => Ok(conn.take().expect("ticket polled after completion")),
             TicketState::Waiting { rx, .. } => match Pin::new(rx).poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(r)) => r,
@@ -509,7 +509,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.inner, TicketState::Done) {
             TicketState::Waiting { id, mut rx } => self.pool.leave_queue(id, &mut rx),
-            TicketState::Ready(Some(conn)) => self.pool.put_back(*conn),
+            TicketState::Ready(Some(conn)) => self.pool.put_back(conn),
             _ => {}
         }
     }
@@ -518,7 +518,7 @@ impl Drop for Ticket {
 /// A server on loan. [`Lease::release`] returns it; dropping the lease any other way
 /// discards the connection, so a server in an unknown state never reaches another client.
 pub struct Lease {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     pool: Arc<Pool>,
 }
 

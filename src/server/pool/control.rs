@@ -1,7 +1,7 @@
 //! What the admin console does to a pool: PAUSE and RESUME, RECONNECT, and the list of idle
 //! servers for SHOW SERVERS. Each takes the pool's lock briefly and never across an await.
 
-use super::{close_all, Pool, ServerConn};
+use super::{close_all, Pool};
 use crate::observe::stats::CloseReason;
 use crate::server::conn::ServerInfo;
 use std::sync::Arc;
@@ -66,6 +66,6 @@ impl Pool {
 
     /// The idle servers right now (SHOW SERVERS).
     pub fn idle_servers(&self) -> Vec<ServerInfo> {
-        self.lock().idle.iter().map(ServerConn::info).collect()
+        self.lock().idle.iter().map(|c| c.info()).collect()
     }
 }
