@@ -103,8 +103,10 @@ pub enum UrlError {
     NoUser,
     #[error("has no database name")]
     NoDatabase,
-    #[error("has an invalid port {0:?}")]
-    Port(String),
+    #[error("has an invalid port (it must be a number from 1 to 65535)")]
+    Port,
+    #[error("has a '/' or '?' before the '@' that ends the user name and password: percent-encode them there (%2F, %3F)")]
+    Unencoded,
     #[error("has several hosts; give one host per URL")]
     MultiHost,
     #[error("has invalid percent-encoding in the {0}")]
@@ -160,6 +162,11 @@ impl DbUrl {
             Some((a, p)) => (a, p),
             None => (main, ""),
         };
+        // A password with a bare '/' or '?' cuts the authority short, leaving no '@' in it:
+        // say so without quoting any of it (the rest may be the password's).
+        if !authority.contains('@') && (path.contains('@') || query.is_some_and(|q| q.contains('@'))) {
+            return Err(UrlError::Unencoded);
+        }
         // The password may contain '@' only percent-encoded; split at the last one anyway.
         let (userinfo, hostport) = match authority.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
@@ -190,9 +197,7 @@ impl DbUrl {
         }
         let port = match port {
             None | Some("") => 5432,
-            Some(p) => {
-                p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| UrlError::Port(p.to_owned()))?
-            }
+            Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0).ok_or(UrlError::Port)?,
         };
         let database = percent_decode(path, "database name")?;
         if user.is_empty() {
@@ -313,7 +318,17 @@ mod tests {
     fn malformed_urls() {
         assert_eq!(DbUrl::parse("mysql://a@h/db"), Err(UrlError::Scheme));
         assert_eq!(DbUrl::parse("postgres://a:b@h1,h2/db"), Err(UrlError::MultiHost));
-        assert_eq!(DbUrl::parse("postgres://a:b@h:99999/db"), Err(UrlError::Port("99999".into())));
+        assert_eq!(DbUrl::parse("postgres://a:b@h:99999/db"), Err(UrlError::Port));
+        // A password with a bare '/' or '?': refused without quoting any part of it.
+        for url in
+            ["postgres://u:Leak/Part2@h/db", "postgres://u:Le?ak@h/db", "postgres://u:L/e?ak@h:5432/db"]
+        {
+            let e = DbUrl::parse(url).unwrap_err();
+            assert_eq!(e, UrlError::Unencoded, "{url}");
+            assert!(!e.to_string().contains("Leak") && !e.to_string().contains("ak@"), "{e}");
+        }
+        // '@' in a query value of a good URL is fine.
+        assert!(DbUrl::parse("postgres://u:p@h/db?application_name=a@b").is_ok());
         assert_eq!(DbUrl::parse("postgres://a:b@h/"), Err(UrlError::NoDatabase));
         assert_eq!(DbUrl::parse("postgres://h/db"), Err(UrlError::NoUser));
         assert_eq!(DbUrl::parse("postgres://a:%zz@h/db"), Err(UrlError::Encoding("password")));
