@@ -48,8 +48,20 @@ pub const TRACKED_REPORTED: &[&str] = &[
 
 /// Words that may create session state outliving a transaction (or remove it): a statement
 /// containing one makes the proxy check the server before giving it to someone else.
-const STATE_WORDS: &[&[u8]] =
-    &[b"prepare", b"deallocate", b"listen", b"declare", b"close", b"temp", b"advisory", b"discard", b"drop"];
+/// Matched at word starts only (after a byte that is not a letter), so `unlisten` is a word of
+/// its own.
+const STATE_WORDS: &[&[u8]] = &[
+    b"prepare",
+    b"deallocate",
+    b"listen",
+    b"unlisten",
+    b"declare",
+    b"close",
+    b"temp",
+    b"advisory",
+    b"discard",
+    b"drop",
+];
 
 fn mentions_session_state(sql: &[u8]) -> bool {
     // Runs on every statement: a byte-table test first, the word comparison only at word

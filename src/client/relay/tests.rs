@@ -265,6 +265,7 @@ fn session_state_words() {
     assert!(!mentions_session_state(b"select * from users where id = $1"));
     assert!(mentions_session_state(b"SELECT pg_try_advisory_xact_lock(7)"));
     assert!(mentions_session_state(b"DEALLOCATE ALL"));
+    assert!(mentions_session_state(b"unlisten *"));
     assert!(!mentions_session_state(b"select attempts, updated_at from jobs"));
 }
 
