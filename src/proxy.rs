@@ -276,7 +276,7 @@ impl Proxy {
         let login_timeout = self.config.client.login_timeout;
         let (stream, outcome) = match tokio::time::timeout(
             login_timeout,
-            Box::pin(handshake(&self, stream, peer, over_limit)),
+            Box::pin(handshake(self, stream, peer, over_limit)),
         )
         .await
         {

@@ -123,11 +123,11 @@ fn ident(s: &str) -> String {
 pub fn sync_statement(wanted: &Settings, applied: &Settings) -> Option<String> {
     let sets: Vec<String> = wanted
         .iter()
-        .filter(|(k, v)| applied.get(*k) != Some(*v))
+        .filter(|(k, v)| applied.get(k) != Some(*v))
         .map(|(k, v)| format!("pg_catalog.set_config({}, {}, false)", literal(k), literal(v)))
         .collect();
     let resets: Vec<String> =
-        applied.keys().filter(|k| !wanted.contains_key(*k)).map(|k| format!("RESET {}", ident(k))).collect();
+        applied.keys().filter(|k| !wanted.contains_key(k)).map(|k| format!("RESET {}", ident(k))).collect();
     if sets.is_empty() && resets.is_empty() {
         return None;
     }

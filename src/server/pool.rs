@@ -10,6 +10,11 @@
 //! The admin console can pause a pool (checkouts queue up, servers go idle as they come
 //! back) and start a new generation (RECONNECT: every older server is closed once idle):
 //! see [`control`].
+//!
+//! Connections move between the idle list, tickets and leases as boxes: a lease is two
+//! pointers, so the futures of the clients that hold one stay small, and a hand-over moves no
+//! large struct.
+#![allow(clippy::vec_box)]
 
 use super::conn::{ServerConn, Target};
 use super::ServerError;
