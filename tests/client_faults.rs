@@ -127,10 +127,6 @@ async fn a_client_vanishing_mid_query_leaves_no_server_behind() {
 /// The statement of a client that vanished stops with it: PostgreSQL does not keep running it
 /// on a backend the pool no longer counts (which would take the database over the pool's size).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: when a client vanishes mid-statement the proxy closes the server \
-            connection without cancelling the statement; PostgreSQL runs it to the end on a \
-            backend the pool no longer counts (3 backends for a pool of 2 seen); fix in \
-            src/client/session.rs give_back"]
 async fn a_vanished_clients_statement_stops_with_it() {
     let pg = TestPg::shared();
     let db = pg.create_db("vanishstop");

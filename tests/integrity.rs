@@ -409,8 +409,8 @@ async fn mixed_round(
 /// A client that only cancels: a long `pg_sleep`, cancelled once it runs on a server, must
 /// end with 57014 (and no one else's query may be cancelled). It runs inside a transaction,
 /// which keeps the server this client's until its ROLLBACK: a cancel of an autocommit
-/// statement can also hit the next client's statement on that server (the ignored test
-/// `a_cancel_never_reaches_the_next_client_of_its_server` below).
+/// statement could also hit the next client's statement on that server before servers were
+/// held back until their cancels settled (`a_cancel_never_reaches_the_next_client_of_its_server`).
 async fn cancel_round(c: &Client, l: &mut Ledger, watch: &Client) -> Result<(), String> {
     let (id, kind) = (l.id, Kind::Cancel);
     let tally = l.tally.clone();
@@ -531,9 +531,6 @@ async fn many_clients_on_a_pool_of_4_get_exactly_their_own_results() {
 
 /// The same with two of the clients cancelling long statements inside transactions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: a cancel forwarded to a server can also cancel the statement of the next \
-            client that server is lent to (see a_cancel_never_reaches_the_next_client_of_its_server); \
-            fix in src/client/session.rs and src/cancel.rs"]
 async fn cancels_amid_many_clients_reach_only_their_own_statement() {
     mixed_workload(target().min(30_000), CANCELLERS).await;
 }
@@ -700,10 +697,6 @@ async fn mixed_workload(target: u64, cancellers: i32) {
 /// First cancels sent while the statement surely runs (a `pg_sleep(60)` seen running in
 /// pg_stat_activity), then cancels racing the end of a short statement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: after a cancel, the proxy hands the server to the next client at once, and \
-            the cancel can still cancel that client's statement (PostgreSQL signals the backend \
-            twice; a late cancel arrives after the statement ended); fix in src/client/session.rs \
-            and src/cancel.rs, see the report of issue #7"]
 async fn a_cancel_never_reaches_the_next_client_of_its_server() {
     let pg = TestPg::shared();
     let db = pg.create_db("cancelnext");
