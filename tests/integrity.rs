@@ -799,9 +799,6 @@ async fn a_cancel_never_reaches_the_next_client_of_its_server() {
 /// next client of the same server does not see it, and it follows its client to the server
 /// it gets next.
 #[tokio::test]
-#[ignore = "known bug: custom placeholder settings (SET myapp.x) are not listed in pg_settings, \
-            so the read-back after SET misses them: they stay on the server for the next client \
-            and do not follow their own client; fix in src/client/session.rs and params.rs"]
 async fn custom_settings_stay_with_their_client() {
     let pg = TestPg::shared();
     let db = pg.create_db("customset");
@@ -811,7 +808,9 @@ async fn custom_settings_stay_with_their_client() {
     let read = "select coalesce(current_setting('integrity.tag', true), 'unset')";
     a.simple_query("set integrity.tag = 'a'").await.unwrap();
     // B gets the same (only) server next.
-    assert_eq!(common::first_value(&b.simple_query(read).await.unwrap()), "unset", "A's setting leaked to B");
+    // A placeholder once defined on a server reads as '' after RESET (PostgreSQL keeps it).
+    let seen_by_b = common::first_value(&b.simple_query(read).await.unwrap());
+    assert!(seen_by_b == "unset" || seen_by_b.is_empty(), "A's setting leaked to B: {seen_by_b:?}");
     b.simple_query("set integrity.tag = 'b'").await.unwrap();
     assert_eq!(common::first_value(&a.simple_query(read).await.unwrap()), "a", "A's setting lost");
     assert_eq!(common::first_value(&b.simple_query(read).await.unwrap()), "b");

@@ -33,6 +33,10 @@ pub struct Half<'a, S> {
     pub needs_flush: &'a mut bool,
     /// Read more from this side only while this is true.
     pub may_read: bool,
+    /// How much of this side may be buffered: reads never make the buffer larger than this
+    /// (or than one read chunk past what it holds), so a message near the size limit costs
+    /// its size, not up to twice it as a doubling reservation would.
+    pub limit: usize,
 }
 
 fn poll_write_half<S: AsyncWrite + Unpin>(
@@ -69,7 +73,14 @@ fn poll_read_half<S: AsyncRead + Unpin>(
     if !h.may_read {
         return Poll::Pending;
     }
-    h.rbuf.reserve(READ_CHUNK);
+    if h.rbuf.capacity() - h.rbuf.len() < READ_CHUNK {
+        if h.limit > 4 * READ_CHUNK && h.limit > h.rbuf.len() {
+            // A large message is being read whole: make room for all of it, once.
+            crate::wire::frame::reserve_exact(h.rbuf, h.limit);
+        } else {
+            h.rbuf.reserve(READ_CHUNK);
+        }
+    }
     poll_read_buf(Pin::new(&mut *h.io), cx, h.rbuf)
 }
 

@@ -6,5 +6,6 @@ pub mod handshake;
 pub mod io;
 pub mod params;
 pub mod relay;
+pub mod reuse;
 pub mod session;
 pub mod timing;

@@ -150,6 +150,65 @@ pub fn sync_statement(wanted: &Settings, applied: &Settings) -> Option<String> {
 pub const READ_SESSION_SETTINGS: &str = "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' \
      UNION ALL SELECT 'role', pg_catalog.current_setting('role') WHERE pg_catalog.current_setting('role') <> 'none'";
 
+/// Most custom setting names a session's read-back includes.
+pub const MAX_CUSTOM_NAMES: usize = 64;
+
+/// [`READ_SESSION_SETTINGS`], plus the custom (dotted) settings named: PostgreSQL does not list
+/// these placeholders in pg_settings, so the proxy reads back the ones its client touched.
+pub fn read_settings_query(custom: &[String]) -> std::borrow::Cow<'static, str> {
+    if custom.is_empty() {
+        return READ_SESSION_SETTINGS.into();
+    }
+    let names: Vec<String> = custom.iter().map(|n| literal(n)).collect();
+    format!(
+        "{READ_SESSION_SETTINGS} UNION ALL SELECT n, s FROM (SELECT n, pg_catalog.current_setting(n, true) AS s \
+         FROM pg_catalog.unnest(ARRAY[{}]::text[]) AS n) AS c WHERE s <> ''",
+        names.join(", ")
+    )
+    .into()
+}
+
+/// Adds to `out` the custom (dotted) setting names that `sql` sets or resets: `SET [SESSION |
+/// LOCAL] a.b ...`, `RESET a.b`, `set_config('a.b', ...)`. Names are folded to lower case,
+/// as PostgreSQL folds them; at most [`MAX_CUSTOM_NAMES`] are kept.
+pub fn custom_setting_names(sql: &[u8], out: &mut Vec<String>) {
+    if !sql.contains(&b'.') {
+        return;
+    }
+    let text = String::from_utf8_lossy(sql).to_ascii_lowercase();
+    let mut add = |name: &str| {
+        let name = name.trim_matches('"');
+        let valid = name.contains('.')
+            && name.len() <= 128
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'$'));
+        if valid && out.len() < MAX_CUSTOM_NAMES && !out.iter().any(|n| n == name) {
+            out.push(name.to_owned());
+        }
+    };
+    for statement in text.split(';') {
+        let mut words = statement.split_ascii_whitespace();
+        match words.next() {
+            Some("set") | Some("reset") => {
+                let mut name = words.next().unwrap_or("");
+                if name == "session" || name == "local" {
+                    name = words.next().unwrap_or("");
+                }
+                add(name.split('=').next().unwrap_or(""));
+            }
+            _ => {}
+        }
+    }
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("set_config(") {
+        rest = &rest[at + "set_config(".len()..];
+        if let Some(quoted) = rest.trim_start().strip_prefix('\'') {
+            if let Some(end) = quoted.find('\'') {
+                add(&quoted[..end]);
+            }
+        }
+    }
+}
+
 /// Settings from the rows of [`READ_SESSION_SETTINGS`].
 pub fn from_rows(rows: Vec<Vec<Option<String>>>) -> Settings {
     rows.into_iter()
@@ -189,6 +248,19 @@ mod tests {
     fn backslashes_are_escaped() {
         let sql = sync_statement(&s(&[("search_path", r"a\b")]), &Settings::new()).unwrap();
         assert!(sql.contains(r"E'a\\b'"), "{sql}");
+    }
+
+    #[test]
+    fn custom_names_from_statements() {
+        let mut names = Vec::new();
+        custom_setting_names(b"SET myapp.user_id = 5; reset Other.X; set session a.b to 'x'", &mut names);
+        custom_setting_names(b"select set_config('tenant.id', '7', false), x.y from t", &mut names);
+        custom_setting_names(b"SET search_path = a, b; update t set x.y = 1", &mut names);
+        custom_setting_names(b"set myapp.user_id = 6", &mut names);
+        assert_eq!(names, ["myapp.user_id", "other.x", "a.b", "tenant.id"]);
+        let q = read_settings_query(&names);
+        assert!(q.starts_with(READ_SESSION_SETTINGS) && q.contains("E'tenant.id'"), "{q}");
+        assert_eq!(read_settings_query(&[]), READ_SESSION_SETTINGS);
     }
 
     #[test]

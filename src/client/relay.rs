@@ -33,6 +33,10 @@ pub const READ_HIGH: usize = 64 * 1024;
 pub const MAX_STREAMED: usize = i32::MAX as usize;
 
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+const FLUSH: &[u8] = b"H\0\0\0\x04";
+/// Most responses a client may have outstanding (each costs an entry in the relay's queue):
+/// past it the relay stops reading the client until the server catches up.
+pub const MAX_EXPECTED: usize = 4096;
 const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
 
 /// Settings the server reports that follow the client (re-applied on another server).
@@ -64,34 +68,52 @@ const STATE_WORDS: &[&[u8]] = &[
 ];
 
 fn mentions_session_state(sql: &[u8]) -> bool {
-    // Runs on every statement: a byte-table test first, the word comparison only at word
-    // starts whose first letter can begin one of the words.
-    const fn starts() -> [bool; 256] {
-        let mut t = [false; 256];
-        let mut k = 0;
-        while k < STATE_WORDS.len() {
-            let c = STATE_WORDS[k][0];
-            t[c as usize] = true;
-            t[c.to_ascii_uppercase() as usize] = true;
-            k += 1;
+    // Runs on every statement: one test per byte inside words, the comparisons only at the
+    // start of a word whose first letter begins one of the words.
+    let n = sql.len();
+    let mut i = 0;
+    while i < n {
+        let c = sql[i];
+        if !c.is_ascii_alphabetic() {
+            i += 1;
+            continue;
         }
-        t
-    }
-    static STARTS: [bool; 256] = starts();
-    let mut prev_letter = false;
-    for (i, &c) in sql.iter().enumerate() {
-        if STARTS[c as usize] && !prev_letter {
-            let (rest, first) = (&sql[i..], c.to_ascii_lowercase());
-            if STATE_WORDS
+        let rest = &sql[i..];
+        let lower = c | 0x20;
+        if matches!(lower, b'p' | b'd' | b'l' | b'u' | b'c' | b't' | b'a')
+            && STATE_WORDS
                 .iter()
-                .any(|w| w[0] == first && rest.len() >= w.len() && rest[..w.len()].eq_ignore_ascii_case(w))
-            {
-                return true;
-            }
+                .any(|w| w[0] == lower && rest.len() >= w.len() && rest[..w.len()].eq_ignore_ascii_case(w))
+        {
+            return true;
         }
-        prev_letter = c.is_ascii_alphabetic();
+        // Skip the rest of this word.
+        i += 1;
+        while i < n && sql[i].is_ascii_alphabetic() {
+            i += 1;
+        }
     }
     false
+}
+
+thread_local! {
+    /// Empty queues of finished attachments, for the next (a transaction would otherwise
+    /// allocate one).
+    static SPARE_QUEUES: std::cell::RefCell<Vec<VecDeque<Expect>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let q = std::mem::take(&mut self.expect);
+        if q.is_empty() && q.capacity() > 0 && q.capacity() <= 64 {
+            SPARE_QUEUES.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < 128 {
+                    s.push(q);
+                }
+            });
+        }
+    }
 }
 
 /// A request whose response the relay is waiting for.
@@ -167,6 +189,8 @@ pub struct Relay {
     pub reported: Vec<(String, String)>,
     /// A statement that may have created session state (its text, for the log).
     pub state_hint: Option<Bytes>,
+    /// Custom (dotted) setting names the client's statements set or reset.
+    pub custom_names: Vec<String>,
     /// Record expected responses (transaction mode).
     tracking: bool,
     expect: VecDeque<Expect>,
@@ -176,11 +200,17 @@ pub struct Relay {
     /// to start COPY FROM STDIN, the server ignores them (libpq and tokio-postgres send one).
     copy_syncs: u32,
     copy_data_seen: bool,
+    /// A Flush was sent because the queue of expected responses is full.
+    flush_asked: bool,
 }
 
 impl Relay {
     pub fn new(tracking: bool) -> Relay {
-        Relay { status: b'I', tracking, ..Relay::default() }
+        let mut relay = Relay::default();
+        relay.status = b'I';
+        relay.tracking = tracking;
+        relay.expect = SPARE_QUEUES.with(|q| q.borrow_mut().pop()).unwrap_or_default();
+        relay
     }
 
     /// Nothing is owed, half-sent or pending: the server can go back to the pool.
@@ -283,6 +313,17 @@ impl Relay {
             if to_server.len() >= WRITE_HIGH || self.terminated {
                 return Ok(());
             }
+            if self.expect.len() >= MAX_EXPECTED {
+                // Answers owed are capped: the client is not read further until the server
+                // has answered some. The server may be holding its answers until a Sync
+                // the proxy has not read yet, so it is asked to flush them.
+                if !self.flush_asked {
+                    to_server.extend_from_slice(FLUSH);
+                    self.flush_asked = true;
+                }
+                return Ok(());
+            }
+            self.flush_asked = false;
             let Some(h) = Header::parse(input, max)? else {
                 return Ok(());
             };
@@ -398,6 +439,7 @@ impl Relay {
             if mentions_session_state(body) {
                 self.state_hint = Some(msg.slice(HEADER_LEN..));
             }
+            super::params::custom_setting_names(body, &mut self.custom_names);
             if st.rewrite {
                 match prepared::sql_command(body) {
                     Some(SqlCommand::Deallocate(name)) if st.client.remove(name.as_bytes()) => {
@@ -422,6 +464,7 @@ impl Relay {
         self.in_batch = true;
         match t {
             tag::PARSE => {
+                super::params::custom_setting_names(body, &mut self.custom_names);
                 let (name, stmt) = prepared::from_parse(body)?;
                 let stmt = match stmt {
                     Some(s) if st.rewrite => s,

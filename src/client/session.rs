@@ -69,6 +69,8 @@ pub struct Session {
     settings: Arc<Settings>,
     /// ParameterStatus values the client has been told.
     told: Told,
+    /// Custom (dotted) settings the client has set or reset, read back with the others.
+    custom: Vec<String>,
     registration: Option<Registration>,
     mode: PoolMode,
     max_message: usize,
@@ -186,6 +188,7 @@ impl Session {
             startup_settings: settings.clone(),
             settings,
             told: Told::default(),
+            custom: Vec::new(),
             registration: None,
         }
     }
@@ -346,9 +349,21 @@ impl Session {
                 Got::Skipped => continue,
                 Got::End => return,
             };
-            let Some(lease) = self.apply_settings(lease).await else {
-                return;
+            let mut lease = lease;
+            // Usually the server has the client's settings already: no statement, no future.
+            let lease = if *self.settings == lease.conn().applied {
+                lease
+            } else {
+                match self.apply_settings(lease).await {
+                    Some(lease) => lease,
+                    None => return,
+                }
             };
+            for buf in [&mut self.cwbuf, &mut self.swbuf] {
+                if buf.capacity() == 0 {
+                    *buf = super::reuse::buffer();
+                }
+            }
             match Box::pin(self.attached(lease)).await {
                 Flow::Released => continue,
                 Flow::End => return,
@@ -447,7 +462,7 @@ impl Session {
                             } else {
                                 if let Ok((_, query)) = crate::prepared::parse_texts(body) {
                                     self.timing
-                                        .get_or_insert_with(Default::default)
+                                        .get_or_insert_with(super::reuse::timing)
                                         .parse(&name, bytes::Bytes::copy_from_slice(query));
                                 }
                                 self.statements.insert(name, Arc::new(stmt));
@@ -477,7 +492,8 @@ impl Session {
                     self.crbuf = back;
                     return Local::NeedServer;
                 }
-                if self.crbuf.len() < crate::wire::frame::HEADER_LEN {
+                // Answered without a server, but not without limit: flush before more.
+                if self.crbuf.len() < crate::wire::frame::HEADER_LEN || self.cwbuf.len() >= WRITE_HIGH {
                     return Local::Answered;
                 }
             }
@@ -489,13 +505,16 @@ impl Session {
         if !self.flush_client().await {
             return Request::Gone;
         }
+        // An idle client holds no buffers or timing state: they go to this thread's spares
+        // and come back from there for its next request.
         if self.timing.as_ref().is_some_and(|t| t.is_empty()) {
-            self.timing = None;
+            if let Some(t) = self.timing.take() {
+                super::reuse::give_timing(t);
+            }
         }
-        // An idle client holds no buffers: they are allocated again for its next request.
         for buf in [&mut self.cwbuf, &mut self.swbuf] {
             if buf.is_empty() && buf.capacity() > 0 {
-                *buf = BytesMut::new();
+                super::reuse::give_buffer(std::mem::take(buf));
             }
         }
         loop {
@@ -515,11 +534,12 @@ impl Session {
             }
             if self.crbuf.is_empty() {
                 if self.crbuf.capacity() > 0 {
-                    self.crbuf = BytesMut::new();
+                    super::reuse::give_buffer(std::mem::take(&mut self.crbuf));
                 }
                 if self.client.readable().await.is_err() {
                     return Request::Gone;
                 }
+                self.crbuf = super::reuse::buffer();
             }
             self.crbuf.reserve(IDLE_READ);
             match self.client.read_buf(&mut self.crbuf).await {
@@ -700,7 +720,7 @@ impl Session {
                 }
             }
             let mut st = Statements {
-                timing: self.timing.get_or_insert_with(Default::default),
+                timing: self.timing.get_or_insert_with(super::reuse::timing),
                 client: &mut self.statements,
                 server: &mut conn.statements,
                 rewrite: self.rewrite,
@@ -731,6 +751,7 @@ impl Session {
             let drained = self.swbuf.is_empty() && conn.rbuf.is_empty() && !self.sflush;
             if self.mode == PoolMode::Transaction && relay.at_rest() && drained && !relay.server_fatal {
                 if relay.settings_changed {
+                    self.note_custom(&mut relay);
                     if !self.read_back_settings(&mut lease).await {
                         return Flow::End;
                     }
@@ -778,6 +799,7 @@ impl Session {
                 wbuf: &mut self.cwbuf,
                 needs_flush: &mut self.cflush,
                 may_read: client_may_read,
+                limit: relay.client_read_limit(),
             };
             let mut server = Half {
                 io: &mut conn.io,
@@ -785,6 +807,7 @@ impl Session {
                 wbuf: &mut self.swbuf,
                 needs_flush: &mut self.sflush,
                 may_read: server_may_read,
+                limit: relay.server_read_limit(),
             };
             let armed = t.deadline.is_some();
             let event = std::future::poll_fn(|cx| {
@@ -822,7 +845,7 @@ impl Session {
                         // Forward whatever the server said last (often a FATAL), then end.
                         let conn = lease.conn();
                         let mut st = Statements {
-                            timing: self.timing.get_or_insert_with(Default::default),
+                            timing: self.timing.get_or_insert_with(super::reuse::timing),
                             client: &mut self.statements,
                             server: &mut conn.statements,
                             rewrite: self.rewrite,
@@ -1013,13 +1036,21 @@ impl Session {
         }
     }
 
+    /// Remembers the custom setting names the relay saw, for the read-back.
+    fn note_custom(&mut self, relay: &mut Relay) {
+        for name in relay.custom_names.drain(..) {
+            if self.custom.len() < params::MAX_CUSTOM_NAMES && !self.custom.contains(&name) {
+                self.custom.push(name);
+            }
+        }
+    }
+
     /// After SET, RESET or DISCARD: learn the session's settings from the server itself.
     async fn read_back_settings(&mut self, lease: &mut Lease) -> bool {
         let conn = lease.conn();
         let mut reported = Vec::new();
-        match tokio::time::timeout(CLEANUP_TIMEOUT, conn.exec(params::READ_SESSION_SETTINGS, &mut reported))
-            .await
-        {
+        let query = params::read_settings_query(&self.custom);
+        match tokio::time::timeout(CLEANUP_TIMEOUT, conn.exec(&query, &mut reported)).await {
             Ok(Ok(rows)) => {
                 let now = params::from_rows(rows);
                 let mut settings = Settings::clone(&self.startup_settings);
@@ -1120,12 +1151,14 @@ impl Session {
         }
         if relay.settings_changed && !discard {
             let mut reported = Vec::new();
-            match tokio::time::timeout(
-                CLEANUP_TIMEOUT,
-                conn.exec(params::READ_SESSION_SETTINGS, &mut reported),
-            )
-            .await
-            {
+            let mut custom = self.custom.clone();
+            for name in &relay.custom_names {
+                if custom.len() < params::MAX_CUSTOM_NAMES && !custom.contains(name) {
+                    custom.push(name.clone());
+                }
+            }
+            let query = params::read_settings_query(&custom);
+            match tokio::time::timeout(CLEANUP_TIMEOUT, conn.exec(&query, &mut reported)).await {
                 Ok(Ok(rows)) => conn.applied = params::from_rows(rows),
                 _ => {
                     lease.close();

@@ -48,6 +48,11 @@ fn rows(tag: &[u8]) -> u64 {
 }
 
 impl Timing {
+    /// Its queues have not grown past a few entries (worth keeping as a spare).
+    pub fn small(&self) -> bool {
+        self.timers.capacity() <= 16 && self.finished.capacity() <= 16 && self.transactions.capacity() <= 16
+    }
+
     /// Nothing timed, pending or remembered: the session may drop this until it needs it.
     pub fn is_empty(&self) -> bool {
         self.timers.is_empty()
@@ -76,7 +81,8 @@ impl Timing {
             if self.names.len() >= MAX_NAMES {
                 self.names.clear();
             }
-            self.names.insert(name.to_vec(), text);
+            // A copy: a slice would keep the client's whole read buffer alive with it.
+            self.names.insert(name.to_vec(), Bytes::copy_from_slice(&text));
         }
     }
 

@@ -329,3 +329,36 @@ fn local_answer_waits_for_the_server_message_being_forwarded() {
     rig.relay.server_to_client(&mut rest, &mut to_client, 1 << 20, &mut st).unwrap();
     assert_eq!(tags(&decode(to_client)), "N3");
 }
+
+/// A client that keeps asking for answers the proxy owes behind an unanswered query (here a
+/// Parse and a Close of the same name, over and over) is not read without limit: the queue
+/// stops at MAX_EXPECTED, the server is asked to flush, and reading resumes as it answers.
+#[test]
+fn answers_owed_are_capped_and_the_server_asked_to_flush() {
+    let mut rig = Rig::new();
+    let mut server = ServerStatements::new(100);
+    let mut input = vec![msg(b'Q', b"select 1\0")];
+    for _ in 0..3 * MAX_EXPECTED {
+        input.push(parse("a", "select 1"));
+        input.push(close("a"));
+    }
+    let mut inbuf = BytesMut::from(&input.concat()[..]);
+    let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
+    let mut st = Statements {
+        timing: &mut rig.timing,
+        client: &mut rig.client,
+        server: &mut server,
+        rewrite: true,
+        pinned: false,
+    };
+    rig.relay.client_to_server(&mut inbuf, &mut to_server, &mut to_client, 1 << 20, &mut st).unwrap();
+    assert!(!inbuf.is_empty(), "the client was read to the end");
+    assert!(rig.relay.expect.len() <= MAX_EXPECTED);
+    let sent = decode(to_server.split());
+    assert_eq!(sent.iter().filter(|(t, _)| *t == 'H').count(), 1, "{:?}", &sent[..3]);
+    // Calling again while nothing was answered reads nothing more and asks no second flush.
+    let left = inbuf.len();
+    rig.relay.client_to_server(&mut inbuf, &mut to_server, &mut to_client, 1 << 20, &mut st).unwrap();
+    assert_eq!(inbuf.len(), left);
+    assert!(to_server.is_empty());
+}
