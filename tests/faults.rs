@@ -7,19 +7,6 @@ use common::pg::{PgOptions, TestPg, SCRAM_USER};
 use common::proxy::{self, start};
 use std::time::{Duration, Instant};
 
-async fn until_ok(p: &proxy::TestProxy, db: &str, limit: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        if let Ok(c) = p.connect_with(db, "").await {
-            if c.simple_query("select 1").await.is_ok() {
-                return started.elapsed();
-            }
-        }
-        assert!(started.elapsed() < limit, "not serving again within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_under_load_errors_in_flight_then_recovers() {
     let pg = TestPg::start(PgOptions { max_connections: 50, tls: true });
@@ -44,7 +31,7 @@ async fn restart_under_load_errors_in_flight_then_recovers() {
             r.await.unwrap().expect_err("an in-flight query fails when the server goes");
         }
         tokio::task::block_in_place(|| pg_ref.restart_same_port());
-        let back = until_ok(&p, &db, Duration::from_secs(5)).await;
+        let back = p.until_serving(&db, Duration::from_secs(5)).await;
         eprintln!("immediate={immediate}: serving again {back:?} after PostgreSQL accepted connections");
         assert!(back < Duration::from_secs(1), "new transactions took {back:?} after restart");
         // No servers leaked: the pool never holds more than its size.
@@ -69,7 +56,14 @@ async fn terminated_idle_servers_are_replaced_unnoticed() {
         "postgres",
         &format!("select count(pg_terminate_backend(pid)) from pg_stat_activity where datname = '{db}'"),
     );
-    // The next clients do not notice: stale servers are dropped at checkout.
+    // Once the backends are gone (pg_terminate_backend only signals them), the next clients do
+    // not notice: stale servers are dropped at checkout.
+    let gone = format!("select count(*) from pg_stat_activity where datname = '{db}'");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pg.sql("postgres", &gone).trim() != "0" {
+        assert!(std::time::Instant::now() < deadline, "terminated backends still there");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for _ in 0..5 {
         assert_eq!(common::first_value(&a.simple_query("select 1").await.unwrap()), "1");
     }
@@ -88,5 +82,5 @@ async fn database_down_at_start_then_recovers_by_itself() {
     assert_eq!(common::code(&err), "08001", "{err}");
     assert!(started.elapsed() < Duration::from_secs(2), "the error took {:?}", started.elapsed());
     tokio::task::block_in_place(|| pg.restart_same_port());
-    until_ok(&p, &db, Duration::from_secs(5)).await;
+    p.until_serving(&db, Duration::from_secs(5)).await;
 }

@@ -3,27 +3,13 @@
 
 mod common;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::Buf;
 use common::pg::{TestPg, SCRAM_USER};
 use common::proxy::{self, env_for, start, start_with_env};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn startup(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = BytesMut::new();
-    body.put_i32(version);
-    for (k, v) in params {
-        body.put_slice(k.as_bytes());
-        body.put_u8(0);
-        body.put_slice(v.as_bytes());
-        body.put_u8(0);
-    }
-    body.put_u8(0);
-    let mut out = Vec::new();
-    out.put_i32(body.len() as i32 + 4);
-    out.extend_from_slice(&body);
-    out
-}
+use common::raw::startup_version as startup;
 
 /// Reads one typed message.
 async fn read_msg(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {

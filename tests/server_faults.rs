@@ -41,19 +41,6 @@ async fn connect_watched(
     Ok((client, tokio::spawn(connection)))
 }
 
-async fn until_ok(p: &TestProxy, db: &str, limit: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        if let Ok(c) = p.connect_with(db, "").await {
-            if c.simple_query("select 1").await.is_ok() {
-                return started.elapsed();
-            }
-        }
-        assert!(started.elapsed() < limit, "not serving again within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Polls `f` until it holds, for at most `limit`.
 async fn until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let started = Instant::now();
@@ -280,7 +267,7 @@ async fn blackholed_server_connect_times_out_with_08001_for_every_waiter() {
     assert!(slowest < Duration::from_millis(2500), "{slowest:?}");
     assert!(size.max() <= 4, "{}", size.max());
     relay.heal();
-    until_ok(&p, &db, Duration::from_secs(5)).await;
+    p.until_serving(&db, Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,7 +322,7 @@ async fn blackholed_query_times_out_and_frees_its_slot() {
     assert_eq!(stats.active, 0, "{stats:?}");
     assert!(stats.active + stats.idle + stats.connecting <= 1, "{stats:?}");
     relay.heal();
-    until_ok(&p, &db, Duration::from_secs(5)).await;
+    p.until_serving(&db, Duration::from_secs(5)).await;
     // The other client did not notice: its next transaction gets a working server.
     assert_eq!(common::first_value(&b.simple_query("select 3").await.unwrap()), "3");
     let (r1, r2) = tokio::join!(b.simple_query("select pg_sleep(0.2)"), async {

@@ -98,6 +98,21 @@ impl TestProxy {
         self.connect_with(db, "").await.expect("connect through pgsidecar")
     }
 
+    /// Polls until a new client gets an answer to `select 1` (after a fault), and says how
+    /// long that took; fails the test past `limit`.
+    pub async fn until_serving(&self, db: &str, limit: std::time::Duration) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(c) = self.connect_with(db, "").await {
+                if c.simple_query("select 1").await.is_ok() {
+                    return started.elapsed();
+                }
+            }
+            assert!(started.elapsed() < limit, "not serving again within {limit:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Connects with extra key=value connection parameters (e.g. "options='-c TimeZone=UTC'").
     pub async fn connect_with(
         &self,

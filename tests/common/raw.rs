@@ -8,8 +8,13 @@ use tokio::net::TcpStream;
 
 /// A StartupMessage (protocol 3.0) with the given parameters.
 pub fn startup(params: &[(&str, &str)]) -> Vec<u8> {
+    startup_version(196_608, params)
+}
+
+/// A startup packet with the given version code (any: tests send wrong ones too).
+pub fn startup_version(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
     let mut body = BytesMut::new();
-    body.put_i32(196_608);
+    body.put_i32(version);
     for (k, v) in params {
         body.put_slice(k.as_bytes());
         body.put_u8(0);
