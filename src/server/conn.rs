@@ -125,6 +125,20 @@ impl Target {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Most PBKDF2 rounds a server may ask of the proxy (PostgreSQL uses 4,096 unless
+/// `scram_iterations` is raised): the challenge is the server's input, and the rounds cost the
+/// proxy's CPU.
+const MAX_SCRAM_ITERATIONS: u32 = 100_000;
+
+/// The iteration count (`i=`) of a SCRAM server-first message.
+fn scram_iterations(server_first: &[u8]) -> Option<u32> {
+    std::str::from_utf8(server_first)
+        .ok()?
+        .split(',')
+        .find_map(|attr| attr.strip_prefix("i="))
+        .and_then(|n| n.parse().ok())
+}
+
 /// An authenticated server connection.
 pub struct ServerConn {
     pub id: u64,
@@ -275,11 +289,26 @@ impl ServerConn {
                     scram = Some(s);
                 }
                 11 => {
-                    let s = scram
-                        .as_mut()
+                    let mut s = scram
+                        .take()
                         .ok_or_else(|| ServerError::Protocol("SASL continue before start".into()))?;
-                    s.update(data).map_err(|e| ServerError::Auth(format!("SCRAM: {e}")))?;
+                    match scram_iterations(data) {
+                        Some(n) if n <= MAX_SCRAM_ITERATIONS => {}
+                        _ => {
+                            return Err(ServerError::Auth(format!(
+                                "the server's SCRAM challenge has no iteration count, or one above {MAX_SCRAM_ITERATIONS}"
+                            )))
+                        }
+                    }
+                    // The key derivation (PBKDF2, 4,096 rounds by default: ~15 ms) runs off the
+                    // runtime's thread, which serves every client.
+                    let data = data.to_vec();
+                    let s = tokio::task::spawn_blocking(move || s.update(&data).map(|()| s))
+                        .await
+                        .map_err(|_| ServerError::Protocol("SCRAM key derivation did not finish".into()))?
+                        .map_err(|e| ServerError::Auth(format!("SCRAM: {e}")))?;
                     frontend::sasl_response(s.message(), &mut buf).map_err(ServerError::io)?;
+                    scram = Some(s);
                 }
                 12 => {
                     let mut s = scram
@@ -426,4 +455,15 @@ pub fn error_fields(body: &[u8]) -> Option<ErrorFields> {
 /// Whether TLS is in use for this mode at all (for logs).
 pub fn uses_tls(mode: SslMode) -> bool {
     mode != SslMode::Disable
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scram_iteration_count_is_read_and_bounded() {
+        assert_eq!(super::scram_iterations(b"r=abc,s=c2FsdA==,i=4096"), Some(4096));
+        assert_eq!(super::scram_iterations(b"r=abc,s=c2FsdA=="), None);
+        assert_eq!(super::scram_iterations(b"r=abc,s=x,i=99999999999"), None);
+        assert!(super::scram_iterations(b"r=a,s=b,i=200000").unwrap() > super::MAX_SCRAM_ITERATIONS);
+    }
 }
