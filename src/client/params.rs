@@ -168,11 +168,20 @@ pub fn read_settings_query(custom: &[String]) -> std::borrow::Cow<'static, str> 
     .into()
 }
 
+/// Adds a custom setting name to a list, once, up to [`MAX_CUSTOM_NAMES`].
+pub fn remember_custom(names: &mut Vec<String>, name: &str) {
+    if names.len() < MAX_CUSTOM_NAMES && !names.iter().any(|n| n == name) {
+        names.push(name.to_owned());
+    }
+}
+
 /// Adds to `out` the custom (dotted) setting names that `sql` sets or resets: `SET [SESSION |
 /// LOCAL] a.b ...`, `RESET a.b`, `set_config('a.b', ...)`. Names are folded to lower case,
 /// as PostgreSQL folds them; at most [`MAX_CUSTOM_NAMES`] are kept.
 pub fn custom_setting_names(sql: &[u8], out: &mut Vec<String>) {
-    if !sql.contains(&b'.') {
+    // Every statement passes here: only one with a '.' and a "set" (SET, RESET, set_config)
+    // is copied and looked at.
+    if !sql.contains(&b'.') || !sql.windows(3).any(|w| w.eq_ignore_ascii_case(b"set")) {
         return;
     }
     let text = String::from_utf8_lossy(sql).to_ascii_lowercase();
@@ -181,8 +190,8 @@ pub fn custom_setting_names(sql: &[u8], out: &mut Vec<String>) {
         let valid = name.contains('.')
             && name.len() <= 128
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'$'));
-        if valid && out.len() < MAX_CUSTOM_NAMES && !out.iter().any(|n| n == name) {
-            out.push(name.to_owned());
+        if valid {
+            remember_custom(out, name);
         }
     };
     for statement in text.split(';') {

@@ -1039,9 +1039,7 @@ impl Session {
     /// Remembers the custom setting names the relay saw, for the read-back.
     fn note_custom(&mut self, relay: &mut Relay) {
         for name in relay.custom_names.drain(..) {
-            if self.custom.len() < params::MAX_CUSTOM_NAMES && !self.custom.contains(&name) {
-                self.custom.push(name);
-            }
+            params::remember_custom(&mut self.custom, &name);
         }
     }
 
@@ -1153,9 +1151,7 @@ impl Session {
             let mut reported = Vec::new();
             let mut custom = self.custom.clone();
             for name in &relay.custom_names {
-                if custom.len() < params::MAX_CUSTOM_NAMES && !custom.contains(name) {
-                    custom.push(name.clone());
-                }
+                params::remember_custom(&mut custom, name);
             }
             let query = params::read_settings_query(&custom);
             match tokio::time::timeout(CLEANUP_TIMEOUT, conn.exec(&query, &mut reported)).await {
