@@ -50,50 +50,59 @@ pub const TRACKED_REPORTED: &[&str] = &[
     "search_path",
 ];
 
-/// Words that may create session state outliving a transaction (or remove it): a statement
-/// containing one makes the proxy check the server before giving it to someone else.
-/// Matched at word starts only (after a byte that is not a letter), so `unlisten` is a word of
-/// its own.
-const STATE_WORDS: &[&[u8]] = &[
-    b"prepare",
-    b"deallocate",
-    b"listen",
-    b"unlisten",
-    b"declare",
-    b"close",
-    b"temp",
-    b"advisory",
-    b"discard",
-    b"drop",
-];
-
+/// Whether a statement may create session state outliving a transaction (or remove it): a
+/// statement containing one of these words makes the proxy check the server before giving it to
+/// someone else. A word matches at a word start (after a byte that is not a letter) as a prefix,
+/// so `pg_advisory_lock`, `TEMPORARY` and `prepared` match and `unlisten` is a word of its own.
+/// False positives only cost a check.
 fn mentions_session_state(sql: &[u8]) -> bool {
-    // Runs on every statement: one test per byte inside words, the comparisons only at the
-    // start of a word whose first letter begins one of the words.
-    let n = sql.len();
-    let mut i = 0;
-    while i < n {
-        let c = sql[i];
-        if !c.is_ascii_alphabetic() {
-            i += 1;
-            continue;
-        }
-        let rest = &sql[i..];
-        let lower = c | 0x20;
-        if matches!(lower, b'p' | b'd' | b'l' | b'u' | b'c' | b't' | b'a')
-            && STATE_WORDS
-                .iter()
-                .any(|w| w[0] == lower && rest.len() >= w.len() && rest[..w.len()].eq_ignore_ascii_case(w))
-        {
+    // Runs on every statement: one table lookup per byte; the comparisons only at a word
+    // start whose first letter begins one of the words.
+    let mut prev_letter = false;
+    for (i, &c) in sql.iter().enumerate() {
+        let class = LETTERS[c as usize];
+        if class == STARTS_WORD && !prev_letter && starts_state_word(&sql[i..]) {
             return true;
         }
-        // Skip the rest of this word.
-        i += 1;
-        while i < n && sql[i].is_ascii_alphabetic() {
-            i += 1;
-        }
+        prev_letter = class != 0;
     }
     false
+}
+
+/// Byte classes for [`mentions_session_state`]: 0 not a letter, 1 a letter, 2 a letter that
+/// begins one of the words.
+const STARTS_WORD: u8 = 2;
+static LETTERS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_alphabetic() {
+            t[c] = if matches!(b | 0x20, b'p' | b'd' | b'l' | b'u' | b'c' | b't' | b'a') {
+                STARTS_WORD
+            } else {
+                1
+            };
+        }
+        c += 1;
+    }
+    t
+};
+
+/// Whether `rest` (starting at a word start) begins with one of the words, in any case. The
+/// words are all letters, so a match lies within the one word.
+fn starts_state_word(rest: &[u8]) -> bool {
+    let candidates: &[&[u8]] = match rest[0] | 0x20 {
+        b'p' => &[b"prepare"],
+        b'd' => &[b"deallocate", b"declare", b"discard", b"drop"],
+        b'l' => &[b"listen"],
+        b'u' => &[b"unlisten"],
+        b'c' => &[b"close"],
+        b't' => &[b"temp"],
+        b'a' => &[b"advisory"],
+        _ => return false,
+    };
+    candidates.iter().any(|w| rest.len() >= w.len() && rest[..w.len()].eq_ignore_ascii_case(w))
 }
 
 thread_local! {

@@ -267,6 +267,11 @@ fn session_state_words() {
     assert!(mentions_session_state(b"DEALLOCATE ALL"));
     assert!(mentions_session_state(b"unlisten *"));
     assert!(!mentions_session_state(b"select attempts, updated_at from jobs"));
+    assert!(!mentions_session_state(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1;"));
+    assert!(mentions_session_state(b"discard ALL"));
+    assert!(mentions_session_state(b"PREPARE q AS select 1"));
+    assert!(mentions_session_state(b"begin; declare c cursor with hold for select 1"));
+    assert!(!mentions_session_state(b"select tem, pre, drip from t"));
 }
 
 #[test]
