@@ -28,8 +28,6 @@ pub struct Upstream {
     pub sizing: std::sync::Mutex<Option<Sizing>>,
     /// Counters of this pool's traffic.
     pub counters: crate::observe::stats::Counters,
-    /// Latency histograms exported to Prometheus.
-    pub latency: crate::observe::metrics::Latency,
     /// The cross-dyno budget as last computed.
     pub budget: crate::budget::BudgetState,
 }
@@ -100,7 +98,6 @@ impl Proxy {
                 credentials: Credentials::new(&up.url.user, &up.url.password),
                 sizing: std::sync::Mutex::new(None),
                 counters: Default::default(),
-                latency: crate::observe::metrics::Latency::register(&up.url.database, &up.url.user),
                 budget: Default::default(),
             }));
         }

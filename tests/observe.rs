@@ -150,20 +150,29 @@ async fn metrics_show_waiting_clients_and_the_wait_histogram() {
     })
     .await
     .unwrap();
-    let count = scraped
-        .samples
-        .iter()
-        .find(|s| {
-            s.metric == "pgsidecar_checkout_wait_seconds" && s.labels.get("database") == Some(db.as_str())
-        })
-        .map(|s| match &s.value {
-            prometheus_parse::Value::Histogram(buckets) => {
-                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
-            }
-            other => panic!("histogram expected, got {other:?}"),
-        })
-        .expect("wait histogram");
-    assert!(count >= 20.0, "{count}");
+    // The latency histograms are the proxy's own, rendered after the exporter's text: they
+    // must parse as histograms and count what ran.
+    let histogram_count = |name: &str| {
+        scraped
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("database") == Some(db.as_str()))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(buckets) => {
+                    buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+                }
+                other => panic!("{name}: histogram expected, got {other:?}"),
+            })
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    for name in [
+        "pgsidecar_checkout_wait_seconds",
+        "pgsidecar_query_duration_seconds",
+        "pgsidecar_transaction_duration_seconds",
+    ] {
+        let count = histogram_count(name);
+        assert!(count >= 20.0, "{name}: {count}");
+    }
     assert_eq!(gauge(&scraped, "pgsidecar_pool_max_size", &db), Some(2.0));
     assert!(gauge(&scraped, "pgsidecar_queries_total", &db).unwrap() >= 20.0);
     assert!(scraped.samples.iter().any(|s| s.metric == "pgsidecar_process_resident_memory_bytes"));

@@ -623,7 +623,7 @@ impl Session {
         // The ticket (pinned above) leaves the queue when this function returns, with no
         // await in between.
         self.last_wait = started.elapsed();
-        self.upstream.latency.checkout_wait.record(self.last_wait.as_secs_f64());
+        self.upstream.counters.wait_time.record(self.last_wait);
         match &result {
             Err(Refused::Error(e)) if e.code == "53300" => {
                 self.upstream.counters.error(PoolerError::WaitTimeout)
@@ -991,7 +991,6 @@ impl Session {
         let up = &self.upstream;
         for f in timing.finished.drain(..) {
             up.counters.query(f.duration);
-            up.latency.query.record(f.duration.as_secs_f64());
             if let Some(text) = &f.text {
                 up.counters.statement_text(text, f.duration, f.rows);
             }
@@ -1011,7 +1010,6 @@ impl Session {
         }
         for d in timing.transactions.drain(..) {
             up.counters.transaction(d);
-            up.latency.transaction.record(d.as_secs_f64());
             let app = self.settings.get("application_name").map_or("", String::as_str);
             self.slow.log_transaction(d, &up.pool.database, &self.info.user, app);
         }

@@ -1,26 +1,24 @@
 //! The Prometheus endpoint. Counters and gauges come from the proxy's own atomics, copied into
 //! `metrics` handles once a second (registered once per pool, never looked up by name on the
-//! hot path); latency histograms are recorded into `metrics` histograms with buckets from
-//! 100 µs to 30 s. metrics-exporter-prometheus renders and escapes everything.
+//! hot path). metrics-exporter-prometheus renders and escapes those. The latency histograms
+//! (buckets 100 µs to 30 s) are the proxy's own atomic histograms, rendered here at scrape
+//! time: recording into a `metrics` histogram costs an allocation-backed sample per event,
+//! which the hot path can do without.
 
-use super::histogram::BOUNDS_US;
+use super::histogram::{Snapshot, BOUNDS_US};
 use super::stats::{CloseReason, Counters, PoolerError};
 use crate::proxy::Proxy;
-use metrics::{Counter, Gauge, Histogram, Label};
+use metrics::{Counter, Gauge, Label};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 /// The process-wide exporter handle (one recorder per process).
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let buckets: Vec<f64> = BOUNDS_US.iter().map(|&us| us as f64 / 1e6).collect();
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(&buckets)
-            .expect("bucket list is not empty")
-            .build_recorder();
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         // Fails only if another recorder was installed first; the handle still renders ours.
         let _ = metrics::set_global_recorder(recorder);
@@ -32,23 +30,58 @@ fn labels(database: &str, user: &str) -> Vec<Label> {
     vec![Label::new("database", database.to_owned()), Label::new("user", user.to_owned())]
 }
 
-/// Histogram handles recorded on the hot path.
-pub struct Latency {
-    pub checkout_wait: Histogram,
-    pub query: Histogram,
-    pub transaction: Histogram,
+/// Pools whose latency histograms /metrics shows (registered by their sampler).
+static HISTOGRAM_POOLS: Mutex<Vec<Weak<crate::proxy::Upstream>>> = Mutex::new(Vec::new());
+
+/// The whole /metrics text: the exporter's counters and gauges, then the latency histograms.
+pub fn render() -> String {
+    let mut out = handle().render();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    let pools: Vec<Arc<crate::proxy::Upstream>> = {
+        let mut reg = HISTOGRAM_POOLS.lock().unwrap_or_else(|p| p.into_inner());
+        reg.retain(|w| w.strong_count() > 0);
+        reg.iter().filter_map(Weak::upgrade).collect()
+    };
+    type Read = fn(&crate::proxy::Upstream) -> Snapshot;
+    let families: [(&str, Read); 3] = [
+        ("pgsidecar_checkout_wait_seconds", |u| u.counters.wait_time.snapshot()),
+        ("pgsidecar_query_duration_seconds", |u| u.counters.query_time.snapshot()),
+        ("pgsidecar_transaction_duration_seconds", |u| u.counters.xact_time.snapshot()),
+    ];
+    for (name, snapshot) in families {
+        if pools.is_empty() {
+            break;
+        }
+        out.push_str(&format!("# TYPE {name} histogram\n"));
+        for u in &pools {
+            let labels =
+                format!("database=\"{}\",user=\"{}\"", escape(&u.pool.database), escape(&u.credentials.user));
+            write_histogram(&mut out, name, &labels, &snapshot(u));
+        }
+        out.push('\n');
+    }
+    out
 }
 
-impl Latency {
-    pub fn register(database: &str, user: &str) -> Latency {
-        let _ = handle();
-        let l = labels(database, user);
-        Latency {
-            checkout_wait: metrics::histogram!("pgsidecar_checkout_wait_seconds", l.clone()),
-            query: metrics::histogram!("pgsidecar_query_duration_seconds", l.clone()),
-            transaction: metrics::histogram!("pgsidecar_transaction_duration_seconds", l),
-        }
+/// A label value in the text format: backslash, double quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn write_histogram(out: &mut String, name: &str, labels: &str, s: &Snapshot) {
+    use std::fmt::Write;
+    let mut cumulative = 0;
+    for (i, bound) in BOUNDS_US.iter().enumerate() {
+        cumulative += s.counts[i];
+        let le = *bound as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
     }
+    let count = s.count();
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", s.sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
 }
 
 /// Gauges and counters of one pool, set from the pool's state every second.
@@ -203,6 +236,10 @@ pub async fn sample(proxy: Weak<Proxy>) {
             .collect(),
         None => return,
     };
+    HISTOGRAM_POOLS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(pools.iter().map(|(u, _)| Arc::downgrade(u)));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -235,7 +272,7 @@ pub async fn serve(listener: tokio::net::TcpListener) {
             };
             let line = String::from_utf8_lossy(&req[..n]);
             let (status, body, kind) = if line.starts_with("GET /metrics") {
-                ("200 OK", handle().render(), "text/plain; version=0.0.4")
+                ("200 OK", render(), "text/plain; version=0.0.4")
             } else {
                 ("404 Not Found", "try /metrics\n".to_owned(), "text/plain")
             };

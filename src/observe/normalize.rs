@@ -23,11 +23,84 @@ fn is_ident(c: u8) -> bool {
     IDENT[c as usize]
 }
 
-fn placeholder(out: &mut Vec<u8>, n: &mut u32) {
-    *n += 1;
+/// Where normalized bytes go: a buffer (the text) or a running hash (the fingerprint, computed
+/// for every statement without building the text).
+trait Out {
+    fn push(&mut self, c: u8);
+    fn extend(&mut self, s: &[u8]);
+    fn len(&self) -> usize;
+    fn last(&self) -> Option<u8>;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Out for Vec<u8> {
+    fn push(&mut self, c: u8) {
+        Vec::push(self, c);
+    }
+    fn extend(&mut self, s: &[u8]) {
+        self.extend_from_slice(s);
+    }
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn last(&self) -> Option<u8> {
+        <[u8]>::last(self).copied()
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
+/// FNV-1a over the normalized bytes as they are produced.
+struct Fnv {
+    hash: u64,
+    len: usize,
+    last: Option<u8>,
+}
+
+impl Out for Fnv {
+    fn push(&mut self, c: u8) {
+        self.hash = (self.hash ^ u64::from(c)).wrapping_mul(FNV_PRIME);
+        self.len += 1;
+        self.last = Some(c);
+    }
+    fn extend(&mut self, s: &[u8]) {
+        for &c in s {
+            self.hash = (self.hash ^ u64::from(c)).wrapping_mul(FNV_PRIME);
+        }
+        self.len += s.len();
+        self.last = s.last().copied().or(self.last);
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn last(&self) -> Option<u8> {
+        self.last
+    }
+}
+
+/// Numbers literal placeholders after the statement's own highest `$n` parameter (found on the
+/// first literal, so a text without literals is not scanned for it).
+struct Numbering<'a> {
+    text: &'a [u8],
+    parameters: Option<u32>,
+    n: u32,
+}
+
+impl Numbering<'_> {
+    fn next(&mut self) -> u32 {
+        let base = *self.parameters.get_or_insert_with(|| highest_parameter(self.text));
+        self.n += 1;
+        base + self.n
+    }
+}
+
+fn placeholder(out: &mut impl Out, numbering: &mut Numbering<'_>) {
     out.push(b'$');
     let mut digits = [0u8; 10];
-    let mut v = *n;
+    let mut v = numbering.next();
     let mut k = digits.len();
     loop {
         k -= 1;
@@ -37,7 +110,7 @@ fn placeholder(out: &mut Vec<u8>, n: &mut u32) {
             break;
         }
     }
-    out.extend_from_slice(&digits[k..]);
+    out.extend(&digits[k..]);
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -54,10 +127,40 @@ pub fn normalize_bytes(b: &[u8], max: usize) -> String {
 /// [`normalize_bytes`], also saying how many literals it replaced.
 pub fn normalize_counted(b: &[u8], max: usize) -> (String, u32) {
     let mut out: Vec<u8> = Vec::with_capacity(b.len().min(max) + 8);
+    let (cut, literals) = normalize_into(b, max, &mut out);
+    if cut {
+        let mut cut = max.min(out.len());
+        while cut > 0 && cut < out.len() && out[cut] & 0xC0 == 0x80 {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.extend_from_slice(b"...");
+    }
+    let text = match String::from_utf8(out) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
+    (text, literals)
+}
+
+/// Longest normalized prefix that goes into a fingerprint.
+pub const FINGERPRINT_MAX: usize = 2000;
+
+/// The fingerprint of a statement's normalized form (FNV-1a of its first
+/// [`FINGERPRINT_MAX`] normalized bytes), computed without building the text: it runs for
+/// every statement, the text is built only for one not seen before.
+pub fn fingerprint(b: &[u8]) -> u64 {
+    let mut out = Fnv { hash: FNV_OFFSET, len: 0, last: None };
+    normalize_into(b, FINGERPRINT_MAX, &mut out);
+    out.hash
+}
+
+/// The normalizing pass. Returns whether the text was cut (at `max` bytes of output, perhaps
+/// a little past it) and how many literals it replaced.
+fn normalize_into(b: &[u8], max: usize, out: &mut impl Out) -> (bool, u32) {
     // Placeholders for literals are numbered after the statement's own parameters, so that
     // `select $1 || 'x'` does not read (and fingerprint) as `select $1 || $1`.
-    let parameters = highest_parameter(b);
-    let mut n = parameters;
+    let mut numbering = Numbering { text: b, parameters: None, n: 0 };
     let mut i = 0;
     let mut pending_space = false;
     while i < b.len() && out.len() < max {
@@ -81,7 +184,7 @@ pub fn normalize_counted(b: &[u8], max: usize) -> (String, u32) {
             out.push(b' ');
             pending_space = false;
         }
-        let prev_ident = out.last().is_some_and(|&p| is_ident(p));
+        let prev_ident = out.last().is_some_and(is_ident);
         // String literals: '...', E'...', B'...', X'...', N'...' with '' escapes (and \' in E'').
         let prefixed = matches!(c, b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N')
             && b.get(i + 1) == Some(&b'\'')
@@ -104,7 +207,7 @@ pub fn normalize_counted(b: &[u8], max: usize) -> (String, u32) {
                 i += 1;
             }
             i += 1;
-            placeholder(&mut out, &mut n);
+            placeholder(out, &mut numbering);
             continue;
         }
         // Dollar-quoted strings: $tag$ ... $tag$ (a $1 parameter is not one).
@@ -117,7 +220,7 @@ pub fn normalize_counted(b: &[u8], max: usize) -> (String, u32) {
                 let tag = &b[i..=e];
                 let body_start = e + 1;
                 i = find(&b[body_start..], tag).map_or(b.len(), |p| body_start + p + tag.len());
-                placeholder(&mut out, &mut n);
+                placeholder(out, &mut numbering);
                 continue;
             }
         }
@@ -131,7 +234,7 @@ pub fn normalize_counted(b: &[u8], max: usize) -> (String, u32) {
             {
                 i += 1;
             }
-            placeholder(&mut out, &mut n);
+            placeholder(out, &mut numbering);
             continue;
         }
         if is_ident(c) {
@@ -140,29 +243,21 @@ pub fn normalize_counted(b: &[u8], max: usize) -> (String, u32) {
             while i < b.len() && is_ident(b[i]) {
                 i += 1;
             }
-            out.extend_from_slice(&b[start..i]);
+            out.extend(&b[start..i]);
             continue;
         }
         out.push(c);
         i += 1;
     }
-    if i < b.len() || out.len() > max {
-        let mut cut = max.min(out.len());
-        while cut > 0 && cut < out.len() && out[cut] & 0xC0 == 0x80 {
-            cut -= 1;
-        }
-        out.truncate(cut);
-        out.extend_from_slice(b"...");
-    }
-    let text = match String::from_utf8(out) {
-        Ok(s) => s,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    };
-    (text, n - parameters)
+    (i < b.len() || out.len() > max, numbering.n)
 }
 
 /// The highest `$n` parameter number in the text (0 when there is none).
 fn highest_parameter(b: &[u8]) -> u32 {
+    // Most texts with literals have no parameters: `contains` is a word-at-a-time search.
+    if !b.contains(&b'$') {
+        return 0;
+    }
     let mut highest = 0u32;
     for (i, _) in b.iter().enumerate().filter(|(_, &c)| c == b'$') {
         if i > 0 && is_ident(b[i - 1]) {
@@ -234,6 +329,24 @@ mod tests {
     fn long_identifier_is_cut() {
         let s = normalize(&format!("select {}", "é".repeat(100)), 21);
         assert!(s.ends_with("...") && s.len() <= 24, "{s}");
+    }
+
+    #[test]
+    fn fingerprint_is_the_hash_of_the_normalized_text() {
+        for sql in
+            ["select 1", "SELECT a FROM t WHERE b = 'x' and c = $1", "select $$x$$, 1.5e3 -- c\n", "é 'x'"]
+        {
+            let text = super::normalize_bytes(sql.as_bytes(), super::FINGERPRINT_MAX);
+            let hash = text
+                .bytes()
+                .fold(super::FNV_OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(super::FNV_PRIME));
+            assert_eq!(super::fingerprint(sql.as_bytes()), hash, "{sql}");
+        }
+        assert_ne!(super::fingerprint(b"select $1"), super::fingerprint(b"select $1, $2"));
+        assert_eq!(
+            super::fingerprint(b"select 1"),
+            super::fingerprint(b"SELECT  2"[..].to_ascii_lowercase().as_slice())
+        );
     }
 
     #[test]

@@ -69,7 +69,8 @@ impl SlowLog {
     pub fn log_query(&self, q: &SlowQuery<'_>) {
         let Some(suppressed) = self.admit() else { return };
         let text = q.text.map(|t| super::normalize::normalize_bytes(t, self.max_len)).unwrap_or_default();
-        let fingerprint = format!("{:016x}", super::stats::fingerprint(&text));
+        // The same fingerprint as SHOW QUERIES shows, whatever the log's length limit.
+        let fingerprint = format!("{:016x}", q.text.map_or(0, super::normalize::fingerprint));
         tracing::warn!(
             duration_ms = q.duration.as_secs_f64() * 1000.0,
             wait_ms = q.wait.as_secs_f64() * 1000.0,

@@ -124,10 +124,9 @@ pub struct Counters {
     pub errors: [AtomicU64; 4],
     pub query_time: Histogram,
     pub xact_time: Histogram,
+    /// Checkout waits, whether they ended with a server or not.
+    pub wait_time: Histogram,
     statements: Mutex<HashMap<u64, QueryTotals, Prehashed>>,
-    /// Raw text hash -> fingerprint of its normalized form, so that the same text (a prepared
-    /// statement run again) is normalized once.
-    fingerprints: Mutex<HashMap<u64, u64, Prehashed>>,
 }
 
 impl Counters {
@@ -163,32 +162,13 @@ impl Counters {
         t.hist[super::histogram::BOUNDS_US.partition_point(|&b| b < us)] += 1;
     }
 
-    /// Adds one execution of a statement given by its raw text.
+    /// Adds one execution of a statement given by its raw text. Only its fingerprint is
+    /// computed here (no allocation); the normalized text is built when the statement is new.
     pub fn statement_text(&self, text: &[u8], d: Duration, rows: u64) {
-        let raw = text
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
-        let known = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner()).get(&raw).copied();
-        let (fp, normalized) = match known {
-            Some(fp) => (fp, None),
-            None => {
-                let (n, literals) = super::normalize::normalize_counted(text, 2000);
-                let fp = fingerprint(&n);
-                // Texts with literals in them rarely come again (simple-protocol queries with
-                // inlined values): remembering them would only churn the map.
-                if literals == 0 {
-                    let mut map = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner());
-                    if map.len() >= 4 * MAX_STATEMENTS {
-                        map.clear();
-                    }
-                    map.insert(raw, fp);
-                }
-                (fp, Some(n))
-            }
-        };
+        let fp = super::normalize::fingerprint(text);
         self.statement(
             fp,
-            || normalized.unwrap_or_else(|| super::normalize::normalize_bytes(text, 2000)),
+            || super::normalize::normalize_bytes(text, super::normalize::FINGERPRINT_MAX),
             d,
             rows,
         );
@@ -202,13 +182,6 @@ impl Counters {
         v.truncate(n);
         v
     }
-}
-
-/// A stable 64-bit fingerprint of normalized text (FNV-1a).
-pub fn fingerprint(normalized: &str) -> u64 {
-    normalized
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The p-quantile of a statement's bucket counts (upper bucket bound).
@@ -249,8 +222,14 @@ mod tests {
     }
 
     #[test]
-    fn fingerprints_differ() {
-        assert_ne!(fingerprint("select $1"), fingerprint("select $1, $2"));
-        assert_eq!(fingerprint("x"), fingerprint("x"));
+    fn statements_with_other_literals_share_a_fingerprint() {
+        let c = Counters::default();
+        c.statement_text(b"select * from t where a = 1", Duration::from_millis(1), 1);
+        c.statement_text(b"SELECT * FROM t WHERE a = 'x'", Duration::from_millis(1), 1);
+        c.statement_text(b"select  *  from t where a = 2 -- again", Duration::from_millis(1), 1);
+        let top = c.top_statements(5);
+        assert_eq!(top.len(), 2, "{top:?}");
+        let lower = top.iter().find(|(_, t)| t.text.starts_with("select")).unwrap();
+        assert_eq!((lower.1.text.as_str(), lower.1.calls), ("select * from t where a = $1", 2));
     }
 }
