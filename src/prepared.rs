@@ -252,6 +252,11 @@ pub enum SqlCommand<'a> {
 /// Recognises `DEALLOCATE [PREPARE] name`, `DEALLOCATE [PREPARE] ALL` and `DISCARD ALL` when
 /// they are the whole query (an optional trailing semicolon allowed).
 pub fn sql_command(query: &[u8]) -> Option<SqlCommand<'_>> {
+    // Runs on every simple query: both commands start with a 'd', so anything else is
+    // refused before the text is validated and split.
+    if query.iter().find(|c| !c.is_ascii_whitespace()).is_none_or(|c| c | 0x20 != b'd') {
+        return None;
+    }
     let text = std::str::from_utf8(query.strip_suffix(b"\0").unwrap_or(query)).ok()?;
     let text = text.trim().trim_end_matches(';').trim_end();
     let mut words = text.split_ascii_whitespace();

@@ -256,10 +256,20 @@ impl Relay {
     /// Sends answers the proxy owes once everything before them has been answered, and never
     /// into the middle of a server message being forwarded (an asynchronous notice or
     /// notification may be half through when the client's request is answered here).
+    ///
+    /// Called for every message both ways: the check is inlined, the work is not.
+    #[inline]
     fn emit_local(&mut self, to_client: &mut BytesMut) {
-        if self.s2c_remaining > 0 {
-            return; // server_to_client emits them once that message is through
+        // While a server message is half through, server_to_client emits them once it is.
+        if self.s2c_remaining == 0
+            && matches!(self.expect.front(), Some(Expect::Local(..) | Expect::LocalQuery(_)))
+        {
+            self.emit_local_now(to_client);
         }
+    }
+
+    #[inline(never)]
+    fn emit_local_now(&mut self, to_client: &mut BytesMut) {
         while let Some(Expect::Local(..) | Expect::LocalQuery(_)) = self.expect.front() {
             match self.expect.pop_front() {
                 Some(Expect::Local(bytes, _)) => to_client.extend_from_slice(&bytes),

@@ -106,8 +106,15 @@ impl Timing {
         self.timers.push_back(Timer::Sync);
     }
 
-    fn finish(&mut self, start: Instant, text: Option<Bytes>, rows: u64, sqlstate: Option<String>) {
-        self.finished.push(Finished { text, duration: start.elapsed(), rows, sqlstate });
+    fn finish(
+        &mut self,
+        start: Instant,
+        now: Instant,
+        text: Option<Bytes>,
+        rows: u64,
+        sqlstate: Option<String>,
+    ) {
+        self.finished.push(Finished { text, duration: now.saturating_duration_since(start), rows, sqlstate });
     }
 
     /// CommandComplete, EmptyQueryResponse ('I') or PortalSuspended ('s').
@@ -117,7 +124,7 @@ impl Timing {
             Some(Timer::Query { rows, .. }) => *rows += n,
             Some(Timer::Execute { .. }) => {
                 if let Some(Timer::Execute { start, text }) = self.timers.pop_front() {
-                    self.finish(start, text, n, None);
+                    self.finish(start, Instant::now(), text, n, None);
                 }
             }
             _ => {}
@@ -129,7 +136,7 @@ impl Timing {
             Some(Timer::Query { sqlstate, .. }) => *sqlstate = Some(code.to_owned()),
             Some(Timer::Execute { .. }) => {
                 if let Some(Timer::Execute { start, text }) = self.timers.pop_front() {
-                    self.finish(start, text, 0, Some(code.to_owned()));
+                    self.finish(start, Instant::now(), text, 0, Some(code.to_owned()));
                 }
             }
             _ => {}
@@ -141,12 +148,14 @@ impl Timing {
         while let Some(Timer::Execute { .. }) = self.timers.front() {
             self.timers.pop_front(); // skipped after an error
         }
+        // One clock read for the statement and the transaction it ends.
+        let now = Instant::now();
         if let Some(Timer::Query { start, text, rows, sqlstate }) = self.timers.pop_front() {
-            self.finish(start, text, rows, sqlstate);
+            self.finish(start, now, text, rows, sqlstate);
         }
         if status == b'I' {
             if let Some(start) = self.xact_start.take() {
-                self.transactions.push(start.elapsed());
+                self.transactions.push(now.saturating_duration_since(start));
             }
         }
     }
