@@ -992,7 +992,11 @@ impl Session {
         for f in timing.finished.drain(..) {
             up.counters.query(f.duration);
             if let Some(text) = &f.text {
-                up.counters.statement_text(text, f.duration, f.rows);
+                if f.parsed {
+                    up.counters.statement_parsed(text, f.duration, f.rows);
+                } else {
+                    up.counters.statement_text(text, f.duration, f.rows);
+                }
             }
             if self.slow.is_slow_query(f.duration) {
                 up.counters.slow_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

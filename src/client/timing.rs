@@ -23,6 +23,8 @@ enum Timer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
     pub text: Option<Bytes>,
+    /// Run by Execute: the text came with a Parse (and is usually sent again unchanged).
+    pub parsed: bool,
     pub duration: Duration,
     pub rows: u64,
     pub sqlstate: Option<String>,
@@ -106,7 +108,7 @@ impl Timing {
         self.timers.push_back(Timer::Sync);
     }
 
-    fn finish(
+    fn finish_query(
         &mut self,
         start: Instant,
         now: Instant,
@@ -114,7 +116,13 @@ impl Timing {
         rows: u64,
         sqlstate: Option<String>,
     ) {
-        self.finished.push(Finished { text, duration: now.saturating_duration_since(start), rows, sqlstate });
+        let duration = now.saturating_duration_since(start);
+        self.finished.push(Finished { text, parsed: false, duration, rows, sqlstate });
+    }
+
+    fn finish_execute(&mut self, start: Instant, text: Option<Bytes>, rows: u64, sqlstate: Option<String>) {
+        let duration = start.elapsed();
+        self.finished.push(Finished { text, parsed: true, duration, rows, sqlstate });
     }
 
     /// CommandComplete, EmptyQueryResponse ('I') or PortalSuspended ('s').
@@ -124,7 +132,7 @@ impl Timing {
             Some(Timer::Query { rows, .. }) => *rows += n,
             Some(Timer::Execute { .. }) => {
                 if let Some(Timer::Execute { start, text }) = self.timers.pop_front() {
-                    self.finish(start, Instant::now(), text, n, None);
+                    self.finish_execute(start, text, n, None);
                 }
             }
             _ => {}
@@ -136,7 +144,7 @@ impl Timing {
             Some(Timer::Query { sqlstate, .. }) => *sqlstate = Some(code.to_owned()),
             Some(Timer::Execute { .. }) => {
                 if let Some(Timer::Execute { start, text }) = self.timers.pop_front() {
-                    self.finish(start, Instant::now(), text, 0, Some(code.to_owned()));
+                    self.finish_execute(start, text, 0, Some(code.to_owned()));
                 }
             }
             _ => {}
@@ -151,7 +159,7 @@ impl Timing {
         // One clock read for the statement and the transaction it ends.
         let now = Instant::now();
         if let Some(Timer::Query { start, text, rows, sqlstate }) = self.timers.pop_front() {
-            self.finish(start, now, text, rows, sqlstate);
+            self.finish_query(start, now, text, rows, sqlstate);
         }
         if status == b'I' {
             if let Some(start) = self.xact_start.take() {

@@ -50,8 +50,8 @@ impl Out for Vec<u8> {
     }
 }
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0100_0000_01b3;
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
 /// FNV-1a over the normalized bytes as they are produced.
 struct Fnv {

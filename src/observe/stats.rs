@@ -2,6 +2,7 @@
 //! Prometheus endpoint, the l2met lines and the admin console.
 
 use super::histogram::Histogram;
+use super::normalize::{FNV_OFFSET, FNV_PRIME};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -127,6 +128,9 @@ pub struct Counters {
     /// Checkout waits, whether they ended with a server or not.
     pub wait_time: Histogram,
     statements: Mutex<HashMap<u64, QueryTotals, Prehashed>>,
+    /// Raw text hash -> fingerprint, for texts that came with a Parse: drivers send the same
+    /// parameterized text again and again, and hashing it raw is cheaper than normalizing it.
+    parsed: Mutex<HashMap<u64, u64, Prehashed>>,
 }
 
 impl Counters {
@@ -166,6 +170,29 @@ impl Counters {
     /// computed here (no allocation); the normalized text is built when the statement is new.
     pub fn statement_text(&self, text: &[u8], d: Duration, rows: u64) {
         let fp = super::normalize::fingerprint(text);
+        self.statement(
+            fp,
+            || super::normalize::normalize_bytes(text, super::normalize::FINGERPRINT_MAX),
+            d,
+            rows,
+        );
+    }
+
+    /// [`Counters::statement_text`] for a text that came with a Parse: its fingerprint is
+    /// remembered by the raw text's hash (a simple query's text usually carries literals
+    /// that differ every time, so it is not remembered).
+    pub fn statement_parsed(&self, text: &[u8], d: Duration, rows: u64) {
+        let raw = text.iter().fold(FNV_OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME));
+        let known = self.parsed.lock().unwrap_or_else(|p| p.into_inner()).get(&raw).copied();
+        let fp = known.unwrap_or_else(|| {
+            let fp = super::normalize::fingerprint(text);
+            let mut map = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= 4 * MAX_STATEMENTS {
+                map.clear();
+            }
+            map.insert(raw, fp);
+            fp
+        });
         self.statement(
             fp,
             || super::normalize::normalize_bytes(text, super::normalize::FINGERPRINT_MAX),
@@ -231,5 +258,11 @@ mod tests {
         assert_eq!(top.len(), 2, "{top:?}");
         let lower = top.iter().find(|(_, t)| t.text.starts_with("select")).unwrap();
         assert_eq!((lower.1.text.as_str(), lower.1.calls), ("select * from t where a = $1", 2));
+        // A parsed text lands on the same statement, the first time and when remembered.
+        c.statement_parsed(b"select * from t where a = 3", Duration::from_millis(1), 1);
+        c.statement_parsed(b"select * from t where a = 3", Duration::from_millis(1), 1);
+        let top = c.top_statements(5);
+        let lower = top.iter().find(|(_, t)| t.text.starts_with("select")).unwrap();
+        assert_eq!(lower.1.calls, 4);
     }
 }

@@ -147,7 +147,8 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated string, as raw bytes without the terminator.
     pub fn cstr_bytes(&mut self) -> Result<&'a [u8], FrameError> {
-        let end = self.buf.iter().position(|&b| b == 0).ok_or_else(|| self.malformed())?;
+        // memchr: statement texts are scanned for their end on every Parse and Query.
+        let end = memchr::memchr(0, self.buf).ok_or_else(|| self.malformed())?;
         let s = &self.buf[..end];
         self.buf = &self.buf[end + 1..];
         Ok(s)
