@@ -89,20 +89,50 @@ static LETTERS: [u8; 256] = {
     t
 };
 
+/// The words, as up to 8 lower-case bytes (little-endian) and a mask of their length; longer
+/// words are matched on their first 8 letters, which only adds false positives.
+const STATE_WORDS: [(u64, u64); 10] = {
+    const WORDS: [&[u8]; 10] = [
+        b"prepare",
+        b"deallocate",
+        b"declare",
+        b"discard",
+        b"drop",
+        b"listen",
+        b"unlisten",
+        b"close",
+        b"temp",
+        b"advisory",
+    ];
+    let mut out = [(0u64, 0u64); 10];
+    let mut i = 0;
+    while i < WORDS.len() {
+        let w = WORDS[i];
+        let mut k = 0;
+        while k < w.len() && k < 8 {
+            out[i].0 |= (w[k] as u64) << (8 * k);
+            out[i].1 |= 0xff << (8 * k);
+            k += 1;
+        }
+        i += 1;
+    }
+    out
+};
+
 /// Whether `rest` (starting at a word start) begins with one of the words, in any case. The
-/// words are all letters, so a match lies within the one word.
+/// words are all letters, and OR-ing 0x20 into a byte gives a lower-case letter only when it
+/// is a letter, so a match lies within the one word.
 fn starts_state_word(rest: &[u8]) -> bool {
-    let candidates: &[&[u8]] = match rest[0] | 0x20 {
-        b'p' => &[b"prepare"],
-        b'd' => &[b"deallocate", b"declare", b"discard", b"drop"],
-        b'l' => &[b"listen"],
-        b'u' => &[b"unlisten"],
-        b'c' => &[b"close"],
-        b't' => &[b"temp"],
-        b'a' => &[b"advisory"],
-        _ => return false,
+    let eight: [u8; 8] = match rest.first_chunk() {
+        Some(eight) => *eight,
+        None => {
+            let mut padded = [0u8; 8];
+            padded[..rest.len()].copy_from_slice(rest);
+            padded
+        }
     };
-    candidates.iter().any(|w| rest.len() >= w.len() && rest[..w.len()].eq_ignore_ascii_case(w))
+    let lower = u64::from_le_bytes(eight) | 0x2020_2020_2020_2020;
+    STATE_WORDS.iter().any(|&(word, mask)| lower & mask == word)
 }
 
 thread_local! {
