@@ -13,6 +13,7 @@ use crate::server::ServerError;
 use crate::stream::Stream;
 use bytes::BytesMut;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -224,11 +225,12 @@ impl Proxy {
                     let n = self.clients.fetch_add(1, Ordering::Relaxed) + 1;
                     let guard = ClientGuard(self.clone());
                     let over_limit = n > self.config.client.max_clients;
-                    let proxy = self.clone();
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        proxy.client(Stream::Plain(tcp), peer, over_limit).await;
-                    });
+                    // The login future is boxed here, outside the task: an async block or fn
+                    // keeps the values it was given (socket, address) in its state for as
+                    // long as it lives, even once moved out, so the task of every idle client
+                    // would carry them. The task gets only the guard and the box.
+                    let admit = Box::pin(self.clone().admit(Stream::Plain(tcp), peer, over_limit));
+                    tokio::spawn(Proxy::client(guard, admit));
                 }
                 Err(e) => {
                     // Out of file descriptors, usually: back off instead of spinning.
@@ -242,30 +244,29 @@ impl Proxy {
         reports.abort();
     }
 
-    pub(crate) async fn client(
-        self: Arc<Self>,
-        stream: Stream,
-        peer: std::net::SocketAddr,
-        over_limit: bool,
-    ) {
-        // Everything before the session is boxed and gone once the client has logged in: the
-        // task of an idle client holds only the session.
-        let Some(login) = Box::pin(self.admit(stream, peer, over_limit)).await else {
+    /// A client's task: its login (`admit`, boxed and gone once the client has logged in),
+    /// then its session. `guard` counts the client until the task ends.
+    async fn client(guard: ClientGuard, admit: Pin<Box<impl Future<Output = Option<Box<Login>>> + Send>>) {
+        let Some(login) = admit.await else {
             return;
         };
-        tracing::debug!(peer = %peer, user = %login.user, database = %login.database, "client_login");
-        // Moved out of its box in a statement of its own, so the box is freed now rather
-        // than when the client leaves.
-        let login: Login = *login;
-        let mut session = Session::new(self.clone(), login);
+        tracing::debug!(peer = %login.peer, user = %login.user, database = %login.database, "client_login");
+        // Moved out of its box inside a block, so the box is freed now rather than when the
+        // client leaves: moving out of a `Box` frees it only when the (shadowed, but still
+        // live) `Box` binding goes out of scope, which here would be the end of the session.
+        let login: Login = {
+            let boxed = login;
+            *boxed
+        };
+        let mut session = Session::new(guard.0.clone(), login);
         session.run().await;
-        tracing::debug!(peer = %peer, "client_disconnect");
+        tracing::debug!(peer = %session.peer(), "client_disconnect");
     }
 
     /// Startup and authentication; a pool client's login, or `None` when the connection was
     /// something else (the admin console, a cancel request) or was refused.
     async fn admit(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         stream: Stream,
         peer: std::net::SocketAddr,
         over_limit: bool,
@@ -273,7 +274,7 @@ impl Proxy {
         let login_timeout = self.config.client.login_timeout;
         let (stream, outcome) = match tokio::time::timeout(
             login_timeout,
-            Box::pin(handshake(self, stream, peer, over_limit)),
+            Box::pin(handshake(&self, stream, peer, over_limit)),
         )
         .await
         {

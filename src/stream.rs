@@ -21,9 +21,14 @@ impl Stream {
 
     /// Waits until a read may find data, without holding a buffer meanwhile. A TLS stream may
     /// have decrypted data waiting already, so it is ready at once.
+    ///
+    /// Polls the socket's own read readiness (the waker slot `poll_read` uses) rather than
+    /// awaiting `TcpStream::readable`, whose future carries a waiter node of ~170 B: this is
+    /// where every idle client waits, so that node would be in every idle client's task.
+    /// Only the session's task reads from its client, so the single waker slot suffices.
     pub async fn readable(&self) -> io::Result<()> {
         match self {
-            Stream::Plain(s) => s.readable().await,
+            Stream::Plain(s) => std::future::poll_fn(|cx| s.poll_read_ready(cx)).await,
             _ => Ok(()),
         }
     }

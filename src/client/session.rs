@@ -228,6 +228,11 @@ impl Session {
         }
     }
 
+    /// The client's address.
+    pub fn peer(&self) -> std::net::SocketAddr {
+        self.info.peer
+    }
+
     /// The client's application_name now (empty when it set none).
     fn app_name(&self) -> &str {
         self.settings.get("application_name").map_or("", String::as_str)
