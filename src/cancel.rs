@@ -4,7 +4,7 @@
 //! takes it out of the queue (it then gets 57014).
 //!
 //! The registry is also the list of logged-in clients: each slot carries who the client is
-//! ([`ClientInfo`]) for SHOW CLIENTS, and the server it holds for SHOW SERVERS.
+//! (from [`ClientInfo`]) for SHOW CLIENTS, and the server it holds for SHOW SERVERS.
 
 use crate::server::conn::{ServerInfo, Target};
 use bytes::BytesMut;
@@ -33,7 +33,8 @@ pub enum Activity {
     },
 }
 
-/// Who a client is, fixed at login. Never a password or query text.
+/// Who a client is, fixed at login. Never a password or query text. Kept in the client's
+/// [`CancelSlot`].
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub user: String,
@@ -44,12 +45,19 @@ pub struct ClientInfo {
     pub tls: bool,
 }
 
-/// Per-client state, shared between the session and the registry.
+/// Per-client state, shared between the session and the registry: who the client is (fixed
+/// at login) and what it is doing. One allocation per client for both: every idle client
+/// keeps one, so the strings are boxed slices (no spare capacity) and small fields packed.
 pub struct CancelSlot {
+    pub user: Box<str>,
+    /// The database name the client asked for.
+    pub database: Box<str>,
+    pub peer: SocketAddr,
+    pub connected_at: SystemTime,
+    pub tls: bool,
     activity: Mutex<Activity>,
     pub wake: Notify,
-    pub info: Arc<ClientInfo>,
-    application_name: Mutex<String>,
+    application_name: Mutex<Box<str>>,
     pinned: AtomicBool,
     /// Cancel requests forwarded to this client's server and not yet done with (PostgreSQL
     /// has not closed the cancel connection): the server must not serve anyone else until
@@ -59,6 +67,23 @@ pub struct CancelSlot {
 }
 
 impl CancelSlot {
+    pub fn new(info: ClientInfo, application_name: &str) -> Arc<CancelSlot> {
+        let ClientInfo { user, database, peer, connected_at, tls } = info;
+        Arc::new(CancelSlot {
+            user: user.into_boxed_str(),
+            database: database.into_boxed_str(),
+            peer,
+            connected_at,
+            tls,
+            activity: Mutex::new(Activity::Idle),
+            wake: Notify::new(),
+            application_name: Mutex::new(application_name.into()),
+            pinned: AtomicBool::new(false),
+            in_flight: Default::default(),
+            settled: Notify::new(),
+        })
+    }
+
     pub fn set(&self, activity: Activity) {
         *self.activity.lock().unwrap_or_else(|p| p.into_inner()) = activity;
     }
@@ -68,7 +93,7 @@ impl CancelSlot {
     }
 
     pub fn set_application_name(&self, name: &str) {
-        name.clone_into(&mut self.application_name.lock().unwrap_or_else(|p| p.into_inner()));
+        *self.application_name.lock().unwrap_or_else(|p| p.into_inner()) = name.into();
     }
 
     pub fn set_pinned(&self, pinned: bool) {
@@ -95,7 +120,8 @@ impl CancelSlot {
 pub struct ClientSnapshot {
     /// The key's process id, as the client was told in BackendKeyData.
     pub pid: i32,
-    pub info: Arc<ClientInfo>,
+    /// Who the client is (its `user`, `peer`, ...).
+    pub info: Arc<CancelSlot>,
     pub activity: Activity,
     pub application_name: String,
     pub pinned: bool,
@@ -129,23 +155,10 @@ impl Drop for Registration {
 }
 
 impl Registry {
-    /// Issues a key. `pid` is fixed in session mode (the server's real process id) and
-    /// random otherwise.
-    pub fn register(
-        self: &Arc<Self>,
-        fixed_pid: Option<i32>,
-        info: Arc<ClientInfo>,
-        application_name: &str,
-    ) -> Registration {
-        let slot = Arc::new(CancelSlot {
-            activity: Mutex::new(Activity::Idle),
-            wake: Notify::new(),
-            info,
-            application_name: Mutex::new(application_name.to_owned()),
-            pinned: AtomicBool::new(false),
-            in_flight: Default::default(),
-            settled: Notify::new(),
-        });
+    /// Issues a key for `slot`. `pid` is fixed in session mode (the server's real process id)
+    /// and random otherwise. A slot has one registration at a time: drop the previous one
+    /// before registering a slot again.
+    pub fn register(self: &Arc<Self>, fixed_pid: Option<i32>, slot: Arc<CancelSlot>) -> Registration {
         let mut rng = rand::rng();
         let secret: i32 = rng.random();
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -170,12 +183,16 @@ impl Registry {
         };
         let mut out: Vec<ClientSnapshot> = slots
             .into_iter()
-            .map(|(pid, slot)| ClientSnapshot {
-                pid,
-                info: slot.info.clone(),
-                activity: slot.activity(),
-                application_name: slot.application_name.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-                pinned: slot.pinned.load(Ordering::Relaxed),
+            .map(|(pid, slot)| {
+                let application_name =
+                    slot.application_name.lock().unwrap_or_else(|p| p.into_inner()).to_string();
+                ClientSnapshot {
+                    pid,
+                    activity: slot.activity(),
+                    application_name,
+                    pinned: slot.pinned.load(Ordering::Relaxed),
+                    info: slot,
+                }
             })
             .collect();
         out.sort_by_key(|c| (c.info.connected_at, c.pid));

@@ -43,8 +43,8 @@ impl ShowClients {
             let wait: std::time::Duration = wait;
             t.row(&[
                 "C".to_owned(),
-                c.info.user.clone(),
-                c.info.database.clone(),
+                c.info.user.to_string(),
+                c.info.database.to_string(),
                 state.to_owned(),
                 c.info.peer.ip().to_string(),
                 c.info.peer.port().to_string(),

@@ -3,7 +3,7 @@
 //! and are skipped up to Sync, as Postgres skips after an error.
 
 use super::Command;
-use crate::cancel::{Activity, ClientInfo, Registration};
+use crate::cancel::{Activity, CancelSlot, ClientInfo, Registration};
 use crate::client::handshake::ConsoleLogin;
 use crate::proxy::Proxy;
 use crate::stream::Stream;
@@ -38,14 +38,17 @@ struct Console {
 /// Serves an authenticated console client until it leaves.
 pub async fn run(proxy: Arc<Proxy>, login: ConsoleLogin) {
     let ConsoleLogin { stream, rbuf, user, database, application_name, peer } = login;
-    let info = Arc::new(ClientInfo {
-        user: user.clone(),
-        database,
-        peer,
-        connected_at: SystemTime::now(),
-        tls: stream.is_tls(),
-    });
-    let registration = proxy.cancels.register(None, info, &application_name);
+    let info = CancelSlot::new(
+        ClientInfo {
+            user: user.clone(),
+            database,
+            peer,
+            connected_at: SystemTime::now(),
+            tls: stream.is_tls(),
+        },
+        &application_name,
+    );
+    let registration = proxy.cancels.register(None, info);
     let mut console = Console {
         proxy,
         stream,

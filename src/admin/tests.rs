@@ -146,14 +146,17 @@ async fn show_commands_answer_with_pgbouncer_columns() {
 #[tokio::test]
 async fn show_clients_lists_registered_clients() {
     let p = proxy(&[]);
-    let info = Arc::new(crate::cancel::ClientInfo {
-        user: "app".into(),
-        database: "appdb".into(),
-        peer: "127.0.0.1:40000".parse().unwrap(),
-        connected_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-        tls: true,
-    });
-    let reg = p.cancels.register(None, info, "web.1");
+    let info = crate::cancel::CancelSlot::new(
+        crate::cancel::ClientInfo {
+            user: "app".into(),
+            database: "appdb".into(),
+            peer: "127.0.0.1:40000".parse().unwrap(),
+            connected_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            tls: true,
+        },
+        "web.1",
+    );
+    let reg = p.cancels.register(None, info);
     reg.slot.set(crate::cancel::Activity::Waiting { since: Instant::now() - Duration::from_millis(1500) });
     let a = run(&p, "SHOW CLIENTS").await;
     assert_eq!(a.rows.len(), 1);

@@ -5,7 +5,7 @@ use super::handshake::Login;
 use super::io::{poll_io, Half, IoError};
 use super::params::{self, Settings};
 use super::relay::{Relay, Statements, READ_HIGH, TRACKED_REPORTED, WRITE_HIGH};
-use crate::cancel::{Activity, ClientInfo, Registration};
+use crate::cancel::{Activity, CancelSlot, ClientInfo, Registration};
 use crate::config::PoolMode;
 use crate::observe::stats::PoolerError;
 use crate::prepared::ClientStatements;
@@ -87,8 +87,8 @@ pub struct Session {
     last_wait: Duration,
     /// Slow-query thresholds and the log's rate limit.
     slow: Arc<crate::observe::slowlog::SlowLog>,
-    /// Who this client is, for the registry (SHOW CLIENTS).
-    info: Arc<ClientInfo>,
+    /// Who this client is, for the registry (SHOW CLIENTS): its slot there, registered or not.
+    info: Arc<CancelSlot>,
 }
 
 impl Drop for Session {
@@ -159,13 +159,14 @@ impl Session {
         let settings = Arc::new(settings);
         let mode = proxy.config.pool.mode;
         upstream.counters.clients.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let info = Arc::new(ClientInfo {
+        let info = ClientInfo {
             user,
             database,
             peer,
             connected_at: std::time::SystemTime::now(),
             tls: stream.is_tls(),
-        });
+        };
+        let info = CancelSlot::new(info, settings.get("application_name").map_or("", String::as_str));
         Session {
             info,
             timing: None,
@@ -291,6 +292,8 @@ impl Session {
                     secret: conn.secret,
                 },
             );
+            // The slot's key changes: its first registration goes first.
+            self.registration = None;
             self.registration = Some(self.register(Some(pid)));
             self.slot_set(active);
             self.greet(params);
@@ -319,6 +322,7 @@ impl Session {
             };
             messages::parameter_status(&mut self.cwbuf, name, value);
         }
+        told.share(&self.settings);
         self.told = told;
         let reg = self.registration.as_ref().expect("registered before the greeting");
         messages::backend_key_data(&mut self.cwbuf, reg.pid, reg.secret);
