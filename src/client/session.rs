@@ -108,26 +108,42 @@ type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send
 
 /// The ParameterStatus values a client has been told: the pool's login values (shared by all
 /// its clients) and this client's differences from them, so an idle client keeps no copy.
+/// The differences are usually the client's own startup settings (its application_name),
+/// and then they are the session's settings themselves, shared (see [`Told::share`]).
 #[derive(Default)]
 struct Told {
     base: Option<Arc<BTreeMap<String, String>>>,
-    changed: Settings,
+    /// `None`: no differences.
+    changed: Option<Arc<Settings>>,
 }
 
 impl Told {
     fn new(base: Arc<BTreeMap<String, String>>) -> Told {
-        Told { base: Some(base), changed: Settings::new() }
+        Told { base: Some(base), changed: None }
     }
 
     fn get(&self, name: &str) -> Option<&String> {
-        self.changed.get(name).or_else(|| self.base.as_ref()?.get(name))
+        self.changed.as_ref().and_then(|c| c.get(name)).or_else(|| self.base.as_ref()?.get(name))
     }
 
     fn insert(&mut self, name: &str, value: &str) {
+        let changed = self.changed.as_ref().and_then(|c| c.get(name));
         if self.base.as_ref().and_then(|b| b.get(name)).is_some_and(|v| v == value) {
-            self.changed.remove(name);
-        } else if self.changed.get(name).is_none_or(|v| v != value) {
-            self.changed.insert(name.to_owned(), value.to_owned());
+            if changed.is_some() {
+                let c = self.changed.as_mut().expect("looked up above");
+                Arc::make_mut(c).remove(name);
+            }
+        } else if changed.is_none_or(|v| v != value) {
+            // Copied on write when shared with the session's settings.
+            Arc::make_mut(self.changed.get_or_insert_with(Default::default))
+                .insert(name.to_owned(), value.to_owned());
+        }
+    }
+
+    /// Shares `settings` instead of an equal copy of the differences.
+    fn share(&mut self, settings: &Arc<Settings>) {
+        if self.changed.as_deref() == Some(&**settings) {
+            self.changed = Some(settings.clone());
         }
     }
 }
@@ -246,7 +262,7 @@ impl Session {
     }
 
     fn register(&self, fixed_pid: Option<i32>) -> Registration {
-        self.proxy.cancels.register(fixed_pid, self.info.clone(), self.app_name())
+        self.proxy.cancels.register(fixed_pid, self.info.clone())
     }
 
     /// Counts bytes read from the client (SHOW STATS total_received).
