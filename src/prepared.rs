@@ -129,43 +129,46 @@ pub fn statement_message(msg_tag: u8, name: &str) -> BytesMut {
     })
 }
 
-/// One client's statement names.
+/// One client's statement names. The map is boxed and made at the first name: most clients
+/// name none, and every idle client keeps this (8 B instead of a 48 B empty map).
 #[derive(Debug, Default)]
 pub struct ClientStatements {
-    map: HashMap<Vec<u8>, Arc<Statement>>,
+    map: Option<Box<HashMap<Vec<u8>, Arc<Statement>>>>,
 }
 
 impl ClientStatements {
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
-        self.map.get(name)
+        self.map.as_ref()?.get(name)
     }
 
     pub fn contains(&self, name: &[u8]) -> bool {
-        self.map.contains_key(name)
+        self.map.as_ref().is_some_and(|m| m.contains_key(name))
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.as_ref().map_or(0, |m| m.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     pub fn insert(&mut self, name: Vec<u8>, s: Arc<Statement>) {
-        self.map.insert(name, s);
+        self.map.get_or_insert_default().insert(name, s);
     }
 
     pub fn remove(&mut self, name: &[u8]) -> bool {
-        self.map.remove(name).is_some()
+        self.take(name).is_some()
     }
 
     pub fn take(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
-        self.map.remove(name)
+        self.map.as_mut()?.remove(name)
     }
 
     pub fn clear(&mut self) {
-        self.map.clear();
+        if let Some(m) = &mut self.map {
+            m.clear();
+        }
     }
 }
 

@@ -70,10 +70,10 @@ pub struct Session {
     /// ParameterStatus values the client has been told.
     told: Told,
     /// Custom (dotted) settings the client has set or reset, read back with the others.
-    custom: Vec<String>,
+    /// Boxed: few clients have any, and every idle client keeps this field.
+    custom: Option<Box<Vec<String>>>,
     registration: Option<Registration>,
     mode: PoolMode,
-    max_message: usize,
     /// This client's named prepared statements (transaction mode).
     statements: ClientStatements,
     rewrite: bool,
@@ -193,7 +193,6 @@ impl Session {
             pinned: false,
             local_skip: false,
             mode,
-            max_message: proxy.config.client.max_message_size,
             proxy,
             upstream,
             client: stream,
@@ -205,7 +204,7 @@ impl Session {
             startup_settings: settings.clone(),
             settings,
             told: Told::default(),
-            custom: Vec::new(),
+            custom: None,
             registration: None,
         }
     }
@@ -243,6 +242,12 @@ impl Session {
         if let Some(r) = &self.registration {
             r.slot.cancels_settled().await;
         }
+    }
+
+    /// PGSIDECAR_MAX_MESSAGE_SIZE (read from the configuration rather than kept in every
+    /// session).
+    fn max_message(&self) -> usize {
+        self.proxy.config.client.max_message_size
     }
 
     /// The client's address.
@@ -446,7 +451,7 @@ impl Session {
     fn answer_locally(&mut self) -> Boxed<'_, Local> {
         Box::pin(async move {
             loop {
-                let h = match Header::parse(&self.crbuf, self.max_message) {
+                let h = match Header::parse(&self.crbuf, self.max_message()) {
                     Ok(Some(h)) => h,
                     _ => return Local::NeedServer,
                 };
@@ -543,19 +548,21 @@ impl Session {
             }
         }
         loop {
-            match Header::parse(&self.crbuf, self.max_message) {
+            // The error is turned into its (boxed) answer before the await, so that neither it
+            // nor the parse result is kept in this future, which is where idle clients wait.
+            let invalid = match Header::parse(&self.crbuf, self.max_message()) {
                 Ok(Some(h)) if h.tag == tag::TERMINATE => return Request::Terminate,
                 Ok(Some(h)) if !crate::wire::is_frontend_tag(h.tag) => {
-                    let e = crate::wire::frame::FrameError::UnknownType(h.tag);
-                    self.fail(PgError::fatal("08P01", format!("invalid message from client: {e}"))).await;
-                    return Request::Gone;
+                    Some(crate::wire::frame::FrameError::UnknownType(h.tag))
                 }
                 Ok(Some(_)) => return Request::Message,
-                Ok(None) => {}
-                Err(e) => {
-                    self.fail(PgError::fatal("08P01", format!("invalid message from client: {e}"))).await;
-                    return Request::Gone;
-                }
+                Ok(None) => None,
+                Err(e) => Some(e),
+            };
+            if let Some(e) = invalid {
+                let answer = self.fail(PgError::fatal("08P01", format!("invalid message from client: {e}")));
+                answer.await;
+                return Request::Gone;
             }
             if self.crbuf.is_empty() {
                 if self.crbuf.capacity() > 0 {
@@ -579,7 +586,8 @@ impl Session {
     fn skip_request(&mut self) -> Boxed<'_, bool> {
         Box::pin(async move {
             loop {
-                match split_frame(&mut self.crbuf, self.max_message) {
+                let max = self.max_message();
+                match split_frame(&mut self.crbuf, max) {
                     Ok(Some((t, _))) => match t {
                         tag::QUERY | tag::FUNCTION_CALL | tag::SYNC => break,
                         tag::TERMINATE => return false,
@@ -729,7 +737,7 @@ impl Session {
     /// mode) or either side leaves.
     async fn attached(&mut self, mut lease: Lease) -> Flow {
         let mut relay = Relay::new(self.mode == PoolMode::Transaction);
-        let max = self.max_message;
+        let max = self.max_message();
         let cfg = &self.proxy.config.pool;
         let mut t = Timeouts::new(cfg.query_timeout, cfg.idle_transaction_timeout);
         // One timer for the whole attachment, created only once a deadline is needed; it lives
@@ -1066,7 +1074,7 @@ impl Session {
     /// Remembers the custom setting names the relay saw, for the read-back.
     fn note_custom(&mut self, relay: &mut Relay) {
         for name in relay.custom_names.drain(..) {
-            params::remember_custom(&mut self.custom, &name);
+            params::remember_custom(self.custom.get_or_insert_default(), &name);
         }
     }
 
@@ -1074,7 +1082,7 @@ impl Session {
     async fn read_back_settings(&mut self, lease: &mut Lease) -> bool {
         let conn = lease.conn();
         let mut reported = Vec::new();
-        let query = params::read_settings_query(&self.custom);
+        let query = params::read_settings_query(self.custom.as_deref().map_or(&[], Vec::as_slice));
         match tokio::time::timeout(CLEANUP_TIMEOUT, conn.exec(&query, &mut reported)).await {
             Ok(Ok(rows)) => {
                 let now = params::from_rows(rows);
@@ -1176,7 +1184,7 @@ impl Session {
         }
         if relay.settings_changed && !discard {
             let mut reported = Vec::new();
-            let mut custom = self.custom.clone();
+            let mut custom = self.custom.as_deref().cloned().unwrap_or_default();
             for name in &relay.custom_names {
                 params::remember_custom(&mut custom, name);
             }
