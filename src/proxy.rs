@@ -245,22 +245,28 @@ impl Proxy {
     }
 
     /// A client's task: its login (`admit`, boxed and gone once the client has logged in),
-    /// then its session. `guard` counts the client until the task ends.
-    async fn client(guard: ClientGuard, admit: Pin<Box<impl Future<Output = Option<Box<Login>>> + Send>>) {
-        let Some(login) = admit.await else {
-            return;
-        };
-        tracing::debug!(peer = %login.peer, user = %login.user, database = %login.database, "client_login");
-        // Moved out of its box inside a block, so the box is freed now rather than when the
-        // client leaves: moving out of a `Box` frees it only when the (shadowed, but still
-        // live) `Box` binding goes out of scope, which here would be the end of the session.
-        let login: Login = {
-            let boxed = login;
-            *boxed
-        };
-        let mut session = Session::new(guard.0.clone(), login);
-        session.run().await;
-        tracing::debug!(peer = %session.peer(), "client_disconnect");
+    /// then its session. `guard` counts the client until the task ends. An async block rather
+    /// than an async fn: a fn would keep a second copy of the guard in its state.
+    fn client(
+        guard: ClientGuard,
+        admit: Pin<Box<impl Future<Output = Option<Box<Login>>> + Send>>,
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            let Some(login) = admit.await else {
+                return;
+            };
+            tracing::debug!(peer = %login.peer, user = %login.user, database = %login.database, "client_login");
+            // Moved out of its box inside a block, so the box is freed now rather than when the
+            // client leaves: moving out of a `Box` frees it only when the (shadowed, but still
+            // live) `Box` binding goes out of scope, which here would be the end of the session.
+            let login: Login = {
+                let boxed = login;
+                *boxed
+            };
+            let mut session = Session::new(guard.0.clone(), login);
+            session.run().await;
+            tracing::debug!(peer = %session.peer(), "client_disconnect");
+        }
     }
 
     /// Startup and authentication; a pool client's login, or `None` when the connection was
