@@ -247,6 +247,7 @@ impl Proxy {
     /// A client's task: its login (`admit`, boxed and gone once the client has logged in),
     /// then its session. `guard` counts the client until the task ends. An async block rather
     /// than an async fn: a fn would keep a second copy of the guard in its state.
+    #[allow(clippy::manual_async_fn)]
     fn client(
         guard: ClientGuard,
         admit: Pin<Box<impl Future<Output = Option<Box<Login>>> + Send>>,
