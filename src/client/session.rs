@@ -621,6 +621,14 @@ impl Session {
     async fn checkout(&mut self) -> Result<Lease, Refused> {
         let pool = self.upstream.pool.clone();
         let slot = self.registration.as_ref().map(|r| r.slot.clone()).expect("registered before checkout");
+        // The common case while the pool is not saturated: an idle server that needs no
+        // check, taken without a queue entry, a timer or a cancel wait.
+        if let Some(mut lease) = pool.checkout_now() {
+            self.last_wait = Duration::ZERO;
+            self.upstream.counters.wait_time.record(Duration::ZERO);
+            mark_active(&slot, &pool, &mut lease);
+            return Ok(lease);
+        }
         let notified = slot.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -673,12 +681,7 @@ impl Session {
         }
         match result {
             Ok(mut lease) => {
-                let conn = lease.conn();
-                slot.set(Activity::Active {
-                    target: pool.target.clone(),
-                    server: conn.info(),
-                    secret: conn.secret,
-                });
+                mark_active(&slot, &pool, &mut lease);
                 Ok(lease)
             }
             Err(e) => {
@@ -1347,6 +1350,12 @@ impl Timeouts {
         self.deadline = None;
         self.reply = None;
     }
+}
+
+/// Shows the client as running on its server (SHOW CLIENTS, cancel forwarding).
+fn mark_active(slot: &CancelSlot, pool: &crate::server::pool::Pool, lease: &mut Lease) {
+    let conn = lease.conn();
+    slot.set(Activity::Active { target: pool.target.clone(), server: conn.info(), secret: conn.secret });
 }
 
 /// Replaces the first ErrorResponse with SQLSTATE 57014 among the whole messages in `rbuf`

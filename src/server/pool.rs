@@ -212,6 +212,35 @@ impl Pool {
         Ticket { pool: self.clone(), since: Instant::now(), inner: TicketState::Waiting { id, rx } }
     }
 
+    /// A server at once when one is idle and needs no check (the common case while the pool
+    /// is not saturated): no queue entry, ticket or timer. `None` when the caller has to go
+    /// through [`Pool::checkout_checked`].
+    pub fn checkout_now(self: &Arc<Self>) -> Option<Lease> {
+        let mut doomed = Vec::new();
+        let mut s = self.lock();
+        if !s.waiters.is_empty() {
+            return None; // they come first
+        }
+        let taken = self.take_idle(&mut s, &mut doomed);
+        let lease = match taken {
+            Some(conn) if conn.fresh || conn.last_used.elapsed() < self.cfg.server_check_delay => {
+                s.active += 1;
+                Some(Lease { conn: Some(conn), pool: self.clone() })
+            }
+            Some(conn) => {
+                s.idle.push(conn); // back where it was, for the checked path
+                None
+            }
+            None => None,
+        };
+        drop(s);
+        close_all(doomed);
+        if lease.is_some() {
+            self.waits.record(Duration::ZERO);
+        }
+        lease
+    }
+
     /// [`Pool::checkout`], then the check of a server that sat idle longer than
     /// PGSIDECAR_SERVER_CHECK_DELAY: an empty query with a bounded wait. A server that fails
     /// it is closed and the caller gets another one, without noticing. Dropping the future
