@@ -66,6 +66,22 @@ fn poll_write_half<S: AsyncWrite + Unpin>(
     Poll::Ready(Ok(progressed))
 }
 
+/// Writes what the socket takes of `wbuf` now, without waiting: a response goes out before
+/// the proxy's bookkeeping for it (statistics, releasing the server). What is left, and any
+/// error, is for the next [`poll_io`], which registers for writability.
+pub fn write_now<S: AsyncWrite + Unpin>(io: &mut S, wbuf: &mut BytesMut, needs_flush: &mut bool) {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    while !wbuf.is_empty() {
+        match Pin::new(&mut *io).poll_write(&mut cx, wbuf) {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                wbuf.advance(n);
+                *needs_flush = true;
+            }
+            _ => return,
+        }
+    }
+}
+
 fn poll_read_half<S: AsyncRead + Unpin>(
     h: &mut Half<'_, S>,
     cx: &mut Context<'_>,

@@ -780,6 +780,9 @@ impl Session {
                 .await;
                 return Flow::End;
             }
+            if !self.cwbuf.is_empty() {
+                super::io::write_now(&mut self.client, &mut self.cwbuf, &mut self.cflush);
+            }
             if !relay.reported.is_empty() {
                 self.note_reported(&mut relay, &mut lease);
             }
