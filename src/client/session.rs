@@ -1057,8 +1057,10 @@ impl Session {
         }
         for d in timing.transactions.drain(..) {
             up.counters.transaction(d);
-            let app = self.settings.get("application_name").map_or("", String::as_str);
-            self.slow.log_transaction(d, &up.pool.database, &self.info.user, app);
+            if self.slow.is_slow_transaction(d) {
+                let app = self.settings.get("application_name").map_or("", String::as_str);
+                self.slow.log_transaction(d, &up.pool.database, &self.info.user, app);
+            }
         }
     }
 

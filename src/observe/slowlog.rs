@@ -86,8 +86,12 @@ impl SlowLog {
         );
     }
 
+    pub fn is_slow_transaction(&self, d: Duration) -> bool {
+        self.transaction.is_some_and(|t| d >= t)
+    }
+
     pub fn log_transaction(&self, duration: Duration, database: &str, user: &str, application_name: &str) {
-        if self.transaction.is_none_or(|t| duration < t) {
+        if !self.is_slow_transaction(duration) {
             return;
         }
         let Some(suppressed) = self.admit() else { return };

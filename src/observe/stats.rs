@@ -2,11 +2,10 @@
 //! Prometheus endpoint, the l2met lines and the admin console.
 
 use super::histogram::Histogram;
-use super::normalize::{FNV_OFFSET, FNV_PRIME};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-/// Keys of the statement maps are FNV hashes already: hashing them again is wasted work.
+/// Keys of the statement maps are hashes already: hashing them again is wasted work.
 #[derive(Default)]
 struct KeyIsHash(u64);
 
@@ -182,7 +181,7 @@ impl Counters {
     /// remembered by the raw text's hash (a simple query's text usually carries literals
     /// that differ every time, so it is not remembered).
     pub fn statement_parsed(&self, text: &[u8], d: Duration, rows: u64) {
-        let raw = text.iter().fold(FNV_OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME));
+        let raw = super::normalize::text_hash(text);
         let known = self.parsed.lock().unwrap_or_else(|p| p.into_inner()).get(&raw).copied();
         let fp = known.unwrap_or_else(|| {
             let fp = super::normalize::fingerprint(text);
