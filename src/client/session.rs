@@ -299,7 +299,7 @@ impl Session {
                 Request::Message => {}
                 Request::Terminate | Request::Gone => return,
             }
-            if self.rewrite {
+            if self.rewrite && self.may_answer_locally() {
                 match self.answer_locally().await {
                     Local::Answered => continue,
                     Local::NeedServer => {}
@@ -445,6 +445,26 @@ impl Session {
                 }
             }
         })
+    }
+
+    /// Whether the next message may be one [`Session::answer_locally`] answers. Checked
+    /// before that future is allocated: most requests (a Query, an unnamed Parse) are not.
+    /// When the bytes that tell are not in yet, it says yes and lets that function decide.
+    fn may_answer_locally(&self) -> bool {
+        use crate::wire::frame::HEADER_LEN;
+        let b = &self.crbuf[..];
+        self.local_skip
+            || match b.first() {
+                Some(&tag::SYNC | &tag::FLUSH) => true,
+                // A named statement (its name's first byte is not the terminator).
+                Some(&tag::PARSE) => b.get(HEADER_LEN).is_none_or(|&c| c != 0),
+                // Close of a named statement.
+                Some(&tag::CLOSE) => {
+                    b.get(HEADER_LEN).is_none_or(|&c| c == b'S')
+                        && b.get(HEADER_LEN + 1).is_none_or(|&c| c != 0)
+                }
+                _ => false,
+            }
     }
 
     /// Answers, without a server, the messages that need none: a named Parse (the statement
@@ -780,7 +800,10 @@ impl Session {
                 .await;
                 return Flow::End;
             }
-            if !self.cwbuf.is_empty() {
+            // Unless the proxy still has to look at the server's session state first (pinning,
+            // settings): a client that has its answer sees the proxy's view (SHOW CLIENTS,
+            // the pinned gauge) up to date.
+            if !self.cwbuf.is_empty() && relay.state_hint.is_none() && !relay.settings_changed {
                 super::io::write_now(&mut self.client, &mut self.cwbuf, &mut self.cflush);
             }
             if !relay.reported.is_empty() {
