@@ -10,6 +10,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
 const READ_CHUNK: usize = 16 * 1024;
+/// Below this much free room a read first makes room for [`READ_CHUNK`].
+const MIN_READ_ROOM: usize = 4 * 1024;
 
 /// Which side an I/O error came from.
 #[derive(Debug)]
@@ -89,7 +91,10 @@ fn poll_read_half<S: AsyncRead + Unpin>(
     if !h.may_read {
         return Poll::Pending;
     }
-    if h.rbuf.capacity() - h.rbuf.len() < READ_CHUNK {
+    // Room is made only when little is left: a buffer whose front was just split off (a
+    // statement kept for its text) cannot grow in place while that part lives, and growing
+    // it at every request would allocate twice per transaction.
+    if h.rbuf.capacity() - h.rbuf.len() < MIN_READ_ROOM {
         if h.limit > 4 * READ_CHUNK && h.limit > h.rbuf.len() {
             // A large message is being read whole: make room for all of it, once.
             crate::wire::frame::reserve_exact(h.rbuf, h.limit);
