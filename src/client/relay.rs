@@ -461,8 +461,7 @@ impl Relay {
         match t {
             tag::PARSE => {
                 let (name, query) = prepared::parse_texts(body)?;
-                let at = HEADER_LEN + name.len() + 1;
-                st.timing.parse(name, msg.slice(at..at + query.len()));
+                st.timing.parse(name, query);
             }
             tag::BIND => st.timing.bind(prepared::bind_parts(body)?.statement),
             tag::CLOSE => {

@@ -515,9 +515,7 @@ impl Session {
                                 self.local_skip = true;
                             } else {
                                 if let Ok((_, query)) = crate::prepared::parse_texts(body) {
-                                    self.timing
-                                        .get_or_insert_with(super::reuse::timing)
-                                        .parse(&name, bytes::Bytes::copy_from_slice(query));
+                                    self.timing.get_or_insert_with(super::reuse::timing).parse(&name, query);
                                 }
                                 self.statements.insert(name, Arc::new(stmt));
                                 self.cwbuf.extend_from_slice(b"1\0\0\0\x04");

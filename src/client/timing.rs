@@ -76,15 +76,16 @@ impl Timing {
         self.timers.push_back(Timer::Query { start: now, text, rows: 0, sqlstate: None });
     }
 
-    pub fn parse(&mut self, name: &[u8], text: Bytes) {
+    /// Remembers a statement's text: copied, as it outlives the request (an idle client keeps
+    /// it), and a slice would keep the client's whole read buffer alive with it.
+    pub fn parse(&mut self, name: &[u8], text: &[u8]) {
         if name.is_empty() {
-            self.unnamed = Some(text);
+            self.unnamed = Some(Bytes::copy_from_slice(text));
         } else {
             if self.names.len() >= MAX_NAMES {
                 self.names.clear();
             }
-            // A copy: a slice would keep the client's whole read buffer alive with it.
-            self.names.insert(name.to_vec(), Bytes::copy_from_slice(&text));
+            self.names.insert(name.to_vec(), Bytes::copy_from_slice(text));
         }
     }
 
@@ -189,10 +190,10 @@ mod tests {
     #[test]
     fn extended_statements_carry_their_text() {
         let mut t = Timing::default();
-        t.parse(b"s1", Bytes::from_static(b"select $1"));
+        t.parse(b"s1", b"select $1");
         t.bind(b"s1");
         t.execute();
-        t.parse(b"", Bytes::from_static(b"update t set x = $1"));
+        t.parse(b"", b"update t set x = $1");
         t.bind(b"");
         t.execute();
         t.sync();
