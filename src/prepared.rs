@@ -11,7 +11,6 @@
 use crate::wire::frame::{FrameError, Reader};
 use crate::wire::tag;
 use bytes::{BufMut, Bytes, BytesMut};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -60,11 +59,12 @@ pub fn from_parse(body: &[u8]) -> Result<(Vec<u8>, Option<Statement>), FrameErro
     if name.is_empty() {
         return Ok((Vec::new(), None));
     }
-    let mut h = Sha256::new();
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
     h.update(query);
-    h.update([0]);
+    h.update(&[0]);
     h.update(rest);
-    let digest = h.finalize();
+    let digest = h.finish();
+    let digest = digest.as_ref();
     let mut global = String::with_capacity(PREFIX.len() + 32);
     global.push_str(PREFIX);
     for b in &digest[..16] {
