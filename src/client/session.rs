@@ -799,9 +799,13 @@ impl Session {
                 return Flow::End;
             }
             // Unless the proxy still has to look at the server's session state first (pinning,
-            // settings): a client that has its answer sees the proxy's view (SHOW CLIENTS,
-            // the pinned gauge) up to date.
-            if !self.cwbuf.is_empty() && relay.state_hint.is_none() && !relay.settings_changed {
+            // settings, reported parameters such as application_name): a client that has its
+            // answer sees the proxy's view (SHOW CLIENTS, the pinned gauge) up to date.
+            if !self.cwbuf.is_empty()
+                && relay.state_hint.is_none()
+                && !relay.settings_changed
+                && relay.reported.is_empty()
+            {
                 super::io::write_now(&mut self.client, &mut self.cwbuf, &mut self.cflush);
             }
             if !relay.reported.is_empty() {
