@@ -257,9 +257,11 @@ pub enum SqlCommand<'a> {
 /// Recognises `DEALLOCATE [PREPARE] name`, `DEALLOCATE [PREPARE] ALL` and `DISCARD ALL` when
 /// they are the whole query (an optional trailing semicolon allowed).
 pub fn sql_command(query: &[u8]) -> Option<SqlCommand<'_>> {
-    // Runs on every simple query: both commands start with a 'd', so anything else is
-    // refused before the text is validated and split.
-    if query.iter().find(|c| !c.is_ascii_whitespace()).is_none_or(|c| c | 0x20 != b'd') {
+    // Runs on every simple query: both commands start with a 'd', so a text whose first
+    // byte after ASCII white space (vertical tab included, as `trim` has it) is another ASCII
+    // byte is refused before it is validated and split. Non-ASCII goes the long way.
+    let first = query.iter().find(|c| !(c.is_ascii_whitespace() || **c == 0x0b));
+    if first.is_none_or(|&c| c < 0x80 && c | 0x20 != b'd') {
         return None;
     }
     let text = std::str::from_utf8(query.strip_suffix(b"\0").unwrap_or(query)).ok()?;
@@ -364,5 +366,7 @@ mod tests {
         assert_eq!(sql_command(b"discard plans"), None);
         assert_eq!(sql_command(b"select 1"), None);
         assert_eq!(sql_command(b"deallocate a; select 1"), None);
+        assert_eq!(sql_command(b"\x0b\tDEALLOCATE s2"), Some(SqlCommand::Deallocate("s2")));
+        assert_eq!(sql_command("\u{3000}discard all".as_bytes()), Some(SqlCommand::DiscardAll));
     }
 }
