@@ -83,9 +83,14 @@ impl Out for Fnv {
 
 /// A 64-bit hash of a whole text, eight bytes per multiply (FNV takes one per byte): the
 /// key under which a parsed text's fingerprint is remembered, computed for every Execute.
+///
+/// Seeded per process: a client cannot craft a text that lands on another statement's key
+/// (its executions would be counted under that statement's fingerprint).
 pub fn text_hash(s: &[u8]) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut h: u64 = 0x243f_6a88_85a3_08d3 ^ s.len() as u64;
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(rand::random);
+    let mut h: u64 = seed ^ s.len() as u64;
     let mut words = s.chunks_exact(8);
     for w in &mut words {
         h = (h.rotate_left(23) ^ u64::from_le_bytes(w.try_into().expect("8 bytes"))).wrapping_mul(K);

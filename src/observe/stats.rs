@@ -152,12 +152,19 @@ impl Counters {
     /// Adds one execution of a normalized statement.
     pub fn statement(&self, fingerprint: u64, text: impl FnOnce() -> String, d: Duration, rows: u64) {
         let mut map = self.statements.lock().unwrap_or_else(|p| p.into_inner());
-        if !map.contains_key(&fingerprint) && map.len() >= MAX_STATEMENTS {
-            if let Some(cheapest) = map.iter().min_by_key(|(_, t)| t.total).map(|(k, _)| *k) {
-                map.remove(&cheapest);
+        if !map.contains_key(&fingerprint) {
+            // A new statement: its text is built without the lock, which every client takes.
+            drop(map);
+            let text = text();
+            map = self.statements.lock().unwrap_or_else(|p| p.into_inner());
+            if !map.contains_key(&fingerprint) && map.len() >= MAX_STATEMENTS {
+                if let Some(cheapest) = map.iter().min_by_key(|(_, t)| t.total).map(|(k, _)| *k) {
+                    map.remove(&cheapest);
+                }
             }
+            map.entry(fingerprint).or_insert_with(|| QueryTotals { text, ..Default::default() });
         }
-        let t = map.entry(fingerprint).or_insert_with(|| QueryTotals { text: text(), ..Default::default() });
+        let t = map.get_mut(&fingerprint).expect("present: inserted above under this lock");
         t.calls += 1;
         t.total += d;
         t.rows += rows;
