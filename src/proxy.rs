@@ -93,14 +93,16 @@ impl Proxy {
                 .map_err(|error| ProxyError::Tls { var: up.var.clone(), error })?;
             target.max_prepared = config.pool.max_prepared_statements;
             let pool = Pool::new(up.url.database.clone(), Arc::new(target), config.pool.clone());
-            upstreams.push(Arc::new(Upstream {
+            let upstream = Arc::new(Upstream {
                 var: up.var.clone(),
                 pool,
                 credentials: Credentials::new(&up.url.user, &up.url.password),
                 sizing: std::sync::Mutex::new(None),
                 counters: Default::default(),
                 budget: Default::default(),
-            }));
+            });
+            crate::observe::metrics::register_histograms(&upstream);
+            upstreams.push(upstream);
         }
         let client_tls = match (&config.client.tls_cert, &config.client.tls_key) {
             (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(

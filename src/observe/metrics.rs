@@ -30,8 +30,13 @@ fn labels(database: &str, user: &str) -> Vec<Label> {
     vec![Label::new("database", database.to_owned()), Label::new("user", user.to_owned())]
 }
 
-/// Pools whose latency histograms /metrics shows (registered by their sampler).
+/// Pools whose latency histograms /metrics shows, from their creation on.
 static HISTOGRAM_POOLS: Mutex<Vec<Weak<crate::proxy::Upstream>>> = Mutex::new(Vec::new());
+
+/// Makes a pool's latency histograms part of /metrics while it exists.
+pub fn register_histograms(upstream: &Arc<crate::proxy::Upstream>) {
+    HISTOGRAM_POOLS.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(upstream));
+}
 
 /// The whole /metrics text: the exporter's counters and gauges, then the latency histograms.
 pub fn render() -> String {
@@ -55,10 +60,16 @@ pub fn render() -> String {
             break;
         }
         out.push_str(&format!("# TYPE {name} histogram\n"));
+        let mut seen = Vec::new();
         for u in &pools {
             let labels =
                 format!("database=\"{}\",user=\"{}\"", escape(&u.pool.database), escape(&u.credentials.user));
+            // Several proxies in one process (tests) may share labels: one series each.
+            if seen.contains(&labels) {
+                continue;
+            }
             write_histogram(&mut out, name, &labels, &snapshot(u));
+            seen.push(labels);
         }
         out.push('\n');
     }
@@ -236,10 +247,6 @@ pub async fn sample(proxy: Weak<Proxy>) {
             .collect(),
         None => return,
     };
-    HISTOGRAM_POOLS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .extend(pools.iter().map(|(u, _)| Arc::downgrade(u)));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
