@@ -74,18 +74,25 @@ impl Rig {
         Rig { relay: Relay::new(true), client: ClientStatements::default(), timing: Default::default() }
     }
 
-    /// Client sends `input`; returns (to server, to client).
-    fn send(&mut self, server: &mut ServerStatements, input: &[Vec<u8>]) -> (Msgs, Msgs) {
-        let mut inbuf = BytesMut::from(&input.concat()[..]);
-        let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
-        let mut st = Statements {
+    /// The relay and the statement state it works on (transaction mode, rewriting), as the
+    /// session lends them.
+    fn split<'a>(&'a mut self, server: &'a mut ServerStatements) -> (&'a mut Relay, Statements<'a>) {
+        let st = Statements {
             timing: &mut self.timing,
             client: &mut self.client,
             server,
             rewrite: true,
             pinned: false,
         };
-        self.relay.client_to_server(&mut inbuf, &mut to_server, &mut to_client, 1 << 20, &mut st).unwrap();
+        (&mut self.relay, st)
+    }
+
+    /// Client sends `input`; returns (to server, to client).
+    fn send(&mut self, server: &mut ServerStatements, input: &[Vec<u8>]) -> (Msgs, Msgs) {
+        let mut inbuf = BytesMut::from(&input.concat()[..]);
+        let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
+        let (relay, mut st) = self.split(server);
+        relay.client_to_server(&mut inbuf, &mut to_server, &mut to_client, 1 << 20, &mut st).unwrap();
         assert!(inbuf.is_empty());
         (decode(to_server), decode(to_client))
     }
@@ -94,15 +101,9 @@ impl Rig {
     fn answer(&mut self, server: &mut ServerStatements, answers: &[Vec<u8>]) -> Vec<(char, String)> {
         let mut inbuf = BytesMut::from(&answers.concat()[..]);
         let mut out = BytesMut::new();
-        let mut st = Statements {
-            timing: &mut self.timing,
-            client: &mut self.client,
-            server,
-            rewrite: true,
-            pinned: false,
-        };
+        let (relay, mut st) = self.split(server);
         while !inbuf.is_empty() {
-            self.relay.server_to_client(&mut inbuf, &mut out, 1 << 20, &mut st).unwrap();
+            relay.server_to_client(&mut inbuf, &mut out, 1 << 20, &mut st).unwrap();
         }
         decode(out)
     }
@@ -318,20 +319,14 @@ fn local_answer_waits_for_the_server_message_being_forwarded() {
     assert_eq!(tags(&rig.answer(&mut server, &[ok(b'1'), ready()])), "1Z");
     let notice = msg(b'N', b"SNOTICE\0Mhello\0\0");
     let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
-    let mut st = Statements {
-        timing: &mut rig.timing,
-        client: &mut rig.client,
-        server: &mut server,
-        rewrite: true,
-        pinned: false,
-    };
+    let (relay, mut st) = rig.split(&mut server);
     let mut half = BytesMut::from(&notice[..8]);
-    rig.relay.server_to_client(&mut half, &mut to_client, 1 << 20, &mut st).unwrap();
+    relay.server_to_client(&mut half, &mut to_client, 1 << 20, &mut st).unwrap();
     let mut input = BytesMut::from(&close("s1")[..]);
-    rig.relay.client_to_server(&mut input, &mut to_server, &mut to_client, 1 << 20, &mut st).unwrap();
+    relay.client_to_server(&mut input, &mut to_server, &mut to_client, 1 << 20, &mut st).unwrap();
     assert!(to_server.is_empty(), "the Close is answered by the proxy");
     let mut rest = BytesMut::from(&notice[8..]);
-    rig.relay.server_to_client(&mut rest, &mut to_client, 1 << 20, &mut st).unwrap();
+    relay.server_to_client(&mut rest, &mut to_client, 1 << 20, &mut st).unwrap();
     assert_eq!(tags(&decode(to_client)), "N3");
 }
 
@@ -349,21 +344,15 @@ fn answers_owed_are_capped_and_the_server_asked_to_flush() {
     }
     let mut inbuf = BytesMut::from(&input.concat()[..]);
     let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
-    let mut st = Statements {
-        timing: &mut rig.timing,
-        client: &mut rig.client,
-        server: &mut server,
-        rewrite: true,
-        pinned: false,
-    };
-    rig.relay.client_to_server(&mut inbuf, &mut to_server, &mut to_client, 1 << 20, &mut st).unwrap();
+    let (relay, mut st) = rig.split(&mut server);
+    relay.client_to_server(&mut inbuf, &mut to_server, &mut to_client, 1 << 20, &mut st).unwrap();
     assert!(!inbuf.is_empty(), "the client was read to the end");
-    assert!(rig.relay.expect.len() <= MAX_EXPECTED);
+    assert!(relay.expect.len() <= MAX_EXPECTED);
     let sent = decode(to_server.split());
     assert_eq!(sent.iter().filter(|(t, _)| *t == 'H').count(), 1, "{:?}", &sent[..3]);
     // Calling again while nothing was answered reads nothing more and asks no second flush.
     let left = inbuf.len();
-    rig.relay.client_to_server(&mut inbuf, &mut to_server, &mut to_client, 1 << 20, &mut st).unwrap();
+    relay.client_to_server(&mut inbuf, &mut to_server, &mut to_client, 1 << 20, &mut st).unwrap();
     assert_eq!(inbuf.len(), left);
     assert!(to_server.is_empty());
 }
