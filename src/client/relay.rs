@@ -56,15 +56,22 @@ pub const TRACKED_REPORTED: &[&str] = &[
 /// so `pg_advisory_lock`, `TEMPORARY` and `prepared` match and `unlisten` is a word of its own.
 /// False positives only cost a check.
 fn mentions_session_state(sql: &[u8]) -> bool {
-    // Runs on every statement: one table lookup per byte; the comparisons only at a word
-    // start whose first letter begins one of the words.
-    let mut prev_letter = false;
-    for (i, &c) in sql.iter().enumerate() {
-        let class = LETTERS[c as usize];
-        if class == STARTS_WORD && !prev_letter && starts_state_word(&sql[i..]) {
+    // Runs on every statement: one table lookup per byte, the rest of a word skipped in a
+    // tight loop; the comparisons only at a word start whose first letter begins one of the
+    // words.
+    let mut i = 0;
+    while i < sql.len() {
+        let class = LETTERS[sql[i] as usize];
+        i += 1;
+        if class == 0 {
+            continue;
+        }
+        if class == STARTS_WORD && starts_state_word(&sql[i - 1..]) {
             return true;
         }
-        prev_letter = class != 0;
+        while i < sql.len() && LETTERS[sql[i] as usize] != 0 {
+            i += 1;
+        }
     }
     false
 }

@@ -275,6 +275,67 @@ fn session_state_words() {
     assert!(!mentions_session_state(b"select tem, pre, drip from t"));
 }
 
+/// The scan agrees with the rule it implements (a word start, one of the words as a prefix of
+/// its first 8 letters, any case) on texts built from pieces of those words.
+#[test]
+fn session_state_scan_matches_the_rule() {
+    fn rule(sql: &[u8]) -> bool {
+        const WORDS: [&[u8]; 10] = [
+            b"prepare",
+            b"deallocate",
+            b"declare",
+            b"discard",
+            b"drop",
+            b"listen",
+            b"unlisten",
+            b"close",
+            b"temp",
+            b"advisory",
+        ];
+        (0..sql.len()).any(|i| {
+            let start = sql[i].is_ascii_alphabetic() && (i == 0 || !sql[i - 1].is_ascii_alphabetic());
+            let rest = sql[i..].to_ascii_lowercase();
+            start && WORDS.iter().any(|w| rest.starts_with(&w[..w.len().min(8)]))
+        })
+    }
+    const PIECES: [&[u8]; 16] = [
+        b"prep",
+        b"are",
+        b"TEMP",
+        b"te",
+        b"x",
+        b"_",
+        b" ",
+        b"1",
+        b"dealloc",
+        b"ate",
+        b"(",
+        b"listen",
+        b"UN",
+        b"\xc3\xa9",
+        b"advisor",
+        b"y",
+    ];
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut positives = 0;
+    for _ in 0..20_000 {
+        let mut sql = Vec::new();
+        for _ in 0..(seed % 9) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            sql.extend_from_slice(PIECES[(seed % PIECES.len() as u64) as usize]);
+        }
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let expected = rule(&sql);
+        positives += usize::from(expected);
+        assert_eq!(mentions_session_state(&sql), expected, "{:?}", String::from_utf8_lossy(&sql));
+    }
+    assert!(positives > 1_000 && positives < 19_000, "{positives}");
+}
+
 #[test]
 fn sync_sent_before_copy_data_is_not_answered() {
     // tokio-postgres' copy_in: Bind, Execute, Sync; then data, CopyDone, Sync.
