@@ -181,7 +181,7 @@ pub fn remember_custom(names: &mut Vec<String>, name: &str) {
 pub fn custom_setting_names(sql: &[u8], out: &mut Vec<String>) {
     // Every statement passes here: only one with a '.' and a "set" (SET, RESET, set_config)
     // is copied and looked at.
-    if !sql.contains(&b'.') || !sql.windows(3).any(|w| w.eq_ignore_ascii_case(b"set")) {
+    if memchr::memchr(b'.', sql).is_none() || !sql.windows(3).any(|w| w.eq_ignore_ascii_case(b"set")) {
         return;
     }
     let text = String::from_utf8_lossy(sql).to_ascii_lowercase();
