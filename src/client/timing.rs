@@ -46,7 +46,11 @@ pub struct Timing {
 /// The row count at the end of a command tag ("SELECT 5", "INSERT 0 1", "COPY 10").
 fn rows(tag: &[u8]) -> u64 {
     let tag = tag.strip_suffix(b"\0").unwrap_or(tag);
-    tag.rsplit(|&b| b == b' ').next().and_then(|n| std::str::from_utf8(n).ok()?.parse().ok()).unwrap_or(0)
+    let digits = tag.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return 0;
+    }
+    digits.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0'))).unwrap_or(0)
 }
 
 impl Timing {
@@ -222,5 +226,10 @@ mod tests {
         t.ready(b'I');
         assert_eq!(t.transactions.len(), 1);
         assert_eq!(rows(b"INSERT 0 7\0"), 7);
+        assert_eq!(rows(b"SELECT 18446744073709551615\0"), u64::MAX);
+        assert_eq!(rows(b"SELECT 18446744073709551616\0"), 0);
+        assert_eq!(rows(b"BEGIN\0"), 0);
+        assert_eq!(rows(b"SELECT \0"), 0);
+        assert_eq!(rows(b"SELECT 1x\0"), 0);
     }
 }
