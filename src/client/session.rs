@@ -790,6 +790,10 @@ impl Session {
                 self.fail(PgError::fatal("08P01", format!("invalid message from client: {e}"))).await;
                 return Flow::End; // lease dropped: the server is discarded
             }
+            if !self.swbuf.is_empty() {
+                // The request goes to Postgres before anything else is done with it.
+                super::io::write_now(&mut conn.io, &mut self.swbuf, &mut self.sflush);
+            }
             if let Err(e) = relay.server_to_client(&mut conn.rbuf, &mut self.cwbuf, max, &mut st) {
                 self.fail(PgError::fatal(
                     "08006",
