@@ -106,6 +106,10 @@ impl CancelSlot {
     /// PostgreSQL. Call after setting the activity to anything but `Active`, before the
     /// server goes back to the pool.
     pub async fn cancels_settled(&self) {
+        // Nearly always none: checked before setting up a wait (once per transaction).
+        if self.in_flight.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         loop {
             let notified = self.settled.notified();
             tokio::pin!(notified);
