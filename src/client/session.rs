@@ -647,66 +647,79 @@ impl Session {
             mark_active(&slot, &pool, &mut lease);
             return Ok(lease);
         }
-        let notified = slot.wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let started = Instant::now();
-        slot.set(Activity::Waiting { since: started });
-        let wait_limit = self.proxy.config.pool.query_wait_timeout;
-        let deadline = tokio::time::sleep(wait_limit.unwrap_or(Duration::from_secs(86_400 * 365)));
-        tokio::pin!(deadline);
-        let ticket = pool.checkout_checked();
-        tokio::pin!(ticket);
-        let result = loop {
-            let may_read = self.crbuf.len() < READ_HIGH;
-            tokio::select! {
-                biased;
-                r = &mut ticket => break r.map_err(Refused::Server),
-                _ = &mut notified => {
-                    break Err(Refused::Error(PgError::error("57014", "canceling statement due to user request")));
-                }
-                _ = &mut deadline, if wait_limit.is_some() => {
-                    let stats = pool.stats();
-                    break Err(Refused::Error(
-                        PgError::error("53300", format!(
-                            "pgsidecar: no server connection became free within {:.1}s (PGSIDECAR_QUERY_WAIT_TIMEOUT); all {} server connections of database \"{}\" were busy and {} clients were waiting",
-                            started.elapsed().as_secs_f64(), stats.max_size, pool.database, stats.waiting
-                        ))
-                        .with_hint("raise PGSIDECAR_POOL_SIZE within the database's connection limit, shorten transactions, or raise PGSIDECAR_QUERY_WAIT_TIMEOUT"),
-                    ));
-                }
-                r = self.client.read_buf(&mut self.crbuf), if may_read => {
-                    match r {
-                        Ok(0) | Err(_) => break Err(Refused::Gone),
-                        Ok(n) => self.received(n),
+        self.checkout_queued(pool, slot).await
+    }
+
+    /// [`Session::checkout`] through the pool's queue: boxed, so that its timer and queue
+    /// entry do not enlarge every transaction's future (which then stays in malloc's
+    /// per-thread cache).
+    fn checkout_queued(
+        &mut self,
+        pool: Arc<crate::server::pool::Pool>,
+        slot: Arc<CancelSlot>,
+    ) -> Boxed<'_, Result<Lease, Refused>> {
+        Box::pin(async move {
+            let notified = slot.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let started = Instant::now();
+            slot.set(Activity::Waiting { since: started });
+            let wait_limit = self.proxy.config.pool.query_wait_timeout;
+            let deadline = tokio::time::sleep(wait_limit.unwrap_or(Duration::from_secs(86_400 * 365)));
+            tokio::pin!(deadline);
+            let ticket = pool.checkout_checked();
+            tokio::pin!(ticket);
+            let result = loop {
+                let may_read = self.crbuf.len() < READ_HIGH;
+                tokio::select! {
+                    biased;
+                    r = &mut ticket => break r.map_err(Refused::Server),
+                    _ = &mut notified => {
+                        break Err(Refused::Error(PgError::error("57014", "canceling statement due to user request")));
+                    }
+                    _ = &mut deadline, if wait_limit.is_some() => {
+                        let stats = pool.stats();
+                        break Err(Refused::Error(
+                            PgError::error("53300", format!(
+                                "pgsidecar: no server connection became free within {:.1}s (PGSIDECAR_QUERY_WAIT_TIMEOUT); all {} server connections of database \"{}\" were busy and {} clients were waiting",
+                                started.elapsed().as_secs_f64(), stats.max_size, pool.database, stats.waiting
+                            ))
+                            .with_hint("raise PGSIDECAR_POOL_SIZE within the database's connection limit, shorten transactions, or raise PGSIDECAR_QUERY_WAIT_TIMEOUT"),
+                        ));
+                    }
+                    r = self.client.read_buf(&mut self.crbuf), if may_read => {
+                        match r {
+                            Ok(0) | Err(_) => break Err(Refused::Gone),
+                            Ok(n) => self.received(n),
+                        }
                     }
                 }
+            };
+            // The ticket (pinned above) leaves the queue when this function returns, with no
+            // await in between.
+            self.last_wait = started.elapsed();
+            self.upstream.counters.wait_time.record(self.last_wait);
+            match &result {
+                Err(Refused::Error(e)) if e.code == "53300" => {
+                    self.upstream.counters.error(PoolerError::WaitTimeout)
+                }
+                Err(Refused::Server(_)) => self.upstream.counters.error(PoolerError::ServerConnect),
+                Err(Refused::Error(e)) if e.code == "57014" => {
+                    self.upstream.counters.cancels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                _ => {}
             }
-        };
-        // The ticket (pinned above) leaves the queue when this function returns, with no
-        // await in between.
-        self.last_wait = started.elapsed();
-        self.upstream.counters.wait_time.record(self.last_wait);
-        match &result {
-            Err(Refused::Error(e)) if e.code == "53300" => {
-                self.upstream.counters.error(PoolerError::WaitTimeout)
+            match result {
+                Ok(mut lease) => {
+                    mark_active(&slot, &pool, &mut lease);
+                    Ok(lease)
+                }
+                Err(e) => {
+                    slot.set(Activity::Idle);
+                    Err(e)
+                }
             }
-            Err(Refused::Server(_)) => self.upstream.counters.error(PoolerError::ServerConnect),
-            Err(Refused::Error(e)) if e.code == "57014" => {
-                self.upstream.counters.cancels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            _ => {}
-        }
-        match result {
-            Ok(mut lease) => {
-                mark_active(&slot, &pool, &mut lease);
-                Ok(lease)
-            }
-            Err(e) => {
-                slot.set(Activity::Idle);
-                Err(e)
-            }
-        }
+        })
     }
 
     /// Makes the server's session settings the client's. On failure the client has been
@@ -824,13 +837,13 @@ impl Session {
             if self.mode == PoolMode::Transaction && relay.at_rest() && drained && !relay.server_fatal {
                 if relay.settings_changed {
                     self.note_custom(&mut relay);
-                    if !self.read_back_settings(&mut lease).await {
+                    if !Box::pin(self.read_back_settings(&mut lease)).await {
                         return Flow::End;
                     }
                     relay.settings_changed = false;
                 }
                 if let Some(statement) = relay.state_hint.take() {
-                    match self.session_state(&mut lease).await {
+                    match Box::pin(self.session_state(&mut lease)).await {
                         Some(n) => self.set_pinned(n > 0, &statement),
                         None => return Flow::End,
                     }
@@ -854,7 +867,7 @@ impl Session {
             if relay.terminated && drained {
                 self.flush_client().await;
                 self.slot_set(Activity::Idle);
-                self.give_back(lease, &relay, t.doomed).await;
+                Box::pin(self.give_back(lease, &relay, t.doomed)).await;
                 return Flow::End;
             }
             if t.enabled {
@@ -897,9 +910,9 @@ impl Session {
                     Expired::No => {}
                     Expired::Query => self.start_cancel(&mut t, &mut lease, timer.as_mut()),
                     Expired::IdleTransaction(idle) => {
-                        return self.idle_transaction_expired(lease, &relay, idle).await;
+                        return Box::pin(self.idle_transaction_expired(lease, &relay, idle)).await;
                     }
-                    Expired::Cancel => return self.cancel_expired(lease, &relay, &t).await,
+                    Expired::Cancel => return Box::pin(self.cancel_expired(lease, &relay, &t)).await,
                 }
                 continue;
             };
@@ -910,7 +923,7 @@ impl Session {
                         tracing::debug!("client_gone_with_server");
                         self.slot_set(Activity::Idle);
                         self.swbuf.clear();
-                        self.give_back(lease, &relay, t.doomed).await;
+                        Box::pin(self.give_back(lease, &relay, t.doomed)).await;
                         return Flow::End;
                     }
                     if ev.server_read == Some(0) {
@@ -937,7 +950,7 @@ impl Session {
                 Err(IoError::Client(_)) => {
                     self.slot_set(Activity::Idle);
                     self.swbuf.clear();
-                    self.give_back(lease, &relay, t.doomed).await;
+                    Box::pin(self.give_back(lease, &relay, t.doomed)).await;
                     return Flow::End;
                 }
                 Err(IoError::Server(e)) => {
