@@ -1474,6 +1474,11 @@ mod tests {
         };
         let mut session = super::Session::new(proxy.clone(), login);
         let session_size = std::mem::size_of_val(&session);
+        // Every transaction allocates this future: up to 1,032 B glibc serves it from its
+        // per-thread cache (≈30 instructions); past it, from the arena (≈300).
+        let per_transaction = std::mem::size_of_val(&*session.with_server());
+        assert!(per_transaction <= TRANSACTION_LIMIT, "a transaction's future is {per_transaction} B");
+        const TRANSACTION_LIMIT: usize = 1032;
         let run = session.run();
         let total = session_size + std::mem::size_of_val(&run);
         assert!(total <= LIMIT, "session {session_size} B + run future = {total} B");
