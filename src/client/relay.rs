@@ -670,8 +670,9 @@ impl Relay {
                 return Ok(());
             }
             self.s2c_need = 0;
-            let msg = input.split_to(h.total_len());
-            let body = &msg[HEADER_LEN..];
+            // Read in place (a split would share the buffer: a reference count per message).
+            let total = h.total_len();
+            let body = &input[HEADER_LEN..total];
             let mut forward = true;
             let mut at_rest = false;
             match h.tag {
@@ -722,8 +723,9 @@ impl Relay {
                 }
             }
             if forward {
-                out.extend_from_slice(&msg);
+                out.extend_from_slice(&input[..total]);
             }
+            input.advance(total);
             self.emit_local(out);
             if at_rest {
                 return Ok(());
