@@ -107,10 +107,16 @@ fn poll_read_half<S: AsyncRead + Unpin>(
 
 /// Writes whatever is pending to both sides and reads from both, without blocking one side
 /// on the other. Ready as soon as anything moved.
+///
+/// When the server had data, the client is not polled in that same round, but always in the
+/// next (`client_owed` remembers it): a client that waits for its answer has nothing to read,
+/// and its socket stays registered from the round before, so its data or end still wakes the
+/// task. Most rounds end a transaction with the server's answer; this saves a poll there.
 pub fn poll_io<C, S>(
     cx: &mut Context<'_>,
     client: &mut Half<'_, C>,
     server: &mut Half<'_, S>,
+    client_owed: &mut bool,
 ) -> Poll<Result<IoEvent, IoError>>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -119,15 +125,68 @@ where
     let Poll::Ready(wrote_s) = poll_write_half(server, cx).map_err(IoError::Server)? else { unreachable!() };
     let Poll::Ready(wrote_c) = poll_write_half(client, cx).map_err(IoError::Client)? else { unreachable!() };
     let mut ev = IoEvent::default();
-    if let Poll::Ready(r) = poll_read_half(client, cx) {
-        ev.client_read = Some(r.map_err(IoError::Client)?);
-    }
     if let Poll::Ready(r) = poll_read_half(server, cx) {
         ev.server_read = Some(r.map_err(IoError::Server)?);
+    }
+    if ev.server_read.is_some_and(|n| n > 0) && !*client_owed {
+        *client_owed = true;
+    } else {
+        *client_owed = false;
+        if let Poll::Ready(r) = poll_read_half(client, cx) {
+            ev.client_read = Some(r.map_err(IoError::Client)?);
+        }
     }
     if wrote_s || wrote_c || ev.client_read.is_some() || ev.server_read.is_some() {
         Poll::Ready(Ok(ev))
     } else {
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A server that always has more to say cannot keep the client from being read: the
+    /// client is read at least every other round.
+    #[tokio::test]
+    async fn a_busy_server_does_not_starve_the_client() {
+        let (mut client_io, mut client_peer) = tokio::io::duplex(1 << 20);
+        let (mut server_io, mut server_peer) = tokio::io::duplex(1 << 20);
+        let (mut crbuf, mut cwbuf, mut srbuf, mut swbuf) =
+            (BytesMut::new(), BytesMut::new(), BytesMut::new(), BytesMut::new());
+        let (mut cflush, mut sflush) = (false, false);
+        let mut owed = false;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut client_reads = Vec::new();
+        for _ in 0..4 {
+            server_peer.write_all(b"more rows").await.unwrap();
+            client_peer.write_all(b"more requests").await.unwrap();
+            let mut client = Half {
+                io: &mut client_io,
+                rbuf: &mut crbuf,
+                wbuf: &mut cwbuf,
+                needs_flush: &mut cflush,
+                may_read: true,
+                limit: 1 << 20,
+            };
+            let mut server = Half {
+                io: &mut server_io,
+                rbuf: &mut srbuf,
+                wbuf: &mut swbuf,
+                needs_flush: &mut sflush,
+                may_read: true,
+                limit: 1 << 20,
+            };
+            let Poll::Ready(Ok(ev)) = poll_io(&mut cx, &mut client, &mut server, &mut owed) else {
+                panic!("the server had data");
+            };
+            assert!(ev.server_read.is_some_and(|n| n > 0));
+            client_reads.push(ev.client_read);
+        }
+        // Skipped in a round the server had data, read in the next whatever the server does.
+        assert_eq!(client_reads, [None, Some(26), None, Some(26)]);
+        assert_eq!(crbuf.len(), 4 * 13);
     }
 }

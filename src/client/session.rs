@@ -781,6 +781,7 @@ impl Session {
         // One timer for the whole attachment, created only once a deadline is needed; it lives
         // in this (boxed) future, so it costs no allocation of its own.
         let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
+        let mut client_owed = false;
         loop {
             let conn = lease.conn();
             if t.phase == Phase::Cancelling && t.reply.is_some() && !conn.rbuf.is_empty() {
@@ -896,7 +897,7 @@ impl Session {
             };
             let armed = t.deadline.is_some();
             let event = std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = poll_io(cx, &mut client, &mut server) {
+                if let Poll::Ready(r) = poll_io(cx, &mut client, &mut server, &mut client_owed) {
                     return Poll::Ready(Some(r));
                 }
                 match timer.as_mut().as_pin_mut() {
