@@ -84,7 +84,11 @@ impl Timing {
     /// it), and a slice would keep the client's whole read buffer alive with it.
     pub fn parse(&mut self, name: &[u8], text: &[u8]) {
         if name.is_empty() {
-            self.unnamed = Some(Bytes::copy_from_slice(text));
+            // Drivers parse the same unnamed texts again and again: the copy kept (already
+            // shared with earlier executions) serves again, with no allocation.
+            if self.unnamed.as_deref() != Some(text) {
+                self.unnamed = Some(Bytes::copy_from_slice(text));
+            }
         } else {
             if self.names.len() >= MAX_NAMES {
                 self.names.clear();
