@@ -192,7 +192,7 @@ impl Pool {
     pub fn checkout(self: &Arc<Self>) -> Ticket {
         let mut doomed = Vec::new();
         let mut s = self.lock();
-        if let Some(conn) = self.take_idle(&mut s, &mut doomed) {
+        if let Some(conn) = self.take_idle(&mut s, &mut doomed, Instant::now()) {
             s.active += 1;
             drop(s);
             close_all(doomed);
@@ -221,9 +221,14 @@ impl Pool {
         if !s.waiters.is_empty() {
             return None; // they come first
         }
-        let taken = self.take_idle(&mut s, &mut doomed);
+        // One clock read for the lifetime and the idle-check decisions.
+        let now = Instant::now();
+        let taken = self.take_idle(&mut s, &mut doomed, now);
         let lease = match taken {
-            Some(conn) if conn.fresh || conn.last_used.elapsed() < self.cfg.server_check_delay => {
+            Some(conn)
+                if conn.fresh
+                    || now.saturating_duration_since(conn.last_used) < self.cfg.server_check_delay =>
+            {
                 s.active += 1;
                 Some(Lease { conn: Some(conn), pool: self.clone() })
             }
@@ -278,13 +283,18 @@ impl Pool {
         }
     }
 
-    fn expired(&self, conn: &ServerConn) -> bool {
-        self.cfg.server_lifetime.is_some_and(|l| conn.created.elapsed() >= l)
+    fn expired(&self, conn: &ServerConn, now: Instant) -> bool {
+        self.cfg.server_lifetime.is_some_and(|l| now.saturating_duration_since(conn.created) >= l)
     }
 
     /// An idle server that may be handed out now, closing unusable ones on the way; none
     /// while the pool is paused.
-    fn take_idle(&self, s: &mut State, doomed: &mut Vec<Box<ServerConn>>) -> Option<Box<ServerConn>> {
+    fn take_idle(
+        &self,
+        s: &mut State,
+        doomed: &mut Vec<Box<ServerConn>>,
+        now: Instant,
+    ) -> Option<Box<ServerConn>> {
         if s.paused {
             return None;
         }
@@ -294,7 +304,7 @@ impl Pool {
             } else if conn.generation != s.generation {
                 Some(CloseReason::Reconnect)
             } else {
-                self.expired(&conn).then_some(CloseReason::Lifetime)
+                self.expired(&conn, now).then_some(CloseReason::Lifetime)
             };
             match reason {
                 Some(reason) => {
@@ -393,11 +403,12 @@ impl Pool {
     }
 
     fn put_back_locked(self: &Arc<Self>, mut s: MutexGuard<'_, State>, mut conn: Box<ServerConn>) {
+        let now = Instant::now();
         let reason = if s.closed {
             Some(CloseReason::Shutdown)
         } else if conn.generation != s.generation {
             Some(CloseReason::Reconnect)
-        } else if self.expired(&conn) {
+        } else if self.expired(&conn, now) {
             Some(CloseReason::Lifetime)
         } else {
             (s.total() > s.max_size).then_some(CloseReason::Shrink)
@@ -410,7 +421,7 @@ impl Pool {
             close_all(vec![conn]);
             return;
         }
-        conn.last_used = Instant::now();
+        conn.last_used = now;
         if !s.paused {
             match Self::hand_over(&mut s, conn) {
                 None => return,
@@ -456,7 +467,7 @@ impl Pool {
                 let conn = &mut s.idle[i];
                 let too_idle = idle_timeout.is_some_and(|t| conn.last_used.elapsed() >= t);
                 let stale = conn.is_stale();
-                let expired = self.expired(&s.idle[i]);
+                let expired = self.expired(&s.idle[i], Instant::now());
                 if stale || expired || (too_idle && s.total() > min) {
                     doomed.push(s.idle.remove(i));
                     let reason = if stale {

@@ -33,7 +33,9 @@ impl Pool {
             let mut s = self.lock();
             s.paused = false;
             while !s.waiters.is_empty() {
-                let Some(conn) = self.take_idle(&mut s, &mut doomed) else { break };
+                let Some(conn) = self.take_idle(&mut s, &mut doomed, std::time::Instant::now()) else {
+                    break;
+                };
                 s.active += 1;
                 if let Some(conn) = Self::hand_over(&mut s, conn) {
                     s.active -= 1;
