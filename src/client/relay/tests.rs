@@ -273,6 +273,14 @@ fn session_state_words() {
     assert!(mentions_session_state(b"PREPARE q AS select 1"));
     assert!(mentions_session_state(b"begin; declare c cursor with hold for select 1"));
     assert!(!mentions_session_state(b"select tem, pre, drip from t"));
+    // Word starts at and across the eight-byte steps of the scan.
+    assert!(!mentions_session_state(b"xxxxxxxTEMP"));
+    assert!(!mentions_session_state(b"xxxxxxxxTEMP table"));
+    assert!(mentions_session_state(b"1234567temp"));
+    assert!(mentions_session_state(b"12345678temp"));
+    assert!(mentions_session_state(b"select 1 from t; listen"));
+    // Non-ASCII bytes are not letters (a false positive here only costs a check).
+    assert!(mentions_session_state("select éprepare".as_bytes()));
 }
 
 /// The scan agrees with the rule it implements (a word start, one of the words as a prefix of
@@ -298,7 +306,8 @@ fn session_state_scan_matches_the_rule() {
             start && WORDS.iter().any(|w| rest.starts_with(&w[..w.len().min(8)]))
         })
     }
-    const PIECES: [&[u8]; 16] = [
+    // Bytes next to the letters in ASCII ('@', '[', '`', '{') are not letters.
+    const PIECES: [&[u8]; 20] = [
         b"prep",
         b"are",
         b"TEMP",
@@ -315,6 +324,10 @@ fn session_state_scan_matches_the_rule() {
         b"\xc3\xa9",
         b"advisor",
         b"y",
+        b"@",
+        b"[",
+        b"`",
+        b"{",
     ];
     let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
     let mut positives = 0;
