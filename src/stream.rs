@@ -33,6 +33,23 @@ impl Stream {
         }
     }
 
+    /// Writes what the socket takes of `buf` now, without waiting and without registering
+    /// for writability; `None` when it takes nothing now or fails (the caller's next poll
+    /// sees the error, or registers). A plain socket is written directly (`try_write`: no
+    /// task context or cooperative budget, which every request and answer would pay).
+    pub fn write_now(&mut self, buf: &[u8]) -> Option<usize> {
+        match self {
+            Stream::Plain(s) => s.try_write(buf).ok().filter(|&n| n > 0),
+            _ => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match Pin::new(self).poll_write(&mut cx, buf) {
+                    Poll::Ready(Ok(n)) if n > 0 => Some(n),
+                    _ => None,
+                }
+            }
+        }
+    }
+
     /// The underlying socket, for options such as `TCP_NODELAY`.
     pub fn tcp(&self) -> &TcpStream {
         match self {

@@ -71,16 +71,11 @@ fn poll_write_half<S: AsyncWrite + Unpin>(
 /// Writes what the socket takes of `wbuf` now, without waiting: a response goes out before
 /// the proxy's bookkeeping for it (statistics, releasing the server). What is left, and any
 /// error, is for the next [`poll_io`], which registers for writability.
-pub fn write_now<S: AsyncWrite + Unpin>(io: &mut S, wbuf: &mut BytesMut, needs_flush: &mut bool) {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
+pub fn write_now(io: &mut crate::stream::Stream, wbuf: &mut BytesMut, needs_flush: &mut bool) {
     while !wbuf.is_empty() {
-        match Pin::new(&mut *io).poll_write(&mut cx, wbuf) {
-            Poll::Ready(Ok(n)) if n > 0 => {
-                wbuf.advance(n);
-                *needs_flush = true;
-            }
-            _ => return,
-        }
+        let Some(n) = io.write_now(wbuf) else { return };
+        wbuf.advance(n);
+        *needs_flush = true;
     }
 }
 
