@@ -78,6 +78,49 @@ async fn ssl_and_gss_requests_are_refused_then_login_proceeds() {
     assert_eq!((t, &body[..4]), (b'R', &10i32.to_be_bytes()[..]), "SCRAM requested");
 }
 
+/// SCRAM's final message waits for AuthenticationOk and the greeting: the client gets the end
+/// of its login in one read (one write of the proxy's, one wake-up of the client's).
+#[tokio::test]
+async fn the_scram_final_message_comes_with_authentication_ok() {
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    let pg = TestPg::shared();
+    let db = pg.create_db("saslfinal");
+    let p = start(pg, &db, &[]).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&startup(196_608, &[("user", SCRAM_USER), ("database", &db)])).await.unwrap();
+    let (t, body) = read_msg(&mut s).await.unwrap();
+    assert_eq!((t, &body[..4]), (b'R', &10i32.to_be_bytes()[..]), "SCRAM requested");
+    let mut scram = ScramSha256::new(common::pg::SCRAM_PASS.as_bytes(), ChannelBinding::unsupported());
+    let mut initial = b"SCRAM-SHA-256\0".to_vec();
+    initial.extend_from_slice(&(scram.message().len() as i32).to_be_bytes());
+    initial.extend_from_slice(scram.message());
+    s.write_all(&common::raw::message(b'p', &initial)).await.unwrap();
+    let (t, body) = read_msg(&mut s).await.unwrap();
+    assert_eq!((t, &body[..4]), (b'R', &11i32.to_be_bytes()[..]), "SASLContinue");
+    scram.update(&body[4..]).unwrap();
+    s.write_all(&common::raw::message(b'p', scram.message())).await.unwrap();
+    // One read: a loopback write arrives whole.
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    let mut tags = Vec::new();
+    let mut b = &buf[..n];
+    while b.len() >= 5 {
+        let len = i32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+        let code = if b[0] == b'R' { i32::from_be_bytes([b[5], b[6], b[7], b[8]]) } else { -1 };
+        if b[0] == b'R' && code == 12 {
+            scram.finish(&b[9..1 + len]).expect("the server signature verifies");
+        }
+        tags.push((b[0] as char, code));
+        b = &b[(1 + len).min(b.len())..];
+    }
+    assert_eq!(
+        tags.get(..2),
+        Some(&[('R', 12), ('R', 0)][..]),
+        "SASLFinal then AuthenticationOk, in one read: {tags:?}"
+    );
+    assert_eq!(tags.last(), Some(&('Z', -1)), "the greeting ends with ReadyForQuery: {tags:?}");
+}
+
 #[tokio::test]
 async fn newer_protocol_minor_is_negotiated_down() {
     let pg = TestPg::shared();

@@ -21,6 +21,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub struct Login {
     pub stream: Stream,
     pub rbuf: BytesMut,
+    /// The end of the authentication exchange (SASL's final message), not yet sent: it goes
+    /// out with AuthenticationOk and the greeting, in one write.
+    pub greeting: BytesMut,
     pub startup: Startup,
     pub user: String,
     pub database: String,
@@ -290,11 +293,12 @@ pub async fn handshake(
     };
     let result = login(proxy, &mut stream, &mut rbuf, startup, over_limit).await;
     match result {
-        Ok(Admitted::Pool { startup, user, database, upstream, settings }) => (
+        Ok(Admitted::Pool { startup, user, database, upstream, settings, greeting }) => (
             None,
             Ok(Outcome::Login(Box::new(Login {
                 stream,
                 rbuf,
+                greeting,
                 startup,
                 user,
                 database,
@@ -326,6 +330,7 @@ pub(crate) enum Admitted {
         database: String,
         upstream: Arc<Upstream>,
         settings: super::params::Settings,
+        greeting: BytesMut,
     },
     Console {
         user: String,
@@ -414,11 +419,10 @@ pub(crate) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         }
         return Err(refusal);
     }
-    if !out.is_empty() {
-        write(stream, &mut out).await?;
-    }
+    // SASL's final message waits for AuthenticationOk: one write and one wake-up of the
+    // client for both.
     let settings = super::params::from_startup(&startup.params, &options);
-    Ok(Admitted::Pool { startup, user, database, upstream, settings })
+    Ok(Admitted::Pool { startup, user, database, upstream, settings, greeting: out })
 }
 
 /// Authenticates a client of the admin console with the credentials of the upstream whose

@@ -172,7 +172,7 @@ enum Request {
 
 impl Session {
     pub fn new(proxy: Arc<Proxy>, login: Login) -> Session {
-        let Login { stream, rbuf, upstream, settings, user, database, peer, .. } = login;
+        let Login { stream, rbuf, greeting, upstream, settings, user, database, peer, .. } = login;
         let settings = Arc::new(settings);
         let mode = proxy.config.pool.mode;
         upstream.counters.clients.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -198,7 +198,7 @@ impl Session {
             upstream,
             client: stream,
             crbuf: rbuf,
-            cwbuf: BytesMut::new(),
+            cwbuf: greeting,
             swbuf: BytesMut::new(),
             cflush: false,
             sflush: false,
@@ -1466,6 +1466,7 @@ mod tests {
         let login = super::Login {
             stream: crate::stream::Stream::Plain(stream),
             rbuf: bytes::BytesMut::new(),
+            greeting: bytes::BytesMut::new(),
             startup: crate::wire::startup::Startup { major: 3, minor: 0, params: vec![] },
             user: "app".into(),
             database: "appdb".into(),
