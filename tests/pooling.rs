@@ -322,3 +322,33 @@ async fn idle_servers_above_the_minimum_are_closed_and_the_minimum_is_kept() {
     assert_eq!(pool.stats().idle, 2);
     assert!(pool.stats().closed_by[0] >= 2, "{:?}", pool.stats());
 }
+
+/// A message that gets no answer (here CopyData outside COPY, which Postgres ignores, as a
+/// client sends it after a COPY failed) still lets the server go back to the pool at once:
+/// the client that sent it is idle, and the next client gets the server.
+#[tokio::test]
+async fn a_message_without_an_answer_does_not_keep_the_server() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("noanswer");
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "1"), ("PGSIDECAR_CLIENT_AUTH", "trust")]).await;
+    let holder = p.connect(&db).await;
+    holder.simple_query("begin; select 1").await.unwrap();
+    let mut stray = common::raw::trusted_login(p.addr, common::pg::SCRAM_USER, &db).await;
+    tokio::io::AsyncWriteExt::write_all(&mut stray, &common::raw::message(b'd', b"late row\n"))
+        .await
+        .unwrap();
+    until_waiting(&p, 1).await;
+    // The holder's commit hands the server to the stray CopyData, which Postgres ignores.
+    holder.simple_query("commit").await.unwrap();
+    let pool = p.proxy.upstreams()[0].pool.clone();
+    common::watch::until(Duration::from_secs(10), "the server back in the pool", || {
+        let s = pool.stats();
+        async move { s.waiting == 0 && s.active == 0 && s.idle == 1 }
+    })
+    .await;
+    let rows = holder.simple_query("select 'next'").await.unwrap();
+    assert_eq!(first_value(&rows), "next");
+    // The stray client's connection still works.
+    tokio::io::AsyncWriteExt::write_all(&mut stray, &common::raw::query("select 1")).await.unwrap();
+    common::raw::read_until(&mut stray, b'Z').await;
+}

@@ -60,7 +60,12 @@ fn poll_write_half<S: AsyncWrite + Unpin>(
     }
     if *h.needs_flush {
         match Pin::new(&mut *h.io).poll_flush(cx) {
-            Poll::Ready(Ok(())) => *h.needs_flush = false,
+            // A flush left pending by an earlier round (or by `write_now`) that completes is
+            // progress too: the caller must look again (a server may now be free to release).
+            Poll::Ready(Ok(())) => {
+                *h.needs_flush = false;
+                progressed = true;
+            }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => {}
         }
@@ -73,9 +78,17 @@ fn poll_write_half<S: AsyncWrite + Unpin>(
 /// error, is for the next [`poll_io`], which registers for writability.
 pub fn write_now(io: &mut crate::stream::Stream, wbuf: &mut BytesMut, needs_flush: &mut bool) {
     while !wbuf.is_empty() {
-        let Some(n) = io.write_now(wbuf) else { return };
+        let Some(n) = io.write_now(wbuf) else { break };
         wbuf.advance(n);
         *needs_flush = true;
+    }
+    if *needs_flush {
+        // A plain socket has nothing to flush; TLS may. A flush still pending is finished
+        // by the next `poll_io`, which then reports progress.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if let Poll::Ready(Ok(())) = Pin::new(&mut *io).poll_flush(&mut cx) {
+            *needs_flush = false;
+        }
     }
 }
 
@@ -104,9 +117,11 @@ fn poll_read_half<S: AsyncRead + Unpin>(
 /// on the other. Ready as soon as anything moved.
 ///
 /// When the server had data, the client is not polled in that same round, but always in the
-/// next (`client_owed` remembers it): a client that waits for its answer has nothing to read,
-/// and its socket stays registered from the round before, so its data or end still wakes the
-/// task. Most rounds end a transaction with the server's answer; this saves a poll there.
+/// next (`client_owed` remembers it). No wake-up is lost: a round that skips the client has
+/// read server data, so it returns Ready and the caller comes back (or leaves the attachment,
+/// and the idle wait polls the client); a round that returns Pending has polled the client
+/// (unless the client may not be read at all). Most transactions end with a round that reads
+/// the server's answer; this saves the client poll that found nothing there.
 pub fn poll_io<C, S>(
     cx: &mut Context<'_>,
     client: &mut Half<'_, C>,

@@ -804,10 +804,6 @@ impl Session {
                 self.fail(PgError::fatal("08P01", format!("invalid message from client: {e}"))).await;
                 return Flow::End; // lease dropped: the server is discarded
             }
-            if !self.swbuf.is_empty() {
-                // The request goes to Postgres before anything else is done with it.
-                super::io::write_now(&mut conn.io, &mut self.swbuf, &mut self.sflush);
-            }
             if let Err(e) = relay.server_to_client(&mut conn.rbuf, &mut self.cwbuf, max, &mut st) {
                 self.fail(PgError::fatal(
                     "08006",
@@ -815,6 +811,11 @@ impl Session {
                 ))
                 .await;
                 return Flow::End;
+            }
+            if !self.swbuf.is_empty() {
+                // The request goes to Postgres before anything else is done with it (and only
+                // to a server whose output made sense so far).
+                super::io::write_now(&mut conn.io, &mut self.swbuf, &mut self.sflush);
             }
             // Unless the proxy still has to look at the server's session state first (pinning,
             // settings, reported parameters such as application_name): a client that has its
