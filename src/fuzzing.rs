@@ -524,7 +524,11 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         Err(r) => return HandshakeEnd::Refused(r.log),
     };
     let end = match handshake::login(proxy, stream, &mut rbuf, startup, over_limit).await {
-        Ok(Admitted::Pool { user, database, .. }) => HandshakeEnd::Pool { user, database },
+        Ok(Admitted::Pool { user, database, greeting, .. }) => {
+            // The session sends these first (SCRAM's final message): checked with the rest.
+            let _ = tokio::io::AsyncWriteExt::write_all(stream, &greeting).await;
+            HandshakeEnd::Pool { user, database }
+        }
         Ok(Admitted::Console { user, .. }) => HandshakeEnd::Console { user },
         Err(r) => HandshakeEnd::Refused(r.log),
     };

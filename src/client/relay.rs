@@ -113,21 +113,23 @@ static LETTERS: [u8; 256] = {
     t
 };
 
+/// The words of [`mentions_session_state`].
+const WORDS: [&[u8]; 10] = [
+    b"prepare",
+    b"deallocate",
+    b"declare",
+    b"discard",
+    b"drop",
+    b"listen",
+    b"unlisten",
+    b"close",
+    b"temp",
+    b"advisory",
+];
+
 /// The words, as up to 8 lower-case bytes (little-endian) and a mask of their length; longer
 /// words are matched on their first 8 letters, which only adds false positives.
 const STATE_WORDS: [(u64, u64); 10] = {
-    const WORDS: [&[u8]; 10] = [
-        b"prepare",
-        b"deallocate",
-        b"declare",
-        b"discard",
-        b"drop",
-        b"listen",
-        b"unlisten",
-        b"close",
-        b"temp",
-        b"advisory",
-    ];
     let mut out = [(0u64, 0u64); 10];
     let mut i = 0;
     while i < WORDS.len() {
@@ -688,6 +690,8 @@ impl Relay {
             }
             self.s2c_need = 0;
             // Read in place (a split would share the buffer: a reference count per message).
+            // A message that fails to parse stays in `input`: the caller ends the attachment
+            // and discards the server on any error.
             let total = h.total_len();
             let body = &input[HEADER_LEN..total];
             let mut forward = true;
