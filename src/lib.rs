@@ -50,6 +50,8 @@ pub mod proxy;
 pub mod server;
 pub mod stream;
 pub mod supervise;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod wire;
 

@@ -422,18 +422,9 @@ mod tests {
             "select", " ", "e", "x'1f'", "'it''s'", "$1", "$$q$$", "12.5e3", "--c\n", "/*c*/", "name", "_id",
             ",", "é", "\t", "E'\\''", "(", ".", "-", "n",
         ];
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        for _ in 0..5_000 {
-            let mut sql = String::new();
-            for _ in 0..(seed % 12) {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                sql.push_str(PIECES[(seed % PIECES.len() as u64) as usize]);
-            }
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+        let pieces: Vec<&[u8]> = PIECES.iter().map(|p| p.as_bytes()).collect();
+        for sql in crate::testing::texts_from_pieces(&pieces, 5_000, 12, 0x9e37_79b9_7f4a_7c15) {
+            let sql = String::from_utf8(sql).expect("pieces are UTF-8");
             let text = super::normalize_bytes(sql.as_bytes(), super::FINGERPRINT_MAX);
             let hash = text
                 .bytes()

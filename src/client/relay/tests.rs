@@ -288,18 +288,6 @@ fn session_state_words() {
 #[test]
 fn session_state_scan_matches_the_rule() {
     fn rule(sql: &[u8]) -> bool {
-        const WORDS: [&[u8]; 10] = [
-            b"prepare",
-            b"deallocate",
-            b"declare",
-            b"discard",
-            b"drop",
-            b"listen",
-            b"unlisten",
-            b"close",
-            b"temp",
-            b"advisory",
-        ];
         (0..sql.len()).any(|i| {
             let start = sql[i].is_ascii_alphabetic() && (i == 0 || !sql[i - 1].is_ascii_alphabetic());
             let rest = sql[i..].to_ascii_lowercase();
@@ -329,19 +317,8 @@ fn session_state_scan_matches_the_rule() {
         b"`",
         b"{",
     ];
-    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
     let mut positives = 0;
-    for _ in 0..20_000 {
-        let mut sql = Vec::new();
-        for _ in 0..(seed % 9) {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            sql.extend_from_slice(PIECES[(seed % PIECES.len() as u64) as usize]);
-        }
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
+    for sql in crate::testing::texts_from_pieces(&PIECES, 20_000, 9, 0x2545_f491_4f6c_dd1d) {
         let expected = rule(&sql);
         positives += usize::from(expected);
         assert_eq!(mentions_session_state(&sql), expected, "{:?}", String::from_utf8_lossy(&sql));
