@@ -336,6 +336,8 @@ class Proxy:
                 "PGSIDECAR_QUERY_WAIT_TIMEOUT": "20s",
                 "PGSIDECAR_SHUTDOWN_TIMEOUT": "3s",
                 "PGSIDECAR_LOG_LEVEL": "warn",
+                # On, as in production, each on its own port (two sidecars run at once).
+                "PGSIDECAR_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
             })
             self.proc = subprocess.Popen([self.binary, "serve"], stdout=logf, stderr=subprocess.STDOUT,
                                          cwd=self.tmp, env=env, start_new_session=True)
@@ -866,10 +868,15 @@ def run(args, out, tmp):
     for rnd in range(1, args.rounds + 1):
         log(f"\n== round {rnd}/{args.rounds}  (elapsed {(time.monotonic() - t_start) / 60:.1f} min,"
             f" load {open('/proc/loadavg').read().split()[0]})")
+        # Each round starts with a different target (direct, PgBouncer, pgsidecar; then PgBouncer,
+        # pgsidecar, direct; ...): a target that always ran second would always follow the same
+        # neighbour and meet the same leftover load.
+        turn = (rnd - 1) % len(TARGETS)
+        order = TARGETS[turn:] + TARGETS[:turn]
         for mode in args.modes:
             for clients in args.clients:
-                parts = []
-                for t in TARGETS:
+                parts = {}
+                for t in order:
                     if t == PGBOUNCER and mode == "prepared":
                         continue  # PgBouncer 1.18: no prepared statements in transaction mode; extended row is reused
                     if proxies[t]:
@@ -889,25 +896,26 @@ def run(args, out, tmp):
                     s = fmt_num(row["tps"]) if row["status"] == "ok" else f"{row['status'].upper()}"
                     if row.get("proxy_cpu_s_per_100k_tx") is not None:
                         s += f" ({row['proxy_cpu_s_per_100k_tx']:.2f} cpu-s/100k)"
-                    parts.append(f"{t} {s}")
+                    parts[t] = f"{t} {s}"
                     if row["status"] != "ok":
                         msg = f"round {rnd}: {t} -S -M {mode} -c {clients}: {row['status']}: {row['error']}"
                         bench.incidents.append(msg + f"\n    reproduce: {res['cmd']}")
-                log(f"  -S -M {mode:<8} c={clients:<4} " + " | ".join(parts))
+                log(f"  -S -M {mode:<8} c={clients:<4} " + " | ".join(parts[t] for t in TARGETS if t in parts))
         # Connect-per-transaction.
-        parts = []
-        for t in TARGETS:
+        parts = {}
+        for t in order:
             if proxies[t]:
                 ensure_alive(proxies[t], bench, "connect-per-tx")
             res = bench.pgbench(ports[t], "simple", 16, args.duration, connect=True, proxy=proxies[t])
             row = record("connect_per_tx", rnd, t, "simple", 16, res, args.pool_size, args.duration)
             if row["status"] != "ok":
                 bench.incidents.append(f"round {rnd}: {t} -C: {row['status']}: {row['error']}\n    reproduce: {res['cmd']}")
-            parts.append(f"{t} {fmt_num(row['tps']) if row['status'] == 'ok' else row['status'].upper()}")
-        log("  -S -C -c 16           " + " | ".join(parts))
+            parts[t] = f"{t} {fmt_num(row['tps']) if row['status'] == 'ok' else row['status'].upper()}"
+        log("  -S -C -c 16           " + " | ".join(parts[t] for t in TARGETS))
         # Fairness: many clients on a small pool.
         parts = []
-        for label, p in ((PGBOUNCER, pgb_f), (SIDECAR, sc_f)):
+        pairs = ((PGBOUNCER, pgb_f), (SIDECAR, sc_f))
+        for label, p in pairs if rnd % 2 else pairs[::-1]:
             ensure_alive(p, bench, "fairness")
             res = bench.pgbench(p.port, "simple", args.fair_clients, args.fair_duration, script=fair_script,
                                 tx_log=True, proxy=p)
