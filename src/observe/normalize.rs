@@ -146,8 +146,13 @@ impl Numbering<'_> {
 
 fn placeholder(out: &mut impl Out, numbering: &mut Numbering<'_>) {
     out.push(b'$');
-    let mut digits = [0u8; 10];
     let mut v = numbering.next();
+    if v < 10 {
+        // Most statements have fewer than ten literals.
+        out.push(b'0' + v as u8);
+        return;
+    }
+    let mut digits = [0u8; 10];
     let mut k = digits.len();
     loop {
         k -= 1;
@@ -334,9 +339,13 @@ fn normalize_into(b: &[u8], max: usize, out: &mut impl Out) -> (bool, u32) {
 
 /// The highest `$n` parameter number in the text (0 when there is none).
 fn highest_parameter(b: &[u8]) -> u32 {
-    // Most texts with literals have no parameters: memchr finds that out a vector at a time.
+    // Most texts with literals have no parameters: one memchr call finds that out a vector at
+    // a time (setting up memchr's iterator costs more than the search in a short text).
+    let Some(first) = memchr::memchr(b'$', b) else {
+        return 0;
+    };
     let mut highest = 0u32;
-    for i in memchr::memchr_iter(b'$', b) {
+    for i in memchr::memchr_iter(b'$', &b[first..]).map(|i| first + i) {
         if i > 0 && is_ident(b[i - 1]) {
             continue;
         }
@@ -369,6 +378,9 @@ mod tests {
         assert_eq!(normalize("select pg_sleep(0.2), $2::text, $1", 200), "select pg_sleep($3), $2::text, $1");
         assert_eq!(normalize("insert into t values ($1, $1)", 200), "insert into t values ($1, $1)");
         assert_eq!(super::normalize_counted(b"select $2, 'a', 3", 200), ("select $2, $3, $4".to_owned(), 2));
+        // Placeholders past nine, and a parameter after the first literal.
+        assert_eq!(normalize("select 'a', 'b', $9, 'c'", 200), "select $10, $11, $9, $12");
+        assert_eq!(normalize("select x$1, 'a'", 200), "select x$1, $1");
     }
 
     #[test]
