@@ -113,7 +113,7 @@ static LETTERS: [u8; 256] = {
     t
 };
 
-/// The words of [`mentions_session_state`].
+/// The words of [`mentions_session_state`], grouped by first letter.
 const WORDS: [&[u8]; 10] = [
     b"prepare",
     b"deallocate",
@@ -158,8 +158,26 @@ fn starts_state_word(rest: &[u8]) -> bool {
         }
     };
     let lower = u64::from_le_bytes(eight) | 0x2020_2020_2020_2020;
-    STATE_WORDS.iter().any(|&(word, mask)| lower & mask == word)
+    // Only the words with this first letter (one to four of them).
+    let (from, to) = BY_FIRST_LETTER[(lower & 0xff) as usize];
+    STATE_WORDS[from as usize..to as usize].iter().any(|&(word, mask)| lower & mask == word)
 }
+
+/// For each lower-case first letter, the range of [`STATE_WORDS`] that begin with it (the
+/// words are listed grouped by first letter; a unit test checks that).
+const BY_FIRST_LETTER: [(u8, u8); 256] = {
+    let mut t = [(0u8, 0u8); 256];
+    let mut i = 0;
+    while i < WORDS.len() {
+        let c = WORDS[i][0] as usize;
+        if t[c].1 == 0 {
+            t[c].0 = i as u8;
+        }
+        t[c].1 = i as u8 + 1;
+        i += 1;
+    }
+    t
+};
 
 thread_local! {
     /// Empty queues of finished attachments, for the next (a transaction would otherwise

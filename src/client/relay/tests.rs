@@ -283,6 +283,17 @@ fn session_state_words() {
     assert!(mentions_session_state("select éprepare".as_bytes()));
 }
 
+/// The first-letter dispatch of the word comparison relies on the words being lower case and
+/// grouped by first letter.
+#[test]
+fn state_words_are_grouped_by_first_letter() {
+    for (i, w) in WORDS.iter().enumerate() {
+        assert!(w.iter().all(u8::is_ascii_lowercase), "{:?}", String::from_utf8_lossy(w));
+        let later_same = WORDS[i + 1..].iter().position(|x| x[0] == w[0]);
+        assert!(later_same.is_none_or(|p| p == 0), "words starting with {:?} are not together", w[0] as char);
+    }
+}
+
 /// The scan agrees with the rule it implements (a word start, one of the words as a prefix of
 /// its first 8 letters, any case) on texts built from pieces of those words.
 #[test]
@@ -295,7 +306,11 @@ fn session_state_scan_matches_the_rule() {
         })
     }
     // Bytes next to the letters in ASCII ('@', '[', '`', '{') are not letters.
-    const PIECES: [&[u8]; 20] = [
+    const PIECES: [&[u8]; 24] = [
+        b"dro",
+        b"p",
+        b"CLO",
+        b"se",
         b"prep",
         b"are",
         b"TEMP",
