@@ -249,7 +249,12 @@ pub fn format_time(t: SystemTime) -> String {
 
 /// The wall-clock time at which `then` was.
 pub fn wall_time(then: Instant) -> SystemTime {
-    SystemTime::now().checked_sub(then.elapsed()).unwrap_or(UNIX_EPOCH)
+    wall_time_ago(then.elapsed())
+}
+
+/// The wall-clock time `ago` before now.
+pub fn wall_time_ago(ago: std::time::Duration) -> SystemTime {
+    SystemTime::now().checked_sub(ago).unwrap_or(UNIX_EPOCH)
 }
 
 /// `TLS` for an encrypted connection, empty otherwise (PgBouncer leaves it empty too).

@@ -1,7 +1,7 @@
 //! SHOW SERVERS: one row per server connection. Idle ones come from the pools; active ones
 //! from the clients holding them (the cancel registry records each client's server).
 
-use super::{format_time, tls_column, wall_time, Table, Words};
+use super::{format_time, tls_column, wall_time_ago, Table, Words};
 use crate::cancel::Activity;
 use crate::proxy::Proxy;
 use crate::server::conn::{ServerInfo, Target};
@@ -57,7 +57,7 @@ fn row(target: &Target, s: &ServerInfo, state: &str, link: i32) -> [String; 11] 
         state.to_owned(),
         url.host.clone(),
         url.port.to_string(),
-        format_time(wall_time(s.created)),
+        format_time(wall_time_ago(s.created.elapsed())),
         s.pid.to_string(),
         tls_column(s.tls).to_owned(),
         s.prepared_statements.to_string(),

@@ -6,8 +6,9 @@
 //! suspension), and Executes skipped after an error are dropped at the Sync that ends them.
 
 use bytes::Bytes;
+use quanta::Instant;
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Named statements remembered for their text.
 const MAX_NAMES: usize = 1000;

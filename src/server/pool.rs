@@ -20,12 +20,13 @@ use super::conn::{ServerConn, Target};
 use super::ServerError;
 use crate::config::PoolConfig;
 use crate::observe::stats::CloseReason;
+use quanta::Instant;
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 mod control;

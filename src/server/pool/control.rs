@@ -33,7 +33,7 @@ impl Pool {
             let mut s = self.lock();
             s.paused = false;
             while !s.waiters.is_empty() {
-                let Some(conn) = self.take_idle(&mut s, &mut doomed, std::time::Instant::now()) else {
+                let Some(conn) = self.take_idle(&mut s, &mut doomed, quanta::Instant::now()) else {
                     break;
                 };
                 s.active += 1;
