@@ -30,6 +30,8 @@ trait Out {
     fn extend(&mut self, s: &[u8]);
     fn len(&self) -> usize;
     fn last(&self) -> Option<u8>;
+    /// Back to empty, for a second pass.
+    fn clear(&mut self);
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -51,6 +53,9 @@ impl Out for Vec<u8> {
     fn len(&self) -> usize {
         Vec::len(self)
     }
+    fn clear(&mut self) {
+        Vec::clear(self);
+    }
     fn last(&self) -> Option<u8> {
         <[u8]>::last(self).copied()
     }
@@ -64,6 +69,12 @@ struct Fnv {
     hash: u64,
     len: usize,
     last: Option<u8>,
+}
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv { hash: FNV_OFFSET, len: 0, last: None }
+    }
 }
 
 impl Out for Fnv {
@@ -81,6 +92,9 @@ impl Out for Fnv {
     }
     fn len(&self) -> usize {
         self.len
+    }
+    fn clear(&mut self) {
+        *self = Fnv::new();
     }
     fn last(&self) -> Option<u8> {
         self.last
@@ -128,23 +142,44 @@ pub fn text_hash(s: &[u8]) -> u64 {
     h ^ (h >> 33)
 }
 
-/// Numbers literal placeholders after the statement's own highest `$n` parameter (found on the
-/// first literal, so a text without literals is not scanned for it).
-struct Numbering<'a> {
-    text: &'a [u8],
-    parameters: Option<u32>,
+/// Numbers literal placeholders after the statement's own highest `$n` parameter, as the
+/// normalizing pass meets them (parameters inside literals and comments do not count). The
+/// first placeholder takes the highest parameter seen so far; a higher one after it means the
+/// pass runs again with that number known from the start (`select 'a', $2` is rare, and a
+/// text without parameters is never scanned twice).
+#[derive(Default)]
+struct Numbering {
+    /// Fixed before the pass (a second pass), or at the first placeholder.
+    base: Option<u32>,
+    /// The highest parameter met so far.
+    seen: u32,
+    /// Placeholders produced.
     n: u32,
 }
 
-impl Numbering<'_> {
+impl Numbering {
     fn next(&mut self) -> u32 {
-        let base = *self.parameters.get_or_insert_with(|| highest_parameter(self.text));
+        let base = *self.base.get_or_insert(self.seen);
         self.n += 1;
-        base + self.n
+        base.saturating_add(self.n)
+    }
+
+    /// A `$n` parameter; `digits` follow its `$`.
+    fn parameter(&mut self, digits: &[u8]) {
+        let mut v = 0u32;
+        for &d in digits.iter().take_while(|c| c.is_ascii_digit()) {
+            v = v.saturating_mul(10).saturating_add(u32::from(d - b'0'));
+        }
+        self.seen = self.seen.max(v);
+    }
+
+    /// A placeholder went out numbered below a parameter met later.
+    fn needs_second_pass(&self) -> bool {
+        self.base.is_some_and(|b| b < self.seen) && self.n > 0
     }
 }
 
-fn placeholder(out: &mut impl Out, numbering: &mut Numbering<'_>) {
+fn placeholder(out: &mut impl Out, numbering: &mut Numbering) {
     out.push(b'$');
     let mut v = numbering.next();
     if v < 10 {
@@ -202,7 +237,7 @@ pub const FINGERPRINT_MAX: usize = 2000;
 /// [`FINGERPRINT_MAX`] normalized bytes), computed without building the text: it runs for
 /// every statement, the text is built only for one not seen before.
 pub fn fingerprint(b: &[u8]) -> u64 {
-    let mut out = Fnv { hash: FNV_OFFSET, len: 0, last: None };
+    let mut out = Fnv::new();
     normalize_into(b, FINGERPRINT_MAX, &mut out);
     out.hash
 }
@@ -241,7 +276,17 @@ static CLASS: [u8; 256] = {
 fn normalize_into(b: &[u8], max: usize, out: &mut impl Out) -> (bool, u32) {
     // Placeholders for literals are numbered after the statement's own parameters, so that
     // `select $1 || 'x'` does not read (and fingerprint) as `select $1 || $1`.
-    let mut numbering = Numbering { text: b, parameters: None, n: 0 };
+    let mut numbering = Numbering::default();
+    let first = normalize_pass(b, max, out, &mut numbering);
+    if !numbering.needs_second_pass() {
+        return first;
+    }
+    let mut numbering = Numbering { base: Some(numbering.seen), ..Numbering::default() };
+    out.clear();
+    normalize_pass(b, max, out, &mut numbering)
+}
+
+fn normalize_pass(b: &[u8], max: usize, out: &mut impl Out, numbering: &mut Numbering) -> (bool, u32) {
     let mut i = 0;
     let mut pending_space = false;
     while i < b.len() && out.len() < max {
@@ -296,7 +341,7 @@ fn normalize_into(b: &[u8], max: usize, out: &mut impl Out) -> (bool, u32) {
                 i += 1;
             }
             i += 1;
-            placeholder(out, &mut numbering);
+            placeholder(out, numbering);
             continue;
         }
         // Dollar-quoted strings: $tag$ ... $tag$ (a $1 parameter is not one).
@@ -309,7 +354,7 @@ fn normalize_into(b: &[u8], max: usize, out: &mut impl Out) -> (bool, u32) {
                 let tag = &b[i..=e];
                 let body_start = e + 1;
                 i = find(&b[body_start..], tag).map_or(b.len(), |p| body_start + p + tag.len());
-                placeholder(out, &mut numbering);
+                placeholder(out, numbering);
                 continue;
             }
         }
@@ -323,11 +368,14 @@ fn normalize_into(b: &[u8], max: usize, out: &mut impl Out) -> (bool, u32) {
             {
                 i += 1;
             }
-            placeholder(out, &mut numbering);
+            placeholder(out, numbering);
             continue;
         }
         if is_ident(c) {
             // `$1`, or a word starting with e, b, x or n.
+            if c == b'$' && !prev_ident {
+                numbering.parameter(&b[i + 1..]);
+            }
             i = out.ident(b, i);
             continue;
         }
@@ -335,27 +383,6 @@ fn normalize_into(b: &[u8], max: usize, out: &mut impl Out) -> (bool, u32) {
         i += 1;
     }
     (i < b.len() || out.len() > max, numbering.n)
-}
-
-/// The highest `$n` parameter number in the text (0 when there is none).
-fn highest_parameter(b: &[u8]) -> u32 {
-    // Most texts with literals have no parameters: one memchr call finds that out a vector at
-    // a time (setting up memchr's iterator costs more than the search in a short text).
-    let Some(first) = memchr::memchr(b'$', b) else {
-        return 0;
-    };
-    let mut highest = 0u32;
-    for i in memchr::memchr_iter(b'$', &b[first..]).map(|i| first + i) {
-        if i > 0 && is_ident(b[i - 1]) {
-            continue;
-        }
-        let mut v = 0u32;
-        for &d in b[i + 1..].iter().take_while(|c| c.is_ascii_digit()) {
-            v = v.saturating_mul(10).saturating_add(u32::from(d - b'0'));
-        }
-        highest = highest.max(v);
-    }
-    highest
 }
 
 #[cfg(test)]
@@ -381,6 +408,13 @@ mod tests {
         // Placeholders past nine, and a parameter after the first literal.
         assert_eq!(normalize("select 'a', 'b', $9, 'c'", 200), "select $10, $11, $9, $12");
         assert_eq!(normalize("select x$1, 'a'", 200), "select x$1, $1");
+        // A parameter after a literal (the pass runs again), counted once.
+        assert_eq!(
+            super::normalize_counted(b"select 'a', $3, 'b'", 200),
+            ("select $4, $3, $5".to_owned(), 2)
+        );
+        // `$5` inside a literal or a comment is no parameter.
+        assert_eq!(normalize("select '$5', /* $7 */ 'x'", 200), "select $1, $2");
     }
 
     #[test]
@@ -430,9 +464,9 @@ mod tests {
     /// text on statements built from pieces of SQL.
     #[test]
     fn fingerprint_agrees_with_the_text_on_many_statements() {
-        const PIECES: [&str; 20] = [
+        const PIECES: [&str; 21] = [
             "select", " ", "e", "x'1f'", "'it''s'", "$1", "$$q$$", "12.5e3", "--c\n", "/*c*/", "name", "_id",
-            ",", "é", "\t", "E'\\''", "(", ".", "-", "n",
+            ",", "é", "\t", "E'\\''", "(", ".", "-", "n", "$12",
         ];
         let pieces: Vec<&[u8]> = PIECES.iter().map(|p| p.as_bytes()).collect();
         for sql in crate::testing::texts_from_pieces(&pieces, 5_000, 12, 0x9e37_79b9_7f4a_7c15) {
