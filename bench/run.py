@@ -868,11 +868,13 @@ def run(args, out, tmp):
     for rnd in range(1, args.rounds + 1):
         log(f"\n== round {rnd}/{args.rounds}  (elapsed {(time.monotonic() - t_start) / 60:.1f} min,"
             f" load {open('/proc/loadavg').read().split()[0]})")
-        # Each round starts with a different target (direct, PgBouncer, pgsidecar; then PgBouncer,
-        # pgsidecar, direct; ...): a target that always ran second would always follow the same
-        # neighbour and meet the same leftover load.
-        turn = (rnd - 1) % len(TARGETS)
-        order = TARGETS[turn:] + TARGETS[:turn]
+        # The order changes per round: odd rounds run direct, PgBouncer, pgsidecar for each point,
+        # even rounds the reverse, and each pair of rounds starts one target later. Within a round
+        # the order repeats point after point, so a fixed order would have every target follow
+        # the same neighbour (and meet its leftover load) all through the run.
+        base = TARGETS if rnd % 2 else TARGETS[::-1]
+        turn = ((rnd - 1) // 2) % len(TARGETS)
+        order = base[turn:] + base[:turn]
         for mode in args.modes:
             for clients in args.clients:
                 parts = {}
