@@ -145,8 +145,9 @@ pub fn text_hash(s: &[u8]) -> u64 {
 /// Numbers literal placeholders after the statement's own highest `$n` parameter, as the
 /// normalizing pass meets them (parameters inside literals and comments do not count). The
 /// first placeholder takes the highest parameter seen so far; a higher one after it means the
-/// pass runs again with that number known from the start (`select 'a', $2` is rare, and a
-/// text without parameters is never scanned twice).
+/// pass runs again with that number known from the start. A text without parameters, or with
+/// its literals after them, takes one pass; ORM statements such as `update jobs set state =
+/// 'done' where id = $1` take two, but come by Parse, whose fingerprints are remembered by text.
 #[derive(Default)]
 struct Numbering {
     /// Fixed before the pass (a second pass), or at the first placeholder.
@@ -173,9 +174,10 @@ impl Numbering {
         self.seen = self.seen.max(v);
     }
 
-    /// A placeholder went out numbered below a parameter met later.
+    /// A placeholder went out numbered below a parameter met later (`base` is set by the first
+    /// placeholder).
     fn needs_second_pass(&self) -> bool {
-        self.base.is_some_and(|b| b < self.seen) && self.n > 0
+        self.base.is_some_and(|b| b < self.seen)
     }
 }
 
@@ -204,8 +206,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// [`normalize`] of raw statement bytes, in one pass that copies identifiers and keywords a
-/// run at a time (it runs for every statement, so it is on the hot path). Invalid UTF-8 comes
+/// [`normalize`] of raw statement bytes, in a pass that copies identifiers and keywords a run
+/// at a time (it runs for every statement, so it is on the hot path). Invalid UTF-8 comes
 /// out as U+FFFD.
 pub fn normalize_bytes(b: &[u8], max: usize) -> String {
     normalize_counted(b, max).0
@@ -271,13 +273,20 @@ static CLASS: [u8; 256] = {
     t
 };
 
-/// The normalizing pass. Returns whether the text was cut (at `max` bytes of output, perhaps
-/// a little past it) and how many literals it replaced.
+/// Normalizes `b` into `out`: one pass, or two when a parameter turns up after a literal (see
+/// [`Numbering`]). Returns what the last [`normalize_pass`] returned.
 fn normalize_into(b: &[u8], max: usize, out: &mut impl Out) -> (bool, u32) {
     // Placeholders for literals are numbered after the statement's own parameters, so that
     // `select $1 || 'x'` does not read (and fingerprint) as `select $1 || $1`.
     let mut numbering = Numbering::default();
     let first = normalize_pass(b, max, out, &mut numbering);
+    if first.0 && numbering.n > 0 {
+        // Cut short: parameters past the cut count too, so that a shorter text (a log line's)
+        // numbers its placeholders as the longer one (SHOW QUERIES') does.
+        let mut whole = Numbering::default();
+        normalize_pass(b, usize::MAX, &mut Fnv::new(), &mut whole);
+        numbering.seen = numbering.seen.max(whole.seen);
+    }
     if !numbering.needs_second_pass() {
         return first;
     }
@@ -286,6 +295,9 @@ fn normalize_into(b: &[u8], max: usize, out: &mut impl Out) -> (bool, u32) {
     normalize_pass(b, max, out, &mut numbering)
 }
 
+/// One normalizing pass over `b` into `out`, numbering placeholders with `numbering`. Returns
+/// whether the text was cut (at `max` bytes of output, perhaps a little past it) and how many
+/// literals it replaced.
 fn normalize_pass(b: &[u8], max: usize, out: &mut impl Out, numbering: &mut Numbering) -> (bool, u32) {
     let mut i = 0;
     let mut pending_space = false;
@@ -413,8 +425,13 @@ mod tests {
             super::normalize_counted(b"select 'a', $3, 'b'", 200),
             ("select $4, $3, $5".to_owned(), 2)
         );
-        // `$5` inside a literal or a comment is no parameter.
-        assert_eq!(normalize("select '$5', /* $7 */ 'x'", 200), "select $1, $2");
+        // `$5` inside a literal, a comment or a dollar-quoted string is no parameter.
+        assert_eq!(normalize("select '$5', /* $7 */ 'x', $$ $3 $$", 200), "select $1, $2, $3");
+        // A parameter past the cut numbers the placeholders before it, in short texts as in long.
+        let sql = format!("select 'a', {}, $3", "x".repeat(300));
+        let short = normalize(&sql, 40);
+        assert!(short.starts_with("select $4, xxx") && short.ends_with("..."), "{short}");
+        assert!(normalize(&sql, 2000).starts_with("select $4, xxx"));
     }
 
     #[test]
