@@ -30,7 +30,7 @@ use crate::proxy::{Proxy, Upstream};
 use crate::wire::messages::{self, PgError};
 use bytes::BytesMut;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Database names that open the admin console instead of a pool.
 pub const CONSOLE_DATABASES: [&str; 2] = ["pgsidecar", "pgbouncer"];
@@ -245,11 +245,6 @@ pub fn format_time(t: SystemTime) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// The wall-clock time at which `then` was.
-pub fn wall_time(then: Instant) -> SystemTime {
-    wall_time_ago(then.elapsed())
 }
 
 /// The wall-clock time `ago` before now.

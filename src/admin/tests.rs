@@ -2,7 +2,7 @@ use super::*;
 use crate::config::Config;
 use crate::wire::frame::split_frame;
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A proxy in front of a database that is never contacted.
 fn proxy(extra: &[(&str, &str)]) -> Arc<Proxy> {
