@@ -274,31 +274,47 @@ static CLASS: [u8; 256] = {
 };
 
 /// Normalizes `b` into `out`: one pass, or two when a parameter turns up after a literal (see
-/// [`Numbering`]). Returns what the last [`normalize_pass`] returned.
+/// [`Numbering`]). Returns whether the text was cut and how many literals it replaced.
 fn normalize_into(b: &[u8], max: usize, out: &mut impl Out) -> (bool, u32) {
     // Placeholders for literals are numbered after the statement's own parameters, so that
     // `select $1 || 'x'` does not read (and fingerprint) as `select $1 || $1`.
     let mut numbering = Numbering::default();
-    let first = normalize_pass(b, max, out, &mut numbering);
-    if first.0 && numbering.n > 0 {
+    let stop = normalize_pass(b, max, out, &mut numbering);
+    let cut = stop < b.len() || out.len() > max;
+    if cut && numbering.n > 0 {
         // Cut short: parameters past the cut count too, so that a shorter text (a log line's)
-        // numbers its placeholders as the longer one (SHOW QUERIES') does.
-        let mut whole = Numbering::default();
-        normalize_pass(b, usize::MAX, &mut Fnv::new(), &mut whole);
-        numbering.seen = numbering.seen.max(whole.seen);
+        // numbers its placeholders as the longer one (SHOW QUERIES') does. The rest is not
+        // normalized (a bulk INSERT's can be megabytes): every `$n` in it counts.
+        numbering.seen = numbering.seen.max(parameters_in(b, stop));
     }
-    if !numbering.needs_second_pass() {
-        return first;
+    if numbering.needs_second_pass() {
+        numbering = Numbering { base: Some(numbering.seen), ..Numbering::default() };
+        out.clear();
+        let stop = normalize_pass(b, max, out, &mut numbering);
+        return (stop < b.len() || out.len() > max, numbering.n);
     }
-    let mut numbering = Numbering { base: Some(numbering.seen), ..Numbering::default() };
-    out.clear();
-    normalize_pass(b, max, out, &mut numbering)
+    (cut, numbering.n)
 }
 
-/// One normalizing pass over `b` into `out`, numbering placeholders with `numbering`. Returns
-/// whether the text was cut (at `max` bytes of output, perhaps a little past it) and how many
-/// literals it replaced.
-fn normalize_pass(b: &[u8], max: usize, out: &mut impl Out, numbering: &mut Numbering) -> (bool, u32) {
+/// The highest `$n` in `b` from `from` on that follows no identifier byte, inside literals
+/// and comments too (0 when there is none).
+fn parameters_in(b: &[u8], from: usize) -> u32 {
+    let mut highest = 0u32;
+    for i in memchr::memchr_iter(b'$', &b[from..]).map(|i| from + i) {
+        if i > 0 && is_ident(b[i - 1]) {
+            continue;
+        }
+        let mut digits = Numbering::default();
+        digits.parameter(&b[i + 1..]);
+        highest = highest.max(digits.seen);
+    }
+    highest
+}
+
+/// One normalizing pass over `b` into `out`, numbering placeholders with `numbering`, until
+/// the end of `b` or `max` bytes of output (perhaps a little past it). Returns where in `b` it
+/// stopped.
+fn normalize_pass(b: &[u8], max: usize, out: &mut impl Out, numbering: &mut Numbering) -> usize {
     let mut i = 0;
     let mut pending_space = false;
     while i < b.len() && out.len() < max {
@@ -394,7 +410,7 @@ fn normalize_pass(b: &[u8], max: usize, out: &mut impl Out, numbering: &mut Numb
         out.push(c);
         i += 1;
     }
-    (i < b.len() || out.len() > max, numbering.n)
+    i
 }
 
 #[cfg(test)]
