@@ -244,6 +244,142 @@ pub fn fingerprint(b: &[u8]) -> u64 {
     out.hash
 }
 
+/// Texts remembered per thread by [`fingerprint_remembered`]: sets chosen by the text up to its
+/// first digit, a few texts per set.
+const REMEMBERED_SETS: usize = 32;
+const REMEMBERED_WAYS: usize = 4;
+/// Longer texts are fingerprinted every time (and not copied).
+const REMEMBERED_MAX_TEXT: usize = 1024;
+
+#[derive(Default)]
+struct Remembered {
+    text: Vec<u8>,
+    fingerprint: u64,
+}
+
+thread_local! {
+    static REMEMBERED: std::cell::RefCell<Vec<[Remembered; REMEMBERED_WAYS]>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`fingerprint`] of a simple-protocol text, which usually carries its literals inline and
+/// differs from the last execution only in them (`... WHERE id = 42`): a text that differs
+/// from one remembered on this thread only in the digits of numbers has that text's
+/// fingerprint, found by one comparison instead of a normalizing pass.
+pub fn fingerprint_remembered(b: &[u8]) -> u64 {
+    remembered(b).0
+}
+
+/// [`fingerprint_remembered`], also saying whether a remembered text served.
+fn remembered(b: &[u8]) -> (u64, bool) {
+    if b.is_empty() || b.len() > REMEMBERED_MAX_TEXT {
+        return (fingerprint(b), false);
+    }
+    let set = (prefix_hash(b) % REMEMBERED_SETS as u64) as usize;
+    REMEMBERED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.is_empty() {
+            cache.resize_with(REMEMBERED_SETS, Default::default);
+        }
+        let ways = &mut cache[set];
+        if let Some(k) = ways.iter().position(|w| !w.text.is_empty() && same_but_numbers(&w.text, b)) {
+            if k > 0 {
+                // Most recently used first: the next look finds it at once.
+                ways[..=k].rotate_right(1);
+            }
+            return (ways[0].fingerprint, true);
+        }
+        let fp = fingerprint(b);
+        ways.rotate_right(1);
+        ways[0].text.clear();
+        ways[0].text.extend_from_slice(b);
+        ways[0].fingerprint = fp;
+        (fp, false)
+    })
+}
+
+/// A hash of `b` up to its first ASCII digit (texts of one statement with other numbers in
+/// it land in the same set), eight bytes at a time.
+fn prefix_hash(b: &[u8]) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = 0u64;
+    for chunk in b.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        // High bit of each byte that is '0'..='9': at least 0x30 and not at least 0x3a, in its
+        // low seven bits (no carry crosses a byte), and an ASCII byte at all.
+        let low = x & (ONES * 0x7f);
+        let digits = (low + ONES * (0x80 - 0x30)) & !(low + ONES * (0x80 - 0x3a)) & !x & (ONES * 0x80);
+        if digits != 0 {
+            let keep = digits.trailing_zeros() / 8 * 8;
+            let below = if keep == 0 { 0 } else { x & (u64::MAX >> (64 - keep)) };
+            return (h.rotate_left(23) ^ below ^ u64::from(keep)).wrapping_mul(K);
+        }
+        h = (h.rotate_left(23) ^ x).wrapping_mul(K);
+    }
+    h
+}
+
+/// Bytes after which a run of digits is a number of its own in both texts (or inside a
+/// literal or comment in both): white space, operators, brackets, commas.
+static BEFORE_NUMBER: [bool; 256] = {
+    let mut t = [false; 256];
+    let ok = b" \t\n\r=<>!(,+-*/%^|[";
+    let mut i = 0;
+    while i < ok.len() {
+        t[ok[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
+/// How many bytes `a` and `b` have in common at their start, compared eight at a time.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut i = 0;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let diff = u64::from_le_bytes(x.try_into().expect("8 bytes"))
+            ^ u64::from_le_bytes(y.try_into().expect("8 bytes"));
+        if diff != 0 {
+            return i + (diff.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + a[i..].iter().zip(&b[i..]).take_while(|(x, y)| x == y).count()
+}
+
+/// Whether `a` and `b` are the same text but for the digits of numbers: every difference lies
+/// in a run of digits (in both) that follows a byte of [`BEFORE_NUMBER`]. Such texts
+/// normalize alike: the runs are numbers, or inside the same literal or comment in both.
+fn same_but_numbers(a: &[u8], b: &[u8]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    loop {
+        let common = common_prefix(&a[i..], &b[j..]);
+        let back = a[i..i + common].iter().rev().take_while(|c| c.is_ascii_digit()).count();
+        i += common;
+        j += common;
+        if i == a.len() && j == b.len() {
+            return true;
+        }
+        let run_a = a[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let run_b = b[j..].iter().take_while(|c| c.is_ascii_digit()).count();
+        // Both sides have digits here (those just compared equal count), after a byte that
+        // starts no identifier, parameter or literal prefix.
+        let start = i - back;
+        if back + run_a == 0 || back + run_b == 0 || start == 0 || !BEFORE_NUMBER[a[start - 1] as usize] {
+            return false;
+        }
+        if run_a == 0 && run_b == 0 {
+            return false; // a difference that is no digit
+        }
+        i += run_a;
+        j += run_b;
+    }
+}
+
 /// Byte classes for [`normalize_into`]: the common bytes (white space, letters that start
 /// nothing else) are told apart with one lookup.
 const SPACE: u8 = 1;
@@ -510,6 +646,77 @@ mod tests {
                 .fold(super::FNV_OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(super::FNV_PRIME));
             assert_eq!(super::fingerprint(sql.as_bytes()), hash, "{sql:?} -> {text:?}");
         }
+    }
+
+    /// The remembered fingerprint of a text is its fingerprint, whichever text was remembered
+    /// before it, and texts that differ only in their numbers' digits find the remembered one.
+    #[test]
+    fn remembered_fingerprints_are_fingerprints() {
+        const PIECES: [&str; 24] = [
+            "select", " ", "12", "7", "'a'", "x", "$1", "e", ".", "=", "(", "--c\n", "/*1*/", "E'\\1'",
+            "$$ 3 $$", "$q1$", "-", "+", "\n", "é", ",", "0x1f", "$", "*",
+        ];
+        let pieces: Vec<&[u8]> = PIECES.iter().map(|p| p.as_bytes()).collect();
+        let mut hits = 0;
+        for (k, sql) in crate::testing::texts_from_pieces(&pieces, 20_000, 10, 0x2545_f491_4f6c_dd1d)
+            .into_iter()
+            .enumerate()
+        {
+            // The same text with other digits, and sometimes one more.
+            let mut other = Vec::new();
+            for (i, &c) in sql.iter().enumerate() {
+                if c.is_ascii_digit() {
+                    other.push(b'0' + (c - b'0' + 1 + (k + i) as u8 % 8) % 10);
+                    if (k + i) % 3 == 0 {
+                        other.push(b'9');
+                    }
+                } else {
+                    other.push(c);
+                }
+            }
+            for text in [&sql, &other] {
+                let (fp, hit) = super::remembered(text);
+                assert_eq!(fp, super::fingerprint(text), "{:?}", String::from_utf8_lossy(text));
+                hits += usize::from(hit);
+            }
+        }
+        assert!(hits > 5_000, "{hits}");
+    }
+
+    #[test]
+    fn common_prefix_finds_the_first_difference() {
+        let a = [b'x'; 21];
+        for k in 0..21 {
+            let mut b = a;
+            b[k] = b'y';
+            assert_eq!(super::common_prefix(&a, &b), k);
+            assert_eq!(super::common_prefix(&a[..k], &a), k);
+        }
+    }
+
+    #[test]
+    fn only_numbers_may_differ() {
+        use super::same_but_numbers as same;
+        assert!(same(b"select * from t where id = 5;", b"select * from t where id = 12345;"));
+        assert!(same(b"values (1, 2.5, 'x', 30)", b"values (17, 3.5, 'x', 4)"));
+        assert!(same(b"select 1e5 -- 7\n", b"select 1e5 -- 8\n"));
+        assert!(!same(b"select * from t1", b"select * from t2")); // identifiers
+        assert!(!same(b"select $1", b"select $2")); // parameters
+        assert!(!same(b"select 'a'12", b"select 'a'34")); // `$112` against `$134`
+        assert!(!same(b"select 1.25", b"select 1.37")); // after '.': not taken as a number start
+        assert!(!same(b"select 'a'", b"select 'b'"));
+        assert!(!same(b"12", b"34")); // nothing before the number
+        assert!(!same(b"x = 1", b"x = 1 "));
+        // pgbench's statement, after the first, is found every time.
+        let hits = (1..200)
+            .filter(|n| {
+                super::remembered(
+                    format!("SELECT abalance FROM pgbench_accounts WHERE aid = {n};").as_bytes(),
+                )
+                .1
+            })
+            .count();
+        assert!(hits >= 198, "{hits}");
     }
 
     #[test]

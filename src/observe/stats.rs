@@ -173,9 +173,10 @@ impl Counters {
     }
 
     /// Adds one execution of a statement given by its raw text. Only its fingerprint is
-    /// computed here (no allocation); the normalized text is built when the statement is new.
+    /// computed here (or found: a text that differs from a recent one only in the digits of
+    /// its numbers has its fingerprint); the normalized text is built when the statement is new.
     pub fn statement_text(&self, text: &[u8], d: Duration, rows: u64) {
-        let fp = super::normalize::fingerprint(text);
+        let fp = super::normalize::fingerprint_remembered(text);
         self.statement(
             fp,
             || super::normalize::normalize_bytes(text, super::normalize::FINGERPRINT_MAX),
