@@ -1,5 +1,6 @@
 //! A TCP connection that may have been upgraded to TLS, in either direction.
 
+use bytes::BytesMut;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -46,6 +47,23 @@ impl Stream {
                     Poll::Ready(Ok(n)) if n > 0 => Some(n),
                     _ => None,
                 }
+            }
+        }
+    }
+
+    /// Whether the peer has sent anything (or closed) that nobody read, without waiting: what
+    /// there is goes into `buf`. A plain socket is read only when tokio has seen it become
+    /// readable (`try_read_buf`: no system call otherwise, and no wake-up registration to
+    /// undo); a TLS stream is polled with a no-op waker.
+    pub fn has_input_now(&mut self, buf: &mut BytesMut) -> bool {
+        match self {
+            Stream::Plain(s) => match s.try_read_buf(buf) {
+                Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+                Ok(_) => true, // data, or end of stream
+            },
+            _ => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                tokio_util::io::poll_read_buf(Pin::new(self), &mut cx, buf).is_ready()
             }
         }
     }

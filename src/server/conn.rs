@@ -414,10 +414,8 @@ impl ServerConn {
         if !self.rbuf.is_empty() {
             return true;
         }
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
         self.rbuf.reserve(64);
-        poll_read_buf(std::pin::Pin::new(&mut self.io), &mut cx, &mut self.rbuf).is_ready()
+        self.io.has_input_now(&mut self.rbuf)
     }
 }
 
