@@ -203,9 +203,9 @@ async fn show_queries_ranks_statements_by_total_time() {
     let p = proxy(&[]);
     let c = &p.upstreams()[0].counters;
     for _ in 0..3 {
-        c.statement_text(b"select * from t where id = 42", Duration::from_millis(2), 1);
+        c.statement_text(b"select * from t where id = 42", None, Duration::from_millis(2), 1);
     }
-    c.statement_text(b"select pg_sleep(1)", Duration::from_secs(1), 1);
+    c.statement_text(b"select pg_sleep(1)", None, Duration::from_secs(1), 1);
     let a = run(&p, "SHOW QUERIES").await;
     assert_eq!(a.columns, queries::COLUMNS);
     assert_eq!(a.rows.len(), 2);

@@ -175,13 +175,19 @@ pub fn remember_custom(names: &mut Vec<String>, name: &str) {
     }
 }
 
+/// Whether [`custom_setting_names`] may find a name in `sql`: it has a '.' and a "set" (SET,
+/// RESET, set_config) in any case.
+pub fn may_name_custom_settings(sql: &[u8]) -> bool {
+    memchr::memchr(b'.', sql).is_some() && sql.windows(3).any(|w| w.eq_ignore_ascii_case(b"set"))
+}
+
 /// Adds to `out` the custom (dotted) setting names that `sql` sets or resets: `SET [SESSION |
 /// LOCAL] a.b ...`, `RESET a.b`, `set_config('a.b', ...)`. Names are folded to lower case,
 /// as PostgreSQL folds them; at most [`MAX_CUSTOM_NAMES`] are kept.
 pub fn custom_setting_names(sql: &[u8], out: &mut Vec<String>) {
     // Every statement passes here: only one with a '.' and a "set" (SET, RESET, set_config)
     // is copied and looked at.
-    if memchr::memchr(b'.', sql).is_none() || !sql.windows(3).any(|w| w.eq_ignore_ascii_case(b"set")) {
+    if !may_name_custom_settings(sql) {
         return;
     }
     let text = String::from_utf8_lossy(sql).to_ascii_lowercase();

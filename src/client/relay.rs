@@ -14,6 +14,7 @@
 //! answers, and still hand the client exactly the responses, in the order, it would get from
 //! Postgres.
 
+use crate::observe::normalize;
 use crate::prepared::{self, ClientStatements, ServerStatements, SqlCommand, Statement};
 use crate::wire::frame::{FrameError, Header, HEADER_LEN};
 use crate::wire::messages::{
@@ -92,6 +93,10 @@ fn mentions_session_state(sql: &[u8]) -> bool {
     }
     false
 }
+
+/// Facts the relay remembers with a simple query's text (see [`normalize::recall`]).
+const MENTIONS_SESSION_STATE: u8 = 1;
+const MAY_NAME_CUSTOM_SETTINGS: u8 = 2;
 
 /// Byte classes for [`mentions_session_state`]: 0 not a letter, 1 a letter, 2 a letter that
 /// begins one of the words.
@@ -452,7 +457,7 @@ impl Relay {
                     tag::FUNCTION_CALL => {
                         self.outstanding += 1;
                         self.expect_server(Kind::Query);
-                        st.timing.query(None);
+                        st.timing.query(None, None);
                     }
                     tag::SYNC => {
                         self.outstanding += 1;
@@ -489,7 +494,10 @@ impl Relay {
             } else {
                 if h.tag == tag::QUERY {
                     self.outstanding += 1;
-                    st.timing.query(Some(msg.slice(HEADER_LEN..msg.len().saturating_sub(1).max(HEADER_LEN))));
+                    st.timing.query(
+                        Some(msg.slice(HEADER_LEN..msg.len().saturating_sub(1).max(HEADER_LEN))),
+                        None,
+                    );
                 } else {
                     self.in_batch = true;
                 }
@@ -528,10 +536,37 @@ impl Relay {
     ) -> Result<(), FrameError> {
         let body = &msg[HEADER_LEN..];
         if t == tag::QUERY {
-            if mentions_session_state(body) {
+            // What the scans below found in this text, and its fingerprint, are remembered
+            // for texts that differ from it only in the digits of numbers (which changes
+            // neither: letters and word starts stay where they were).
+            let text_end = msg.len().saturating_sub(1).max(HEADER_LEN);
+            let text = &msg[HEADER_LEN..text_end];
+            let (fingerprint, facts) = match normalize::recall(text) {
+                Some(r) => (Some(r.fingerprint), r.facts),
+                None => {
+                    let mut facts = 0;
+                    if mentions_session_state(body) {
+                        facts |= MENTIONS_SESSION_STATE;
+                    }
+                    if super::params::may_name_custom_settings(body) {
+                        facts |= MAY_NAME_CUSTOM_SETTINGS;
+                    }
+                    // Computed here for a text that can be remembered (the relay needs its
+                    // facts anyway); a longer one's only when the statement is counted.
+                    let fingerprint = (text.len() <= normalize::REMEMBERED_MAX_TEXT).then(|| {
+                        let fingerprint = normalize::fingerprint(text);
+                        normalize::remember(text, normalize::Recalled { fingerprint, facts });
+                        fingerprint
+                    });
+                    (fingerprint, facts)
+                }
+            };
+            if facts & MENTIONS_SESSION_STATE != 0 {
                 self.state_hint = Some(msg.slice(HEADER_LEN..));
             }
-            super::params::custom_setting_names(body, &mut self.custom_names);
+            if facts & MAY_NAME_CUSTOM_SETTINGS != 0 {
+                super::params::custom_setting_names(body, &mut self.custom_names);
+            }
             if st.rewrite {
                 match prepared::sql_command(body) {
                     Some(SqlCommand::Deallocate(name)) if st.client.remove(name.as_bytes()) => {
@@ -549,7 +584,7 @@ impl Relay {
             }
             self.outstanding += 1;
             self.expect_server(Kind::Query);
-            st.timing.query(Some(msg.slice(HEADER_LEN..msg.len().saturating_sub(1).max(HEADER_LEN))));
+            st.timing.query(Some(msg.slice(HEADER_LEN..text_end)), fingerprint);
             out.extend_from_slice(&msg);
             return Ok(());
         }

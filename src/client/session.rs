@@ -1082,7 +1082,7 @@ impl Session {
                 if f.parsed {
                     up.counters.statement_parsed(text, f.duration, f.rows);
                 } else {
-                    up.counters.statement_text(text, f.duration, f.rows);
+                    up.counters.statement_text(text, f.fingerprint, f.duration, f.rows);
                 }
             }
             if self.slow.is_slow_query(f.duration) {

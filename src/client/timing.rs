@@ -15,8 +15,17 @@ const MAX_NAMES: usize = 1000;
 
 #[derive(Debug)]
 enum Timer {
-    Query { start: Instant, text: Option<Bytes>, rows: u64, sqlstate: Option<String> },
-    Execute { start: Instant, text: Option<Bytes> },
+    Query {
+        start: Instant,
+        text: Option<Bytes>,
+        fingerprint: Option<u64>,
+        rows: u64,
+        sqlstate: Option<String>,
+    },
+    Execute {
+        start: Instant,
+        text: Option<Bytes>,
+    },
     Sync,
 }
 
@@ -24,6 +33,8 @@ enum Timer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
     pub text: Option<Bytes>,
+    /// The text's fingerprint, when the relay already had it.
+    pub fingerprint: Option<u64>,
     /// Run by Execute: the text came with a Parse (and is usually sent again unchanged).
     pub parsed: bool,
     pub duration: Duration,
@@ -75,10 +86,11 @@ impl Timing {
         self.xact_start.get_or_insert(now);
     }
 
-    pub fn query(&mut self, text: Option<Bytes>) {
+    /// A simple query (or function call: no text), with its text's fingerprint when known.
+    pub fn query(&mut self, text: Option<Bytes>, fingerprint: Option<u64>) {
         let now = Instant::now();
         self.begin(now);
-        self.timers.push_back(Timer::Query { start: now, text, rows: 0, sqlstate: None });
+        self.timers.push_back(Timer::Query { start: now, text, fingerprint, rows: 0, sqlstate: None });
     }
 
     /// Remembers a statement's text: copied, as it outlives the request (an idle client keeps
@@ -118,21 +130,9 @@ impl Timing {
         self.timers.push_back(Timer::Sync);
     }
 
-    fn finish_query(
-        &mut self,
-        start: Instant,
-        now: Instant,
-        text: Option<Bytes>,
-        rows: u64,
-        sqlstate: Option<String>,
-    ) {
-        let duration = now.saturating_duration_since(start);
-        self.finished.push(Finished { text, parsed: false, duration, rows, sqlstate });
-    }
-
     fn finish_execute(&mut self, start: Instant, text: Option<Bytes>, rows: u64, sqlstate: Option<String>) {
         let duration = start.elapsed();
-        self.finished.push(Finished { text, parsed: true, duration, rows, sqlstate });
+        self.finished.push(Finished { text, fingerprint: None, parsed: true, duration, rows, sqlstate });
     }
 
     /// CommandComplete, EmptyQueryResponse ('I') or PortalSuspended ('s').
@@ -168,8 +168,9 @@ impl Timing {
         }
         // One clock read for the statement and the transaction it ends.
         let now = Instant::now();
-        if let Some(Timer::Query { start, text, rows, sqlstate }) = self.timers.pop_front() {
-            self.finish_query(start, now, text, rows, sqlstate);
+        if let Some(Timer::Query { start, text, fingerprint, rows, sqlstate }) = self.timers.pop_front() {
+            let duration = now.saturating_duration_since(start);
+            self.finished.push(Finished { text, fingerprint, parsed: false, duration, rows, sqlstate });
         }
         if status == b'I' {
             if let Some(start) = self.xact_start.take() {
@@ -186,13 +187,14 @@ mod tests {
     #[test]
     fn simple_query_counts_rows_until_ready() {
         let mut t = Timing::default();
-        t.query(Some(Bytes::from_static(b"select 1; select 2")));
+        t.query(Some(Bytes::from_static(b"select 1; select 2")), Some(7));
         t.complete(Some(b"SELECT 1\0"));
         t.complete(Some(b"SELECT 1\0"));
         assert!(t.finished.is_empty());
         t.ready(b'I');
         assert_eq!(t.finished.len(), 1);
         assert_eq!(t.finished[0].rows, 2);
+        assert_eq!(t.finished[0].fingerprint, Some(7));
         assert_eq!(t.transactions.len(), 1);
     }
 
@@ -217,7 +219,7 @@ mod tests {
     #[test]
     fn executes_skipped_after_an_error_are_dropped_and_transactions_span_statements() {
         let mut t = Timing::default();
-        t.query(Some(Bytes::from_static(b"begin")));
+        t.query(Some(Bytes::from_static(b"begin")), None);
         t.ready(b'T');
         t.bind(b"");
         t.execute();
@@ -227,7 +229,7 @@ mod tests {
         t.ready(b'E');
         assert_eq!(t.finished.len(), 2);
         assert!(t.transactions.is_empty());
-        t.query(Some(Bytes::from_static(b"rollback")));
+        t.query(Some(Bytes::from_static(b"rollback")), None);
         t.ready(b'I');
         assert_eq!(t.transactions.len(), 1);
         assert_eq!(rows(b"INSERT 0 7\0"), 7);

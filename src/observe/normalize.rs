@@ -244,17 +244,26 @@ pub fn fingerprint(b: &[u8]) -> u64 {
     out.hash
 }
 
-/// Texts remembered per thread by [`fingerprint_remembered`]: sets chosen by the text up to its
-/// first digit, a few texts per set.
+/// Texts remembered per thread by [`remember`]: sets chosen by the text up to its first
+/// digit, a few texts per set.
 const REMEMBERED_SETS: usize = 32;
 const REMEMBERED_WAYS: usize = 4;
-/// Longer texts are fingerprinted every time (and not copied).
-const REMEMBERED_MAX_TEXT: usize = 1024;
+/// Longer texts are not remembered (nor copied).
+pub const REMEMBERED_MAX_TEXT: usize = 1024;
+
+/// What is remembered of a simple-protocol text: its fingerprint, and facts the caller found
+/// in it that do not depend on the digits of its numbers (the relay's: whether it mentions
+/// session state, whether it may set custom settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recalled {
+    pub fingerprint: u64,
+    pub facts: u8,
+}
 
 #[derive(Default)]
 struct Remembered {
     text: Vec<u8>,
-    fingerprint: u64,
+    recalled: Option<Recalled>,
 }
 
 thread_local! {
@@ -262,18 +271,32 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// [`fingerprint`] of a simple-protocol text, which usually carries its literals inline and
-/// differs from the last execution only in them (`... WHERE id = 42`): a text that differs
-/// from one remembered on this thread only in the digits of numbers has that text's
-/// fingerprint, found by one comparison instead of a normalizing pass.
-pub fn fingerprint_remembered(b: &[u8]) -> u64 {
-    remembered(b).0
+/// What was remembered of a text that differs from `b` only in the digits of numbers (after
+/// white space or an operator), on this thread. Simple-protocol texts carry their literals
+/// inline and usually differ from the last execution only in them (`... WHERE id = 42`): one
+/// comparison finds what a normalizing pass and the relay's scans would find again.
+pub fn recall(b: &[u8]) -> Option<Recalled> {
+    if b.is_empty() || b.len() > REMEMBERED_MAX_TEXT {
+        return None;
+    }
+    let set = (prefix_hash(b) % REMEMBERED_SETS as u64) as usize;
+    REMEMBERED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let ways = cache.get_mut(set)?;
+        let k = ways.iter().position(|w| w.recalled.is_some() && same_but_numbers(&w.text, b))?;
+        if k > 0 {
+            // Most recently used first: the next look finds it at once.
+            ways[..=k].rotate_right(1);
+        }
+        ways[0].recalled
+    })
 }
 
-/// [`fingerprint_remembered`], also saying whether a remembered text served.
-fn remembered(b: &[u8]) -> (u64, bool) {
+/// Remembers `recalled` for `b` (and texts that differ from it only in numbers), in place of
+/// the least recently used text of its set.
+pub fn remember(b: &[u8], recalled: Recalled) {
     if b.is_empty() || b.len() > REMEMBERED_MAX_TEXT {
-        return (fingerprint(b), false);
+        return;
     }
     let set = (prefix_hash(b) % REMEMBERED_SETS as u64) as usize;
     REMEMBERED.with(|cache| {
@@ -282,19 +305,10 @@ fn remembered(b: &[u8]) -> (u64, bool) {
             cache.resize_with(REMEMBERED_SETS, Default::default);
         }
         let ways = &mut cache[set];
-        if let Some(k) = ways.iter().position(|w| !w.text.is_empty() && same_but_numbers(&w.text, b)) {
-            if k > 0 {
-                // Most recently used first: the next look finds it at once.
-                ways[..=k].rotate_right(1);
-            }
-            return (ways[0].fingerprint, true);
-        }
-        let fp = fingerprint(b);
         ways.rotate_right(1);
         ways[0].text.clear();
         ways[0].text.extend_from_slice(b);
-        ways[0].fingerprint = fp;
-        (fp, false)
+        ways[0].recalled = Some(recalled);
     })
 }
 
@@ -354,7 +368,7 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
 /// Whether `a` and `b` are the same text but for the digits of numbers: every difference lies
 /// in a run of digits (in both) that follows a byte of [`BEFORE_NUMBER`]. Such texts
 /// normalize alike: the runs are numbers, or inside the same literal or comment in both.
-fn same_but_numbers(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_but_numbers(a: &[u8], b: &[u8]) -> bool {
     let (mut i, mut j) = (0, 0);
     loop {
         let common = common_prefix(&a[i..], &b[j..]);
@@ -648,7 +662,17 @@ mod tests {
         }
     }
 
-    /// The remembered fingerprint of a text is its fingerprint, whichever text was remembered
+    /// The fingerprint of `b` as the relay finds it: recalled, or computed and remembered.
+    fn remembered(b: &[u8]) -> (u64, bool) {
+        if let Some(r) = super::recall(b) {
+            return (r.fingerprint, true);
+        }
+        let fingerprint = super::fingerprint(b);
+        super::remember(b, super::Recalled { fingerprint, facts: 0 });
+        (fingerprint, false)
+    }
+
+    /// The recalled fingerprint of a text is its fingerprint, whichever text was remembered
     /// before it, and texts that differ only in their numbers' digits find the remembered one.
     #[test]
     fn remembered_fingerprints_are_fingerprints() {
@@ -675,7 +699,7 @@ mod tests {
                 }
             }
             for text in [&sql, &other] {
-                let (fp, hit) = super::remembered(text);
+                let (fp, hit) = remembered(text);
                 assert_eq!(fp, super::fingerprint(text), "{:?}", String::from_utf8_lossy(text));
                 hits += usize::from(hit);
             }
@@ -710,10 +734,7 @@ mod tests {
         // pgbench's statement, after the first, is found every time.
         let hits = (1..200)
             .filter(|n| {
-                super::remembered(
-                    format!("SELECT abalance FROM pgbench_accounts WHERE aid = {n};").as_bytes(),
-                )
-                .1
+                remembered(format!("SELECT abalance FROM pgbench_accounts WHERE aid = {n};").as_bytes()).1
             })
             .count();
         assert!(hits >= 198, "{hits}");

@@ -172,11 +172,11 @@ impl Counters {
         t.hist[super::histogram::BOUNDS_US.partition_point(|&b| b < us)] += 1;
     }
 
-    /// Adds one execution of a statement given by its raw text. Only its fingerprint is
-    /// computed here (or found: a text that differs from a recent one only in the digits of
-    /// its numbers has its fingerprint); the normalized text is built when the statement is new.
-    pub fn statement_text(&self, text: &[u8], d: Duration, rows: u64) {
-        let fp = super::normalize::fingerprint_remembered(text);
+    /// Adds one execution of a statement given by its raw text, and its fingerprint when the
+    /// relay already has it. Only the fingerprint is computed here; the normalized text is
+    /// built when the statement is new.
+    pub fn statement_text(&self, text: &[u8], fingerprint: Option<u64>, d: Duration, rows: u64) {
+        let fp = fingerprint.unwrap_or_else(|| super::normalize::fingerprint(text));
         self.statement(
             fp,
             || super::normalize::normalize_bytes(text, super::normalize::FINGERPRINT_MAX),
@@ -258,9 +258,9 @@ mod tests {
     #[test]
     fn statements_with_other_literals_share_a_fingerprint() {
         let c = Counters::default();
-        c.statement_text(b"select * from t where a = 1", Duration::from_millis(1), 1);
-        c.statement_text(b"SELECT * FROM t WHERE a = 'x'", Duration::from_millis(1), 1);
-        c.statement_text(b"select  *  from t where a = 2 -- again", Duration::from_millis(1), 1);
+        c.statement_text(b"select * from t where a = 1", None, Duration::from_millis(1), 1);
+        c.statement_text(b"SELECT * FROM t WHERE a = 'x'", None, Duration::from_millis(1), 1);
+        c.statement_text(b"select  *  from t where a = 2 -- again", None, Duration::from_millis(1), 1);
         let top = c.top_statements(5);
         assert_eq!(top.len(), 2, "{top:?}");
         let lower = top.iter().find(|(_, t)| t.text.starts_with("select")).unwrap();

@@ -258,6 +258,77 @@ fn deallocate_of_a_managed_statement_is_answered_locally() {
     assert!(rig.client.is_empty());
 }
 
+/// A query that differs from an earlier one only in its numbers is recalled (no scan), and
+/// what the scans found in the earlier one still holds: session state, custom settings, the
+/// fingerprint its execution is counted under.
+#[test]
+fn recalled_texts_keep_what_the_scans_found() {
+    for round in 0..3 {
+        let mut rig = Rig::new();
+        let mut server = ServerStatements::new(10);
+        let lock = format!("select pg_advisory_lock({})\0", 10 + round);
+        rig.send(&mut server, &[msg(b'Q', lock.as_bytes())]);
+        assert!(rig.relay.state_hint.is_some(), "round {round}");
+        let set = format!("set app.tenant = {}\0", 100 * round + 1);
+        rig.send(&mut server, &[msg(b'Q', set.as_bytes())]);
+        assert_eq!(rig.relay.custom_names, ["app.tenant"], "round {round}");
+        let plain = format!("select * from t where id = {}\0", round + 5);
+        rig.send(&mut server, &[msg(b'Q', plain.as_bytes())]);
+        rig.answer(&mut server, &[ready(), ready(), ready()]);
+        // Every query's fingerprint went with its timer, equal to the normalizer's.
+        let fingerprints: Vec<_> = rig.timing.finished.iter().map(|f| f.fingerprint).collect();
+        let expected: Vec<_> = [&lock, &set, &plain]
+            .iter()
+            .map(|t| Some(crate::observe::normalize::fingerprint(&t.as_bytes()[..t.len() - 1])))
+            .collect();
+        assert_eq!(fingerprints, expected, "round {round}");
+    }
+}
+
+/// What the relay remembers with a text holds for every text that the cache takes for the same
+/// but for numbers: on generated pairs of texts that differ in digits, whenever the cache would
+/// take one for the other, both scans agree.
+#[test]
+fn the_remembered_facts_do_not_depend_on_digits() {
+    const PIECES: [&[u8]; 16] = [
+        b"set", b" ", b"12", b"7", b"app.x", b"temp", b"=", b"(", b"listen", b"'a'", b"t", b",", b"SeT",
+        b"-", b"_", b".",
+    ];
+    let mut same = 0;
+    for (k, sql) in
+        crate::testing::texts_from_pieces(&PIECES, 20_000, 10, 0x9e37_79b9_7f4a_7c15).into_iter().enumerate()
+    {
+        let mut other = Vec::new();
+        for (i, &c) in sql.iter().enumerate() {
+            if c.is_ascii_digit() {
+                other.push(b'0' + (c - b'0' + 1 + (k + i) as u8 % 8) % 10);
+                if (k + i) % 3 == 0 {
+                    other.push(b'5');
+                }
+            } else {
+                other.push(c);
+            }
+        }
+        if !crate::observe::normalize::same_but_numbers(&sql, &other) {
+            continue;
+        }
+        same += 1;
+        assert_eq!(
+            mentions_session_state(&sql),
+            mentions_session_state(&other),
+            "{:?}",
+            String::from_utf8_lossy(&sql)
+        );
+        assert_eq!(
+            super::super::params::may_name_custom_settings(&sql),
+            super::super::params::may_name_custom_settings(&other),
+            "{:?}",
+            String::from_utf8_lossy(&sql)
+        );
+    }
+    assert!(same > 5_000, "{same}");
+}
+
 #[test]
 fn session_state_words() {
     assert!(mentions_session_state(b"LISTEN chan"));
