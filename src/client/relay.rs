@@ -94,9 +94,33 @@ fn mentions_session_state(sql: &[u8]) -> bool {
     false
 }
 
-/// Facts the relay remembers with a simple query's text (see [`normalize::recall`]).
+/// Facts the relay remembers with a statement's text (see [`normalize::recall`]).
 const MENTIONS_SESSION_STATE: u8 = 1;
 const MAY_NAME_CUSTOM_SETTINGS: u8 = 2;
+
+/// A statement's fingerprint (when it can be remembered) and what the relay's scans find in
+/// it: remembered for texts that differ from it only in the digits of numbers, which changes
+/// neither (letters and word starts stay where they were, and no run of digits vanishes).
+fn text_facts(text: &[u8]) -> (Option<u64>, u8) {
+    if let Some(r) = normalize::recall(text) {
+        return (Some(r.fingerprint), r.facts);
+    }
+    let mut facts = 0;
+    if mentions_session_state(text) {
+        facts |= MENTIONS_SESSION_STATE;
+    }
+    if super::params::may_name_custom_settings(text) {
+        facts |= MAY_NAME_CUSTOM_SETTINGS;
+    }
+    // Computed here for a text that can be remembered (the facts go with it); a longer one's
+    // only when the statement is counted.
+    let fingerprint = (text.len() <= normalize::REMEMBERED_MAX_TEXT).then(|| {
+        let fingerprint = normalize::fingerprint(text);
+        normalize::remember(text, normalize::Recalled { fingerprint, facts });
+        fingerprint
+    });
+    (fingerprint, facts)
+}
 
 /// Byte classes for [`mentions_session_state`]: 0 not a letter, 1 a letter, 2 a letter that
 /// begins one of the words.
@@ -536,31 +560,8 @@ impl Relay {
     ) -> Result<(), FrameError> {
         let body = &msg[HEADER_LEN..];
         if t == tag::QUERY {
-            // What the scans below found in this text, and its fingerprint, are remembered
-            // for texts that differ from it only in the digits of numbers (which changes
-            // neither: letters and word starts stay where they were).
             let text_end = msg.len().saturating_sub(1).max(HEADER_LEN);
-            let text = &msg[HEADER_LEN..text_end];
-            let (fingerprint, facts) = match normalize::recall(text) {
-                Some(r) => (Some(r.fingerprint), r.facts),
-                None => {
-                    let mut facts = 0;
-                    if mentions_session_state(body) {
-                        facts |= MENTIONS_SESSION_STATE;
-                    }
-                    if super::params::may_name_custom_settings(body) {
-                        facts |= MAY_NAME_CUSTOM_SETTINGS;
-                    }
-                    // Computed here for a text that can be remembered (the relay needs its
-                    // facts anyway); a longer one's only when the statement is counted.
-                    let fingerprint = (text.len() <= normalize::REMEMBERED_MAX_TEXT).then(|| {
-                        let fingerprint = normalize::fingerprint(text);
-                        normalize::remember(text, normalize::Recalled { fingerprint, facts });
-                        fingerprint
-                    });
-                    (fingerprint, facts)
-                }
-            };
+            let (fingerprint, facts) = text_facts(&msg[HEADER_LEN..text_end]);
             if facts & MENTIONS_SESSION_STATE != 0 {
                 self.state_hint = Some(msg.slice(HEADER_LEN..));
             }
