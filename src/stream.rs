@@ -54,7 +54,8 @@ impl Stream {
     /// Whether the peer has sent anything (or closed) that nobody read, without waiting: what
     /// there is goes into `buf`. A plain socket is read only when tokio has seen it become
     /// readable (`try_read_buf`: no system call otherwise, and no wake-up registration to
-    /// undo); a TLS stream is polled with a no-op waker.
+    /// undo); a TLS stream is polled with a no-op waker. (Once the runtime shuts down, a
+    /// plain socket reads as quiet here; its next use fails.)
     pub fn has_input_now(&mut self, buf: &mut BytesMut) -> bool {
         match self {
             Stream::Plain(s) => match s.try_read_buf(buf) {

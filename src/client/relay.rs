@@ -100,7 +100,8 @@ const MAY_NAME_CUSTOM_SETTINGS: u8 = 2;
 
 /// A statement's fingerprint (when it can be remembered) and what the relay's scans find in
 /// it: remembered for texts that differ from it only in the digits of numbers, which changes
-/// neither (letters and word starts stay where they were, and no run of digits vanishes).
+/// neither (the runs of letters stay the same, in the same order, as no run of digits
+/// appears or vanishes).
 fn text_facts(text: &[u8]) -> (Option<u64>, u8) {
     if let Some(r) = normalize::recall(text) {
         return (Some(r.fingerprint), r.facts);

@@ -126,9 +126,7 @@ impl Out for Fnv {
 /// (its executions would be counted under that statement's fingerprint).
 pub fn text_hash(s: &[u8]) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let seed = *SEED.get_or_init(rand::random);
-    let mut h: u64 = seed ^ s.len() as u64;
+    let mut h: u64 = seed() ^ s.len() as u64;
     let mut words = s.chunks_exact(8);
     for w in &mut words {
         h = (h.rotate_left(23) ^ u64::from_le_bytes(w.try_into().expect("8 bytes"))).wrapping_mul(K);
@@ -140,6 +138,12 @@ pub fn text_hash(s: &[u8]) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^ (h >> 33)
+}
+
+/// A random number per process, which seeds the hashes whose keys clients choose.
+fn seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(rand::random)
 }
 
 /// Numbers literal placeholders after the statement's own highest `$n` parameter, as the
@@ -245,7 +249,9 @@ pub fn fingerprint(b: &[u8]) -> u64 {
 }
 
 /// Texts remembered per thread by [`remember`]: sets chosen by the text up to its first
-/// digit, a few texts per set.
+/// digit, a few texts per set. The texts stay in memory (at most 128 KiB per thread) until
+/// others take their place, as the statements a session times do while it lives; like those,
+/// they never go into a log line or an error (only their normalized form does).
 const REMEMBERED_SETS: usize = 32;
 const REMEMBERED_WAYS: usize = 4;
 /// Longer texts are not remembered (nor copied).
@@ -313,11 +319,12 @@ pub fn remember(b: &[u8], recalled: Recalled) {
 }
 
 /// A hash of `b` up to its first ASCII digit (texts of one statement with other numbers in
-/// it land in the same set), eight bytes at a time.
+/// it land in the same set), eight bytes at a time. Seeded per process: a client cannot pick
+/// texts that all land in one set and push out everyone else's.
 fn prefix_hash(b: &[u8]) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut h = 0u64;
+    let mut h = seed();
     for chunk in b.chunks(8) {
         let mut word = [0u8; 8];
         word[..chunk.len()].copy_from_slice(chunk);
@@ -705,6 +712,19 @@ mod tests {
             }
         }
         assert!(hits > 5_000, "{hits}");
+    }
+
+    /// A text whose normalized form is cut at FINGERPRINT_MAX, with a parameter past the cut,
+    /// is recalled from one with other digits, under the fingerprint of its own.
+    #[test]
+    fn recalled_past_the_cut() {
+        let first = format!("select {}'x', $3", "1,".repeat(500));
+        let second = format!("select 12,{}'x', $3", "7,".repeat(499));
+        assert!(first.len() <= super::REMEMBERED_MAX_TEXT && second.len() <= super::REMEMBERED_MAX_TEXT);
+        assert!(super::normalize_counted(first.as_bytes(), super::FINGERPRINT_MAX).0.ends_with("..."));
+        assert!(!remembered(first.as_bytes()).1);
+        assert_eq!(remembered(second.as_bytes()), (super::fingerprint(second.as_bytes()), true));
+        assert_eq!(super::fingerprint(first.as_bytes()), super::fingerprint(second.as_bytes()));
     }
 
     #[test]

@@ -173,8 +173,8 @@ impl Counters {
     }
 
     /// Adds one execution of a statement given by its raw text, and its fingerprint when the
-    /// relay already has it. Only the fingerprint is computed here; the normalized text is
-    /// built when the statement is new.
+    /// relay already has it (else it is computed here, with no allocation); the normalized
+    /// text is built when the statement is new.
     pub fn statement_text(&self, text: &[u8], fingerprint: Option<u64>, d: Duration, rows: u64) {
         let fp = fingerprint.unwrap_or_else(|| super::normalize::fingerprint(text));
         self.statement(
@@ -186,8 +186,9 @@ impl Counters {
     }
 
     /// [`Counters::statement_text`] for a text that came with a Parse: its fingerprint is
-    /// remembered by the raw text's hash (a simple query's text usually carries literals
-    /// that differ every time, so it is not remembered).
+    /// remembered by the raw text's hash, for every client (a simple query's text usually
+    /// carries literals that differ every time: the relay remembers those per thread, for
+    /// texts that differ only in numbers).
     pub fn statement_parsed(&self, text: &[u8], d: Duration, rows: u64) {
         let raw = super::normalize::text_hash(text);
         let known = self.parsed.lock().unwrap_or_else(|p| p.into_inner()).get(&raw).copied();

@@ -267,9 +267,13 @@ fn recalled_texts_keep_what_the_scans_found() {
         let mut rig = Rig::new();
         let mut server = ServerStatements::new(10);
         let lock = format!("select pg_advisory_lock({})\0", 10 + round);
+        // From the second round on, each text is found remembered.
+        let recalled = |t: &str| crate::observe::normalize::recall(&t.as_bytes()[..t.len() - 1]).is_some();
+        assert_eq!(recalled(&lock), round > 0);
         rig.send(&mut server, &[msg(b'Q', lock.as_bytes())]);
         assert!(rig.relay.state_hint.is_some(), "round {round}");
         let set = format!("set app.tenant = {}\0", 100 * round + 1);
+        assert_eq!(recalled(&set), round > 0);
         rig.send(&mut server, &[msg(b'Q', set.as_bytes())]);
         assert_eq!(rig.relay.custom_names, ["app.tenant"], "round {round}");
         let plain = format!("select * from t where id = {}\0", round + 5);
