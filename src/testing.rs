@@ -16,3 +16,20 @@ pub fn texts_from_pieces(pieces: &[&[u8]], n: usize, max_pieces: u64, mut seed: 
         })
         .collect()
 }
+
+/// `text` with every ASCII digit changed, and after some of them one more digit (`k` varies
+/// which): the same text but for the digits of its numbers.
+pub fn other_digits(text: &[u8], k: usize) -> Vec<u8> {
+    let mut other = Vec::with_capacity(text.len() + text.len() / 3);
+    for (i, &c) in text.iter().enumerate() {
+        if c.is_ascii_digit() {
+            other.push(b'0' + (c - b'0' + 1 + (k + i) as u8 % 8) % 10);
+            if (k + i) % 3 == 0 {
+                other.push(b'0' + (k % 10) as u8);
+            }
+        } else {
+            other.push(c);
+        }
+    }
+    other
+}

@@ -693,18 +693,7 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            // The same text with other digits, and sometimes one more.
-            let mut other = Vec::new();
-            for (i, &c) in sql.iter().enumerate() {
-                if c.is_ascii_digit() {
-                    other.push(b'0' + (c - b'0' + 1 + (k + i) as u8 % 8) % 10);
-                    if (k + i) % 3 == 0 {
-                        other.push(b'9');
-                    }
-                } else {
-                    other.push(c);
-                }
-            }
+            let other = crate::testing::other_digits(&sql, k);
             for text in [&sql, &other] {
                 let (fp, hit) = remembered(text);
                 assert_eq!(fp, super::fingerprint(text), "{:?}", String::from_utf8_lossy(text));
