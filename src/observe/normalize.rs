@@ -171,11 +171,7 @@ impl Numbering {
 
     /// A `$n` parameter; `digits` follow its `$`.
     fn parameter(&mut self, digits: &[u8]) {
-        let mut v = 0u32;
-        for &d in digits.iter().take_while(|c| c.is_ascii_digit()) {
-            v = v.saturating_mul(10).saturating_add(u32::from(d - b'0'));
-        }
-        self.seen = self.seen.max(v);
+        self.seen = self.seen.max(parameter_number(digits));
     }
 
     /// A placeholder went out numbered below a parameter met later (`base` is set by the first
@@ -453,6 +449,14 @@ fn normalize_into(b: &[u8], max: usize, out: &mut impl Out) -> (bool, u32) {
     (cut, numbering.n)
 }
 
+/// The number of a `$n` parameter from the digits after its `$` (0 when there are none).
+fn parameter_number(digits: &[u8]) -> u32 {
+    digits
+        .iter()
+        .take_while(|c| c.is_ascii_digit())
+        .fold(0u32, |v, &d| v.saturating_mul(10).saturating_add(u32::from(d - b'0')))
+}
+
 /// The highest `$n` in `b` from `from` on that follows no identifier byte, inside literals
 /// and comments too (0 when there is none).
 fn parameters_in(b: &[u8], from: usize) -> u32 {
@@ -461,9 +465,7 @@ fn parameters_in(b: &[u8], from: usize) -> u32 {
         if i > 0 && is_ident(b[i - 1]) {
             continue;
         }
-        let mut digits = Numbering::default();
-        digits.parameter(&b[i + 1..]);
-        highest = highest.max(digits.seen);
+        highest = highest.max(parameter_number(&b[i + 1..]));
     }
     highest
 }
