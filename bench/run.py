@@ -693,6 +693,25 @@ def ratio(a, b):
     return f"{a / b:.2f}"
 
 
+def paired_ratios(rows, phase, mode, clients, key, a, b):
+    """a/b within each round: the two runs of one point in one round are a minute apart at
+    most, so noise that drifts over minutes hits both; a ratio of medians can pair a good
+    round of one target with a bad round of the other."""
+    by = {}
+    for r in rows:
+        if (r["phase"] == phase and r["mode"] == mode and r["clients"] == clients and r["status"] == "ok"
+                and r.get(key) is not None):
+            by[(r["target"], r["round"])] = r[key]
+    return [by[(a, n)] / by[(b, n)] for (t, n) in sorted(by) if t == a and by.get((b, n))]
+
+
+def ratio_spread(vals):
+    if not vals:
+        return "NA"
+    m = statistics.median(vals)
+    return f"{m:.2f}" if len(vals) == 1 else f"{m:.2f} [{min(vals):.2f}-{max(vals):.2f}]"
+
+
 def main():
     ap = argparse.ArgumentParser(description="Benchmark pgsidecar against PgBouncer and direct PostgreSQL.")
     ap.add_argument("--quick", action="store_true", help="3 s runs, 1 round, fewer points (a smoke run)")
@@ -1083,18 +1102,23 @@ def summarize(rows, args, meta):
     L.append(f"{meta['nproc']} cores; load at start {meta['loadavg_start'].split()[0]}; rounds {args.rounds};"
              f" {args.duration} s per run; pool {args.pool_size}, transaction mode, client auth SCRAM-SHA-256 on both"
              f" proxies; no TLS on any hop (client or server); all on 127.0.0.1.")
-    L.append("Cells: median [min-max] over rounds. Ratios are of medians. sc = pgsidecar, pgb = PgBouncer.")
+    L.append("Cells: median [min-max] over rounds. sc/pgb and sc/direct are ratios of those medians; 'per round' is the"
+             " median [min-max] of the ratios")
+    L.append("within each round (the runs it pairs are a minute apart at most, so slow drifts in machine load cancel)."
+             " sc = pgsidecar, pgb = PgBouncer.")
     L.append("")
     L.append(f"Select-only TPS (pgbench -S -j 2 -T {args.duration})")
-    hdr = f"{'mode':<9}{'clients':>7}  {'direct':<26}{'pgbouncer':<28}{'pgsidecar':<28}{'sc/pgb':>7}{'sc/direct':>10}"
+    hdr = (f"{'mode':<9}{'clients':>7}  {'direct':<26}{'pgbouncer':<28}{'pgsidecar':<28}{'sc/pgb':>7}{'sc/direct':>10}"
+           f"  {'sc/pgb per round':<18}")
     L.append(hdr)
     L.append("-" * len(hdr))
     for mode in args.modes:
         for c in args.clients:
             d, b, s = (median(get(t, mode, c)) for t in TARGETS)
             bcell = cell(PGBOUNCER, mode, c) + (" *ext" if mode == "prepared" else "")
+            pr = ratio_spread(paired_ratios(rows, "select_only", mode, c, "tps", SIDECAR, PGBOUNCER))
             L.append(f"{mode:<9}{c:>7}  {cell(DIRECT, mode, c):<26}{bcell:<28}{cell(SIDECAR, mode, c):<28}"
-                     f"{ratio(s, b):>7}{ratio(s, d):>10}")
+                     f"{ratio(s, b):>7}{ratio(s, d):>10}  {pr:<18}")
     if "prepared" in args.modes:
         L.append("* PgBouncer 1.18 has no prepared statements in transaction mode: its prepared row is its -M extended run.")
     L.append("")
@@ -1114,7 +1138,7 @@ def summarize(rows, args, meta):
                  f"{ratio(med[SIDECAR][0], med[PGBOUNCER][0]):>11}{ratio(med[SIDECAR][1], med[PGBOUNCER][1]):>11}")
     L.append("")
     L.append("Proxy CPU seconds per 100,000 transactions (utime+stime of the proxy process from /proc; direct: n/a)")
-    hdr = f"{'mode':<9}{'clients':>7}  {'pgbouncer':<24}{'pgsidecar':<24}{'sc/pgb':>7}"
+    hdr = f"{'mode':<9}{'clients':>7}  {'pgbouncer':<24}{'pgsidecar':<24}{'sc/pgb':>7}  {'sc/pgb per round':<18}"
     L.append(hdr)
     L.append("-" * len(hdr))
     for mode in args.modes:
@@ -1122,13 +1146,15 @@ def summarize(rows, args, meta):
             b = median(get(PGBOUNCER, mode, c, "proxy_cpu_s_per_100k_tx"))
             s = median(get(SIDECAR, mode, c, "proxy_cpu_s_per_100k_tx"))
             L.append(f"{mode:<9}{c:>7}  {cell(PGBOUNCER, mode, c, 'proxy_cpu_s_per_100k_tx', 2) + (' *ext' if mode == 'prepared' else ''):<24}"
-                     f"{cell(SIDECAR, mode, c, 'proxy_cpu_s_per_100k_tx', 2):<24}{ratio(s, b):>7}")
+                     f"{cell(SIDECAR, mode, c, 'proxy_cpu_s_per_100k_tx', 2):<24}{ratio(s, b):>7}  "
+                     f"{ratio_spread(paired_ratios(rows, 'select_only', mode, c, 'proxy_cpu_s_per_100k_tx', SIDECAR, PGBOUNCER))}")
     L.append("")
     L.append("Connect per transaction (pgbench -S -C -c 16 -M simple; every transaction logs in with SCRAM-SHA-256)")
     d, b, s = (median(get(t, "simple", 16, "tps", "connect_per_tx")) for t in TARGETS)
     L.append(f"  TPS  direct {cell(DIRECT, 'simple', 16, phase='connect_per_tx')}   pgbouncer "
              f"{cell(PGBOUNCER, 'simple', 16, phase='connect_per_tx')}   pgsidecar {cell(SIDECAR, 'simple', 16, phase='connect_per_tx')}"
-             f"   sc/pgb {ratio(s, b)}  sc/direct {ratio(s, d)}")
+             f"   sc/pgb {ratio(s, b)} (per round {ratio_spread(paired_ratios(rows, 'connect_per_tx', 'simple', 16, 'tps', SIDECAR, PGBOUNCER))})"
+             f"  sc/direct {ratio(s, d)}")
     b = median(get(PGBOUNCER, "simple", 16, "proxy_cpu_s_per_100k_tx", "connect_per_tx"))
     s = median(get(SIDECAR, "simple", 16, "proxy_cpu_s_per_100k_tx", "connect_per_tx"))
     L.append(f"  proxy CPU s per 100k connect+tx: pgbouncer {fmt_num(b, 2)}  pgsidecar {fmt_num(s, 2)}  sc/pgb {ratio(s, b)}")
