@@ -86,6 +86,36 @@ async fn queued_client_can_continue_after_cancel_and_wait_timeout() {
     assert_eq!(rows[0].get::<_, i32>(0), 5);
 }
 
+/// The pool keeps one timer for all its waiters (the oldest one's deadline): a later waiter
+/// must still get its whole PGSIDECAR_QUERY_WAIT_TIMEOUT, and the oldest one no more.
+#[tokio::test]
+async fn every_queued_client_gets_its_own_full_wait_timeout() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("waitown");
+    let limit = Duration::from_millis(600);
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "1"), ("PGSIDECAR_QUERY_WAIT_TIMEOUT", "600ms")]).await;
+    let holder = p.connect(&db).await;
+    holder.simple_query("begin; select 1").await.unwrap();
+    let wait = |c: tokio_postgres::Client| {
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let err = c.simple_query("select 2").await.expect_err("wait timeout");
+            (code(&err), started.elapsed(), c)
+        })
+    };
+    let first = wait(p.connect(&db).await);
+    until_waiting(&p, 1).await;
+    // The second waiter's deadline falls well after the first one's.
+    tokio::time::sleep(limit / 2).await;
+    let second = wait(p.connect(&db).await);
+    let (code1, waited1, _c1) = first.await.unwrap();
+    let (code2, waited2, _c2) = second.await.unwrap();
+    assert_eq!((code1.as_str(), code2.as_str()), ("53300", "53300"));
+    assert!(waited1 >= limit && waited2 >= limit, "refused after {waited1:?} and {waited2:?}");
+    assert_eq!(p.proxy.upstreams()[0].pool.stats().waiting, 0);
+    holder.simple_query("commit").await.unwrap();
+}
+
 #[tokio::test]
 async fn max_client_conn_refuses_with_53300() {
     let pg = TestPg::shared();

@@ -650,8 +650,8 @@ impl Session {
         self.checkout_queued(pool, slot).await
     }
 
-    /// [`Session::checkout`] through the pool's queue: boxed, so that its timer and queue
-    /// entry do not enlarge every transaction's future (which then stays in malloc's
+    /// [`Session::checkout`] through the pool's queue: boxed, so that its queue entry and
+    /// cancel wait do not enlarge every transaction's future (which then stays in malloc's
     /// per-thread cache).
     fn checkout_queued(
         &mut self,
@@ -664,28 +664,17 @@ impl Session {
             notified.as_mut().enable();
             let started = Instant::now();
             slot.set(Activity::Waiting { since: started });
-            let wait_limit = self.proxy.config.pool.query_wait_timeout;
-            let deadline = tokio::time::sleep(wait_limit.unwrap_or(Duration::from_secs(86_400 * 365)));
-            tokio::pin!(deadline);
             let ticket = pool.checkout_checked();
             tokio::pin!(ticket);
+            // No timer here: the pool ends waits at PGSIDECAR_QUERY_WAIT_TIMEOUT (one timer
+            // per pool, not one per queued checkout).
             let result = loop {
                 let may_read = self.crbuf.len() < READ_HIGH;
                 tokio::select! {
                     biased;
-                    r = &mut ticket => break r.map_err(Refused::Server),
+                    r = &mut ticket => break r.map_err(|e| refused_waiting(e, &pool, started)),
                     _ = &mut notified => {
                         break Err(Refused::Error(PgError::error("57014", "canceling statement due to user request")));
-                    }
-                    _ = &mut deadline, if wait_limit.is_some() => {
-                        let stats = pool.stats();
-                        break Err(Refused::Error(
-                            PgError::error("53300", format!(
-                                "pgsidecar: no server connection became free within {:.1}s (PGSIDECAR_QUERY_WAIT_TIMEOUT); all {} server connections of database \"{}\" were busy and {} clients were waiting",
-                                started.elapsed().as_secs_f64(), stats.max_size, pool.database, stats.waiting
-                            ))
-                            .with_hint("raise PGSIDECAR_POOL_SIZE within the database's connection limit, shorten transactions, or raise PGSIDECAR_QUERY_WAIT_TIMEOUT"),
-                        ));
                     }
                     r = self.client.read_buf(&mut self.crbuf), if may_read => {
                         match r {
@@ -1402,6 +1391,19 @@ impl Timeouts {
 }
 
 /// Shows the client as running on its server (SHOW CLIENTS, cancel forwarding).
+/// What a client that waited in the queue is told when the pool refuses it.
+fn refused_waiting(e: ServerError, pool: &crate::server::pool::Pool, started: Instant) -> Refused {
+    let ServerError::WaitTimeout = e else { return Refused::Server(e) };
+    let stats = pool.stats();
+    Refused::Error(
+        PgError::error("53300", format!(
+            "pgsidecar: no server connection became free within {:.1}s (PGSIDECAR_QUERY_WAIT_TIMEOUT); all {} server connections of database \"{}\" were busy and {} clients were waiting",
+            started.elapsed().as_secs_f64(), stats.max_size, pool.database, stats.waiting
+        ))
+        .with_hint("raise PGSIDECAR_POOL_SIZE within the database's connection limit, shorten transactions, or raise PGSIDECAR_QUERY_WAIT_TIMEOUT"),
+    )
+}
+
 fn mark_active(slot: &CancelSlot, pool: &crate::server::pool::Pool, lease: &mut Lease) {
     let conn = lease.conn();
     slot.set(Activity::Active { target: pool.target.clone(), server: conn.info(), secret: conn.secret });

@@ -21,6 +21,10 @@ pub enum ServerError {
     Protocol(String),
     #[error("server closed the connection unexpectedly")]
     Closed,
+    /// The pool's own refusal: the waiter sat in the queue for PGSIDECAR_QUERY_WAIT_TIMEOUT.
+    /// The session answers it with its own message.
+    #[error("no server connection became free within PGSIDECAR_QUERY_WAIT_TIMEOUT")]
+    WaitTimeout,
     #[error("server connection failed: {0}")]
     Io(String),
     /// The server's own ErrorResponse, kept as sent so clients see the server's message.
@@ -58,6 +62,7 @@ impl ServerError {
             ServerError::Protocol(_) => "protocol",
             ServerError::Closed | ServerError::Io(_) => "io",
             ServerError::Postgres { .. } => "server_error",
+            ServerError::WaitTimeout => "wait_timeout",
         }
     }
 
@@ -78,6 +83,7 @@ impl ServerError {
                     .with_hint("check that the database is up and that DATABASE_URL is current")
                     .encode(buf)
             }
+            ServerError::WaitTimeout => PgError::error("53300", format!("pgsidecar: {self}")).encode(buf),
             _ => PgError::fatal("08006", format!("pgsidecar lost the server connection: {self}")).encode(buf),
         }
     }

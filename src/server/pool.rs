@@ -4,8 +4,11 @@
 //!
 //! Waiters are served strictly first come, first served: a returned or newly opened
 //! connection goes to the oldest waiter. When demand rises, up to `connect_parallelism`
-//! connections are opened at once. A waiter that gives up (timeout, cancel, client gone) is
-//! removed by dropping its ticket.
+//! connections are opened at once. A waiter that gives up (cancel, client gone) is removed by
+//! dropping its ticket. PGSIDECAR_QUERY_WAIT_TIMEOUT is kept by the pool: as every waiter has
+//! the same limit, the oldest waiter always has the nearest deadline, so one timer per pool
+//! (a task that runs while anyone waits) serves them all, where a timer per waiter would be
+//! registered and removed once per queued checkout.
 //!
 //! The admin console can pause a pool (checkouts queue up, servers go idle as they come
 //! back) and start a new generation (RECONNECT: every older server is closed once idle):
@@ -58,6 +61,8 @@ struct State {
     closed: bool,
     /// PAUSE: no server is handed out until RESUME.
     paused: bool,
+    /// The task that ends waits at PGSIDECAR_QUERY_WAIT_TIMEOUT is running.
+    expiry_running: bool,
     /// Servers opened in an older generation are closed instead of reused (RECONNECT).
     generation: u64,
     opened_total: u64,
@@ -129,6 +134,7 @@ impl Pool {
                 login_params: None,
                 closed: false,
                 paused: false,
+                expiry_running: false,
                 generation: 0,
                 opened_total: 0,
                 closed_by: [0; CLOSE_REASONS],
@@ -206,7 +212,14 @@ impl Pool {
         let (tx, rx) = oneshot::channel();
         let id = s.next_waiter;
         s.next_waiter += 1;
-        s.waiters.push_back(Waiter { id, since: Instant::now(), tx });
+        let since = Instant::now();
+        s.waiters.push_back(Waiter { id, since, tx });
+        if let Some(limit) = self.cfg.query_wait_timeout {
+            if !s.expiry_running {
+                s.expiry_running = true;
+                tokio::spawn(expire_waits(Arc::downgrade(self), limit));
+            }
+        }
         self.spawn_connects(&mut s);
         drop(s);
         close_all(doomed);
@@ -329,6 +342,25 @@ impl Pool {
             }
         }
         Some(conn)
+    }
+
+    /// Refuses, with [`ServerError::WaitTimeout`], every waiter that has waited `limit`; the
+    /// time until the oldest remaining waiter's deadline, or `None` (and the expiry task ends)
+    /// when nobody waits.
+    fn expire(&self, limit: Duration, now: Instant) -> Option<Duration> {
+        let mut s = self.lock();
+        while let Some(w) = s.waiters.front() {
+            let waited = now.saturating_duration_since(w.since);
+            if waited < limit {
+                return Some(limit - waited);
+            }
+            if let Some(w) = s.waiters.pop_front() {
+                // A waiter whose ticket is gone takes nothing.
+                let _ = w.tx.send(Err(ServerError::WaitTimeout));
+            }
+        }
+        s.expiry_running = false;
+        None
     }
 
     /// One fewer server out on a lease; wakes a PAUSE waiting for the last one.
@@ -500,6 +532,20 @@ impl Pool {
             std::mem::take(&mut s.idle)
         };
         close_all(doomed);
+    }
+}
+
+/// Ends waits at PGSIDECAR_QUERY_WAIT_TIMEOUT while anyone waits: sleeps until the oldest
+/// waiter's deadline, refuses the waiters past it, and repeats; ends when the queue is empty
+/// (the next waiter starts it again) or the pool is gone.
+async fn expire_waits(pool: std::sync::Weak<Pool>, limit: Duration) {
+    loop {
+        let next = match pool.upgrade() {
+            Some(pool) => pool.expire(limit, Instant::now()),
+            None => return,
+        };
+        let Some(next) = next else { return };
+        tokio::time::sleep(next).await;
     }
 }
 
