@@ -86,6 +86,8 @@ pub struct Session {
     timing: Option<Box<super::timing::Timing>>,
     /// How long this client waited for its current server.
     last_wait: Duration,
+    /// Where servers arrive when this client waits in the pool's queue (made at its first wait).
+    mailbox: Option<Arc<crate::server::pool::Mailbox>>,
     /// Slow-query thresholds and the log's rate limit.
     slow: Arc<crate::observe::slowlog::SlowLog>,
     /// Who this client is, for the registry (SHOW CLIENTS): its slot there, registered or not.
@@ -188,6 +190,7 @@ impl Session {
             info,
             timing: None,
             last_wait: Duration::ZERO,
+            mailbox: None,
             slow: proxy.slow_log.clone(),
             rewrite: mode == PoolMode::Transaction && proxy.config.pool.max_prepared_statements > 0,
             statements: ClientStatements::default(),
@@ -664,7 +667,8 @@ impl Session {
             notified.as_mut().enable();
             let started = Instant::now();
             slot.set(Activity::Waiting { since: started });
-            let ticket = pool.checkout_checked();
+            let mailbox = self.mailbox.get_or_insert_with(Default::default).clone();
+            let ticket = pool.checkout_checked(mailbox);
             tokio::pin!(ticket);
             // No timer here: the pool ends waits at PGSIDECAR_QUERY_WAIT_TIMEOUT (one timer
             // per pool, not one per queued checkout).

@@ -28,9 +28,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::sync::oneshot;
 
 mod control;
 
@@ -46,12 +45,58 @@ const CLOSE_REASONS: usize = CloseReason::ALL.len();
 struct Waiter {
     id: u64,
     since: Instant,
-    tx: oneshot::Sender<Handoff>,
+    mailbox: Arc<Mailbox>,
+}
+
+/// Where a queued checkout's server (or the pool's refusal) arrives. A client keeps one for
+/// all its checkouts, so waiting in the queue allocates nothing; one ticket at a time uses it.
+/// A waiter's ticket is alive while the waiter is in the queue (dropping the ticket leaves
+/// the queue under the pool's lock), so a delivery always has a taker.
+#[derive(Default)]
+pub struct Mailbox(Mutex<Letter>);
+
+#[derive(Default)]
+struct Letter {
+    handoff: Option<Handoff>,
+    waker: Option<Waker>,
+}
+
+impl Mailbox {
+    fn letter(&self) -> MutexGuard<'_, Letter> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn deliver(&self, handoff: Handoff) {
+        let waker = {
+            let mut l = self.letter();
+            debug_assert!(l.handoff.is_none(), "one ticket at a time per mailbox");
+            l.handoff = Some(handoff);
+            l.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Handoff> {
+        let mut l = self.letter();
+        if let Some(h) = l.handoff.take() {
+            return Poll::Ready(h);
+        }
+        if !l.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            l.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    fn take(&self) -> Option<Handoff> {
+        self.letter().handoff.take()
+    }
 }
 
 struct State {
     idle: Vec<Box<ServerConn>>,
-    /// Connections out on leases (or in a channel on their way to a waiter).
+    /// Connections out on leases (or in a mailbox on their way to a waiter).
     active: usize,
     connecting: usize,
     waiters: VecDeque<Waiter>,
@@ -195,8 +240,8 @@ impl Pool {
     }
 
     /// Asks for a server. Ready at once when one is idle; otherwise the caller awaits the
-    /// ticket, and dropping the ticket leaves the queue.
-    pub fn checkout(self: &Arc<Self>) -> Ticket {
+    /// ticket (the server arrives in `mailbox`), and dropping the ticket leaves the queue.
+    pub fn checkout(self: &Arc<Self>, mailbox: &Arc<Mailbox>) -> Ticket {
         let mut doomed = Vec::new();
         let mut s = self.lock();
         if let Some(conn) = self.take_idle(&mut s, &mut doomed, Instant::now()) {
@@ -209,11 +254,10 @@ impl Pool {
                 inner: TicketState::Ready(Some(conn)),
             };
         }
-        let (tx, rx) = oneshot::channel();
         let id = s.next_waiter;
         s.next_waiter += 1;
         let since = Instant::now();
-        s.waiters.push_back(Waiter { id, since, tx });
+        s.waiters.push_back(Waiter { id, since, mailbox: mailbox.clone() });
         if let Some(limit) = self.cfg.query_wait_timeout {
             if !s.expiry_running {
                 s.expiry_running = true;
@@ -223,7 +267,7 @@ impl Pool {
         self.spawn_connects(&mut s);
         drop(s);
         close_all(doomed);
-        Ticket { pool: self.clone(), since: Instant::now(), inner: TicketState::Waiting { id, rx } }
+        Ticket { pool: self.clone(), since, inner: TicketState::Waiting { id, mailbox: mailbox.clone() } }
     }
 
     /// A server at once when one is idle and needs no check (the common case while the pool
@@ -264,13 +308,13 @@ impl Pool {
     /// PGSIDECAR_SERVER_CHECK_DELAY: an empty query with a bounded wait. A server that fails
     /// it is closed and the caller gets another one, without noticing. Dropping the future
     /// leaves the queue (or discards the server being checked).
-    pub async fn checkout_checked(self: &Arc<Self>) -> Result<Lease, ServerError> {
+    pub async fn checkout_checked(self: &Arc<Self>, mailbox: Arc<Mailbox>) -> Result<Lease, ServerError> {
         let delay = self.cfg.server_check_delay;
         // Every failure closes a server that was idle; servers opened meanwhile need no check,
         // so this ends quickly. The bound is for safety only.
         let mut attempts = 0;
         loop {
-            let mut lease = self.checkout().await?;
+            let mut lease = self.checkout(&mailbox).await?;
             let conn = lease.conn();
             if conn.fresh || conn.last_used.elapsed() < delay {
                 return Ok(lease);
@@ -331,17 +375,16 @@ impl Pool {
         None
     }
 
-    /// Gives a connection counted as active to the oldest waiter still waiting; returns it
-    /// when nobody took it.
-    fn hand_over(s: &mut State, mut conn: Box<ServerConn>) -> Option<Box<ServerConn>> {
-        while let Some(w) = s.waiters.pop_front() {
-            match w.tx.send(Ok(conn)) {
-                Ok(()) => return None,
-                Err(Ok(back)) => conn = back,
-                Err(Err(_)) => unreachable!("we sent Ok"),
+    /// Gives a connection counted as active to the oldest waiter; returns it when nobody
+    /// waits.
+    fn hand_over(s: &mut State, conn: Box<ServerConn>) -> Option<Box<ServerConn>> {
+        match s.waiters.pop_front() {
+            Some(w) => {
+                w.mailbox.deliver(Ok(conn));
+                None
             }
+            None => Some(conn),
         }
-        Some(conn)
     }
 
     /// Refuses, with [`ServerError::WaitTimeout`], every waiter that has waited `limit`; the
@@ -355,8 +398,7 @@ impl Pool {
                 return Some(limit - waited);
             }
             if let Some(w) = s.waiters.pop_front() {
-                // A waiter whose ticket is gone takes nothing.
-                let _ = w.tx.send(Err(ServerError::WaitTimeout));
+                w.mailbox.deliver(Err(ServerError::WaitTimeout));
             }
         }
         s.expiry_running = false;
@@ -417,12 +459,9 @@ impl Pool {
                 // likely fail the same way (a login refused, a server that does not answer),
                 // and one attempt per waiter would multiply the delay.
                 let uncovered = s.waiters.len().saturating_sub(s.connecting).max(1);
-                let mut told = 0;
-                while told < uncovered {
+                for _ in 0..uncovered {
                     let Some(w) = s.waiters.pop_front() else { break };
-                    if w.tx.send(Err(e.clone())).is_ok() {
-                        told += 1;
-                    }
+                    w.mailbox.deliver(Err(e.clone()));
                 }
                 self.spawn_connects(&mut s);
             }
@@ -473,7 +512,7 @@ impl Pool {
         self.spawn_connects(&mut s);
     }
 
-    fn leave_queue(self: &Arc<Self>, id: u64, rx: &mut oneshot::Receiver<Handoff>) {
+    fn leave_queue(self: &Arc<Self>, id: u64, mailbox: &Mailbox) {
         {
             let mut s = self.lock();
             if let Some(at) = s.waiters.iter().position(|w| w.id == id) {
@@ -481,8 +520,8 @@ impl Pool {
                 return;
             }
         }
-        // Already served: a connection may be waiting in the channel.
-        if let Ok(Ok(conn)) = rx.try_recv() {
+        // Already served: a connection may be waiting in the mailbox.
+        if let Some(Ok(conn)) = mailbox.take() {
             self.put_back(conn);
         }
     }
@@ -564,7 +603,7 @@ fn close_all(conns: Vec<Box<ServerConn>>) {
 
 enum TicketState {
     Ready(Option<Box<ServerConn>>),
-    Waiting { id: u64, rx: oneshot::Receiver<Handoff> },
+    Waiting { id: u64, mailbox: Arc<Mailbox> },
     Done,
 }
 
@@ -582,10 +621,9 @@ impl Future for Ticket {
         let this = self.get_mut();
         let result = match &mut this.inner {
             TicketState::Ready(conn) => Ok(conn.take().expect("ticket polled after completion")),
-            TicketState::Waiting { rx, .. } => match Pin::new(rx).poll(cx) {
+            TicketState::Waiting { mailbox, .. } => match mailbox.poll_take(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(r)) => r,
-                Poll::Ready(Err(_)) => Err(ServerError::Closed),
+                Poll::Ready(r) => r,
             },
             TicketState::Done => panic!("ticket polled after completion"),
         };
@@ -600,7 +638,7 @@ impl Future for Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.inner, TicketState::Done) {
-            TicketState::Waiting { id, mut rx } => self.pool.leave_queue(id, &mut rx),
+            TicketState::Waiting { id, mailbox } => self.pool.leave_queue(id, &mailbox),
             TicketState::Ready(Some(conn)) => self.pool.put_back(conn),
             _ => {}
         }
