@@ -715,7 +715,7 @@ def ratio_spread(vals):
 def main():
     ap = argparse.ArgumentParser(description="Benchmark pgsidecar against PgBouncer and direct PostgreSQL.")
     ap.add_argument("--quick", action="store_true", help="3 s runs, 1 round, fewer points (a smoke run)")
-    ap.add_argument("--rounds", type=int, help="rounds of A B C alternation (default 3, quick 1)")
+    ap.add_argument("--rounds", type=int, help="rounds of A B C alternation (default 5, quick 1)")
     ap.add_argument("--duration", type=int, help="seconds per pgbench run (default 8, quick 3)")
     ap.add_argument("--out", help="output directory (default bench/out/<timestamp>)")
     ap.add_argument("--binary", help="use this pgsidecar binary instead of cargo build --release")
@@ -733,7 +733,7 @@ def main():
     if args.replot:
         return replot(args.replot)
     q = args.quick
-    args.rounds = args.rounds or (1 if q else 3)
+    args.rounds = args.rounds or (1 if q else 5)
     args.duration = args.duration or (3 if q else 8)
     args.fair_duration = args.fair_duration or (6 if q else 12)
     args.idle_conns = args.idle_conns if args.idle_conns is not None else (1000 if q else 10000)
