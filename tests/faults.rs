@@ -84,3 +84,49 @@ async fn database_down_at_start_then_recovers_by_itself() {
     tokio::task::block_in_place(|| pg.restart_same_port());
     p.until_serving(&db, Duration::from_secs(5)).await;
 }
+
+/// Sends a signal to a PostgreSQL backend; `Stopped` sends SIGCONT when dropped, so a failed
+/// assertion does not leave a frozen backend behind.
+struct Stopped(String);
+
+impl Stopped {
+    fn backend(pid: &str) -> Stopped {
+        let ok = std::process::Command::new("kill").args(["-STOP", pid]).status().is_ok_and(|s| s.success());
+        assert!(ok, "could not stop backend {pid}");
+        Stopped(pid.to_owned())
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
+/// PGSIDECAR_QUERY_WAIT_TIMEOUT bounds the whole checkout, the check of an idle server
+/// included: a server that does not answer its check (a stopped backend here, a network black
+/// hole in production) costs the client the wait limit, not the check's own bound (2 s) and
+/// a new server after it.
+#[tokio::test]
+async fn wait_timeout_bounds_the_check_of_a_server_that_does_not_answer() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("checkhang");
+    let p = start(
+        pg,
+        &db,
+        &[
+            ("PGSIDECAR_POOL_SIZE", "1"),
+            ("PGSIDECAR_SERVER_CHECK_DELAY", "0"),
+            ("PGSIDECAR_QUERY_WAIT_TIMEOUT", "300ms"),
+        ],
+    )
+    .await;
+    let c = p.connect(&db).await;
+    let pid = common::first_value(&c.simple_query("select pg_backend_pid()").await.unwrap());
+    let stopped = Stopped::backend(&pid);
+    let err = common::must_fail(c.simple_query("select 1").await, "the check cannot finish in time");
+    drop(stopped);
+    assert_eq!(common::code(&err), "53300", "{err}");
+    // The client goes on, on a new server.
+    assert_eq!(common::first_value(&c.simple_query("select 2").await.unwrap()), "2");
+}

@@ -1394,7 +1394,6 @@ impl Timeouts {
     }
 }
 
-/// Shows the client as running on its server (SHOW CLIENTS, cancel forwarding).
 /// What a client that waited in the queue is told when the pool refuses it.
 fn refused_waiting(e: ServerError, pool: &crate::server::pool::Pool, started: Instant) -> Refused {
     let ServerError::WaitTimeout = e else { return Refused::Server(e) };
@@ -1408,6 +1407,7 @@ fn refused_waiting(e: ServerError, pool: &crate::server::pool::Pool, started: In
     )
 }
 
+/// Shows the client as running on its server (SHOW CLIENTS, cancel forwarding).
 fn mark_active(slot: &CancelSlot, pool: &crate::server::pool::Pool, lease: &mut Lease) {
     let conn = lease.conn();
     slot.set(Activity::Active { target: pool.target.clone(), server: conn.info(), secret: conn.secret });

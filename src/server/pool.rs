@@ -308,19 +308,39 @@ impl Pool {
     /// PGSIDECAR_SERVER_CHECK_DELAY: an empty query with a bounded wait. A server that fails
     /// it is closed and the caller gets another one, without noticing. Dropping the future
     /// leaves the queue (or discards the server being checked).
+    ///
+    /// PGSIDECAR_QUERY_WAIT_TIMEOUT bounds the whole of it: the pool's timer ends the first
+    /// wait in the queue, and a check, or a wait after a failed check, gets what is left.
     pub async fn checkout_checked(self: &Arc<Self>, mailbox: Arc<Mailbox>) -> Result<Lease, ServerError> {
         let delay = self.cfg.server_check_delay;
+        let started = Instant::now();
+        let left = || self.cfg.query_wait_timeout.map(|l| l.saturating_sub(started.elapsed()));
         // Every failure closes a server that was idle; servers opened meanwhile need no check,
         // so this ends quickly. The bound is for safety only.
         let mut attempts = 0;
         loop {
-            let mut lease = self.checkout(&mailbox).await?;
+            let ticket = self.checkout(&mailbox);
+            let mut lease = match left() {
+                // The retry's place in the queue is new, so the pool's timer would give it
+                // the whole limit again. A ticket dropped on the time-out leaves the queue.
+                Some(left) if attempts > 0 => {
+                    tokio::time::timeout(left, ticket).await.map_err(|_| ServerError::WaitTimeout)??
+                }
+                _ => ticket.await?,
+            };
             let conn = lease.conn();
             if conn.fresh || conn.last_used.elapsed() < delay {
                 return Ok(lease);
             }
+            let mut limit = self.cfg.connect_timeout.min(MAX_CHECK_WAIT);
+            if let Some(left) = left() {
+                if left.is_zero() {
+                    // The unchecked server is discarded with the lease.
+                    return Err(ServerError::WaitTimeout);
+                }
+                limit = limit.min(left);
+            }
             self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let limit = self.cfg.connect_timeout.min(MAX_CHECK_WAIT);
             match conn.check(limit).await {
                 Ok(()) => return Ok(lease),
                 Err(e) => {
@@ -578,12 +598,27 @@ impl Pool {
 /// waiter's deadline, refuses the waiters past it, and repeats; ends when the queue is empty
 /// (the next waiter starts it again) or the pool is gone.
 async fn expire_waits(pool: std::sync::Weak<Pool>, limit: Duration) {
+    /// Clears the pool's flag if the task is dropped before it ends by itself (runtime
+    /// shutdown), so that a later waiter starts a new one.
+    struct Running(std::sync::Weak<Pool>, bool);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let (false, Some(pool)) = (self.1, self.0.upgrade()) {
+                pool.lock().expiry_running = false;
+            }
+        }
+    }
+    let mut running = Running(pool, false);
     loop {
-        let next = match pool.upgrade() {
+        let next = match running.0.upgrade() {
             Some(pool) => pool.expire(limit, Instant::now()),
-            None => return,
+            None => None,
         };
-        let Some(next) = next else { return };
+        let Some(next) = next else {
+            // `expire` cleared the flag under the pool's lock.
+            running.1 = true;
+            return;
+        };
         tokio::time::sleep(next).await;
     }
 }
@@ -621,6 +656,7 @@ impl Future for Ticket {
         let this = self.get_mut();
         let result = match &mut this.inner {
             TicketState::Ready(conn) => Ok(conn.take().expect("ticket polled after completion")),
+            // A waiter leaves the queue only with a delivery (or with its ticket's drop).
             TicketState::Waiting { mailbox, .. } => match mailbox.poll_take(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(r) => r,
