@@ -106,13 +106,7 @@ fn text_facts(text: &[u8]) -> (Option<u64>, u8) {
     if let Some(r) = normalize::recall(text) {
         return (Some(r.fingerprint), r.facts);
     }
-    let mut facts = 0;
-    if mentions_session_state(text) {
-        facts |= MENTIONS_SESSION_STATE;
-    }
-    if super::params::may_name_custom_settings(text) {
-        facts |= MAY_NAME_CUSTOM_SETTINGS;
-    }
+    let facts = scan_facts(text);
     // Computed here for a text that can be remembered (the facts go with it); a longer one's
     // only when the statement is counted.
     let fingerprint = (text.len() <= normalize::REMEMBERED_MAX_TEXT).then(|| {
@@ -121,6 +115,19 @@ fn text_facts(text: &[u8]) -> (Option<u64>, u8) {
         fingerprint
     });
     (fingerprint, facts)
+}
+
+/// What the relay's two scans find in a statement's text: [`MENTIONS_SESSION_STATE`],
+/// [`MAY_NAME_CUSTOM_SETTINGS`].
+fn scan_facts(text: &[u8]) -> u8 {
+    let mut facts = 0;
+    if mentions_session_state(text) {
+        facts |= MENTIONS_SESSION_STATE;
+    }
+    if super::params::may_name_custom_settings(text) {
+        facts |= MAY_NAME_CUSTOM_SETTINGS;
+    }
+    facts
 }
 
 /// Byte classes for [`mentions_session_state`]: 0 not a letter, 1 a letter, 2 a letter that
@@ -593,12 +600,31 @@ impl Relay {
         self.in_batch = true;
         match t {
             tag::PARSE => {
-                super::params::custom_setting_names(body, &mut self.custom_names);
+                // An unnamed Parse: `note_text` has just made its text the one the timing keeps,
+                // so what the scans found in that text last time holds again (drivers send the
+                // same few texts over and over). Only the text is scanned, not the name and
+                // parameter types around it.
+                let unnamed = body.first() == Some(&0);
+                let (kept, known) = match st.timing.unnamed() {
+                    (text, known) if unnamed => (text.cloned(), known),
+                    _ => (None, None),
+                };
+                let text = kept.as_deref().unwrap_or(body);
+                if known.is_none_or(|f| f & MAY_NAME_CUSTOM_SETTINGS != 0) {
+                    super::params::custom_setting_names(text, &mut self.custom_names);
+                }
                 let (name, stmt) = prepared::from_parse(body)?;
                 let stmt = match stmt {
                     Some(s) if st.rewrite => s,
                     _ => {
-                        if mentions_session_state(body) {
+                        let facts = known.unwrap_or_else(|| {
+                            let facts = scan_facts(text);
+                            if unnamed {
+                                st.timing.set_unnamed_facts(facts);
+                            }
+                            facts
+                        });
+                        if facts & MENTIONS_SESSION_STATE != 0 {
                             self.state_hint = Some(msg.slice(HEADER_LEN..));
                         }
                         out.extend_from_slice(&msg);

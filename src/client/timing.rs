@@ -47,6 +47,8 @@ pub struct Timing {
     timers: VecDeque<Timer>,
     names: HashMap<Vec<u8>, Bytes>,
     unnamed: Option<Bytes>,
+    /// What the relay's scans found in `unnamed`, once it has looked (its facts bits).
+    unnamed_facts: Option<u8>,
     portal: Option<Bytes>,
     xact_start: Option<Instant>,
     /// Statements finished since the session last looked.
@@ -101,6 +103,7 @@ impl Timing {
             // shared with earlier executions) serves again, with no allocation.
             if self.unnamed.as_deref() != Some(text) {
                 self.unnamed = Some(Bytes::copy_from_slice(text));
+                self.unnamed_facts = None;
             }
         } else {
             if self.names.len() >= MAX_NAMES {
@@ -108,6 +111,16 @@ impl Timing {
             }
             self.names.insert(name.to_vec(), Bytes::copy_from_slice(text));
         }
+    }
+
+    /// The text of the client's last unnamed Parse, and what the relay found in it if it has
+    /// looked since the text last changed.
+    pub fn unnamed(&self) -> (Option<&Bytes>, Option<u8>) {
+        (self.unnamed.as_ref(), self.unnamed_facts)
+    }
+
+    pub fn set_unnamed_facts(&mut self, facts: u8) {
+        self.unnamed_facts = Some(facts);
     }
 
     pub fn bind(&mut self, statement: &[u8]) {

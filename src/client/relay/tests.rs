@@ -289,6 +289,26 @@ fn recalled_texts_keep_what_the_scans_found() {
     }
 }
 
+/// An unnamed Parse of the text the client parsed last time takes what the scans found then:
+/// each transaction still sees the session state and the custom setting the text names, and a
+/// different text is scanned afresh.
+#[test]
+fn unnamed_parse_of_the_same_text_keeps_what_the_scans_found() {
+    let mut rig = Rig::new();
+    let mut server = ServerStatements::new(10);
+    for round in 0..3 {
+        rig.relay = Relay::new(true); // a new transaction of the same client
+        let text = "select pg_advisory_lock(1), set_config('app.tenant', 'x', false)";
+        rig.send(&mut server, &[parse("", text), bind(""), execute(), sync()]);
+        assert!(rig.relay.state_hint.is_some(), "round {round}");
+        assert_eq!(rig.relay.custom_names, ["app.tenant"], "round {round}");
+    }
+    rig.relay = Relay::new(true);
+    rig.send(&mut server, &[parse("", "select 1"), bind(""), execute(), sync()]);
+    assert!(rig.relay.state_hint.is_none());
+    assert!(rig.relay.custom_names.is_empty());
+}
+
 /// What the relay remembers with a text holds for every text that the cache takes for the same
 /// but for numbers: on generated pairs of texts that differ in digits, whenever the cache would
 /// take one for the other, both scans agree.
