@@ -605,11 +605,10 @@ impl Relay {
                 // same few texts over and over). Only the text is scanned, not the name and
                 // parameter types around it.
                 let unnamed = body.first() == Some(&0);
-                let (kept, known) = match st.timing.unnamed() {
-                    (text, known) if unnamed => (text.cloned(), known),
-                    _ => (None, None),
+                let (text, known) = match st.timing.unnamed() {
+                    (Some(text), known) if unnamed => (&text[..], known),
+                    _ => (body, None),
                 };
-                let text = kept.as_deref().unwrap_or(body);
                 if known.is_none_or(|f| f & MAY_NAME_CUSTOM_SETTINGS != 0) {
                     super::params::custom_setting_names(text, &mut self.custom_names);
                 }
@@ -617,13 +616,16 @@ impl Relay {
                 let stmt = match stmt {
                     Some(s) if st.rewrite => s,
                     _ => {
-                        let facts = known.unwrap_or_else(|| {
-                            let facts = scan_facts(text);
-                            if unnamed {
-                                st.timing.set_unnamed_facts(facts);
+                        let facts = match known {
+                            Some(facts) => facts,
+                            None => {
+                                let facts = scan_facts(text);
+                                if unnamed {
+                                    st.timing.set_unnamed_facts(facts);
+                                }
+                                facts
                             }
-                            facts
-                        });
+                        };
                         if facts & MENTIONS_SESSION_STATE != 0 {
                             self.state_hint = Some(msg.slice(HEADER_LEN..));
                         }

@@ -600,23 +600,26 @@ impl Pool {
 async fn expire_waits(pool: std::sync::Weak<Pool>, limit: Duration) {
     /// Clears the pool's flag if the task is dropped before it ends by itself (runtime
     /// shutdown), so that a later waiter starts a new one.
-    struct Running(std::sync::Weak<Pool>, bool);
+    struct Running {
+        pool: std::sync::Weak<Pool>,
+        ended: bool,
+    }
     impl Drop for Running {
         fn drop(&mut self) {
-            if let (false, Some(pool)) = (self.1, self.0.upgrade()) {
+            if let (false, Some(pool)) = (self.ended, self.pool.upgrade()) {
                 pool.lock().expiry_running = false;
             }
         }
     }
-    let mut running = Running(pool, false);
+    let mut running = Running { pool, ended: false };
     loop {
-        let next = match running.0.upgrade() {
+        let next = match running.pool.upgrade() {
             Some(pool) => pool.expire(limit, Instant::now()),
             None => None,
         };
         let Some(next) = next else {
             // `expire` cleared the flag under the pool's lock.
-            running.1 = true;
+            running.ended = true;
             return;
         };
         tokio::time::sleep(next).await;
