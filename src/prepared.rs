@@ -44,39 +44,60 @@ fn put_cstr(buf: &mut BytesMut, s: &[u8]) {
     buf.put_u8(0);
 }
 
-/// Reads a Parse body: the client's statement name and, for a named statement, the
-/// proxy-wide statement.
-pub fn from_parse(body: &[u8]) -> Result<(Vec<u8>, Option<Statement>), FrameError> {
+/// The parts of a Parse body.
+pub struct ParseParts<'a> {
+    /// The client's statement name (empty: the unnamed statement).
+    pub name: &'a [u8],
+    pub query: &'a [u8],
+    /// The parameter types, their count included, as sent.
+    pub types: &'a [u8],
+}
+
+/// Splits a Parse body, checking that the parameter types fill the rest of it.
+pub fn parse_parts(body: &[u8]) -> Result<ParseParts<'_>, FrameError> {
     let mut r = Reader::new(body, "Parse");
     let name = r.cstr_bytes()?;
     let query = r.cstr_bytes()?;
-    let rest = r.remaining();
-    let mut types = Reader::new(rest, "Parse");
-    let n = types.i16()?;
-    if n < 0 || types.remaining().len() != n as usize * 4 {
+    let types = r.remaining();
+    let mut count = Reader::new(types, "Parse");
+    let n = count.i16()?;
+    if n < 0 || count.remaining().len() != n as usize * 4 {
         return Err(FrameError::Malformed { what: "Parse" });
     }
-    if name.is_empty() {
-        return Ok((Vec::new(), None));
-    }
+    Ok(ParseParts { name, query, types })
+}
+
+/// The proxy-wide statement for a query and its parameter types: named after a hash of both.
+pub fn statement(query: &[u8], types: &[u8]) -> Statement {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut h = ring::digest::Context::new(&ring::digest::SHA256);
     h.update(query);
     h.update(&[0]);
-    h.update(rest);
+    h.update(types);
     let digest = h.finish();
-    let digest = digest.as_ref();
     let mut global = String::with_capacity(PREFIX.len() + 32);
     global.push_str(PREFIX);
-    for b in &digest[..16] {
-        global.push_str(&format!("{b:02x}"));
+    for &b in &digest.as_ref()[..16] {
+        global.push(char::from(HEX[usize::from(b >> 4)]));
+        global.push(char::from(HEX[usize::from(b & 15)]));
     }
     let parse = message(tag::PARSE, |b| {
         put_cstr(b, global.as_bytes());
         put_cstr(b, query);
-        b.put_slice(rest);
+        b.put_slice(types);
     })
     .freeze();
-    Ok((name.to_vec(), Some(Statement { name: global.into(), parse })))
+    Statement { name: global.into(), parse }
+}
+
+/// Reads a Parse body: the client's statement name and, for a named statement, the
+/// proxy-wide statement.
+pub fn from_parse(body: &[u8]) -> Result<(Vec<u8>, Option<Statement>), FrameError> {
+    let p = parse_parts(body)?;
+    if p.name.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    Ok((p.name.to_vec(), Some(statement(p.query, p.types))))
 }
 
 /// Statement name and query text of a Parse body.

@@ -130,6 +130,21 @@ fn scan_facts(text: &[u8]) -> u8 {
     facts
 }
 
+/// Records a statement's text for timing outside transaction mode (where the relay reads
+/// nothing else of these messages): a Parse's statement, a Bind's (whose text the following
+/// Execute runs).
+fn note_text(t: u8, body: &[u8], st: &mut Statements<'_>) -> Result<(), FrameError> {
+    match t {
+        tag::PARSE => {
+            let (name, query) = prepared::parse_texts(body)?;
+            st.timing.parse(name, query);
+        }
+        tag::BIND => st.timing.bind(prepared::bind_parts(body)?.statement),
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Byte classes for [`mentions_session_state`]: 0 not a letter, 1 a letter, 2 a letter that
 /// begins one of the words.
 const STARTS_WORD: u8 = 2;
@@ -519,121 +534,113 @@ impl Relay {
                 return Ok(());
             }
             self.c2s_need = 0;
-            let msg = input.split_to(h.total_len()).freeze();
-            self.note_text(h.tag, &msg, st)?;
-            if self.tracking {
-                self.tracked_message(h.tag, msg, to_server, st)?;
+            let total = h.total_len();
+            if h.tag == tag::QUERY {
+                // Split off: the timing keeps the text until the query ends.
+                let msg = input.split_to(total).freeze();
+                self.query(msg, to_server, st);
+                continue;
+            }
+            // Read in place (a split would take a reference to the read buffer per message).
+            let msg = &input[..total];
+            let result = if self.tracking {
+                self.tracked_message(h.tag, msg, to_server, st)
             } else {
-                if h.tag == tag::QUERY {
-                    self.outstanding += 1;
-                    st.timing.query(
-                        Some(msg.slice(HEADER_LEN..msg.len().saturating_sub(1).max(HEADER_LEN))),
-                        None,
-                    );
-                } else {
+                let noted = note_text(h.tag, &msg[HEADER_LEN..], st);
+                if noted.is_ok() {
                     self.in_batch = true;
+                    to_server.extend_from_slice(msg);
                 }
-                to_server.extend_from_slice(&msg);
-            }
+                noted
+            };
+            input.advance(total);
+            result?;
         }
     }
 
-    /// Records statement texts for timing: a Query's text, a Parse's statement, a Bind's
-    /// statement (whose text the following Execute runs).
-    fn note_text(&mut self, t: u8, msg: &Bytes, st: &mut Statements<'_>) -> Result<(), FrameError> {
+    /// A whole Query: timed with its text; in transaction mode scanned for session state and
+    /// custom settings, and answered here when it deallocates statements the proxy manages.
+    fn query(&mut self, msg: Bytes, out: &mut BytesMut, st: &mut Statements<'_>) {
+        let text_end = msg.len().saturating_sub(1).max(HEADER_LEN);
+        if !self.tracking {
+            self.outstanding += 1;
+            st.timing.query(Some(msg.slice(HEADER_LEN..text_end)), None);
+            out.extend_from_slice(&msg);
+            return;
+        }
         let body = &msg[HEADER_LEN..];
-        match t {
-            tag::PARSE => {
-                let (name, query) = prepared::parse_texts(body)?;
-                st.timing.parse(name, query);
-            }
-            tag::BIND => st.timing.bind(prepared::bind_parts(body)?.statement),
-            tag::CLOSE => {
-                if let (b'S', name) = prepared::target(body, "Close")? {
-                    st.timing.close(name);
-                }
-            }
-            _ => {}
+        let (fingerprint, facts) = text_facts(&msg[HEADER_LEN..text_end]);
+        if facts & MENTIONS_SESSION_STATE != 0 {
+            self.state_hint = Some(msg.slice(HEADER_LEN..));
         }
-        Ok(())
+        if facts & MAY_NAME_CUSTOM_SETTINGS != 0 {
+            super::params::custom_setting_names(body, &mut self.custom_names);
+        }
+        if st.rewrite {
+            match prepared::sql_command(body) {
+                Some(SqlCommand::Deallocate(name)) if st.client.remove(name.as_bytes()) => {
+                    self.expect.push_back(Expect::LocalQuery("DEALLOCATE"));
+                    return;
+                }
+                Some(SqlCommand::DeallocateAll) if !st.pinned => {
+                    st.client.clear();
+                    self.expect.push_back(Expect::LocalQuery("DEALLOCATE ALL"));
+                    return;
+                }
+                Some(SqlCommand::DiscardAll | SqlCommand::DeallocateAll) => st.client.clear(),
+                _ => {}
+            }
+        }
+        self.outstanding += 1;
+        self.expect_server(Kind::Query);
+        st.timing.query(Some(msg.slice(HEADER_LEN..text_end)), fingerprint);
+        out.extend_from_slice(&msg);
     }
 
-    /// A whole Query, Parse, Bind, Describe or Close in transaction mode.
+    /// A whole Parse, Bind, Describe or Close in transaction mode (read in place), timed as
+    /// `note_text` would.
     fn tracked_message(
         &mut self,
         t: u8,
-        msg: Bytes,
+        msg: &[u8],
         out: &mut BytesMut,
         st: &mut Statements<'_>,
     ) -> Result<(), FrameError> {
         let body = &msg[HEADER_LEN..];
-        if t == tag::QUERY {
-            let text_end = msg.len().saturating_sub(1).max(HEADER_LEN);
-            let (fingerprint, facts) = text_facts(&msg[HEADER_LEN..text_end]);
-            if facts & MENTIONS_SESSION_STATE != 0 {
-                self.state_hint = Some(msg.slice(HEADER_LEN..));
-            }
-            if facts & MAY_NAME_CUSTOM_SETTINGS != 0 {
-                super::params::custom_setting_names(body, &mut self.custom_names);
-            }
-            if st.rewrite {
-                match prepared::sql_command(body) {
-                    Some(SqlCommand::Deallocate(name)) if st.client.remove(name.as_bytes()) => {
-                        self.expect.push_back(Expect::LocalQuery("DEALLOCATE"));
-                        return Ok(());
-                    }
-                    Some(SqlCommand::DeallocateAll) if !st.pinned => {
-                        st.client.clear();
-                        self.expect.push_back(Expect::LocalQuery("DEALLOCATE ALL"));
-                        return Ok(());
-                    }
-                    Some(SqlCommand::DiscardAll | SqlCommand::DeallocateAll) => st.client.clear(),
-                    _ => {}
-                }
-            }
-            self.outstanding += 1;
-            self.expect_server(Kind::Query);
-            st.timing.query(Some(msg.slice(HEADER_LEN..text_end)), fingerprint);
-            out.extend_from_slice(&msg);
-            return Ok(());
-        }
         self.in_batch = true;
         match t {
             tag::PARSE => {
-                // An unnamed Parse: `note_text` has just made its text the one the timing keeps,
-                // so what the scans found in that text last time holds again (drivers send the
-                // same few texts over and over). Only the text is scanned, not the name and
+                let p = prepared::parse_parts(body)?;
+                st.timing.parse(p.name, p.query);
+                // An unnamed Parse of the text the client parsed last time (drivers send the
+                // same few texts over and over) takes what the scans found in it then: the
+                // timing has just compared the two. Only the text is scanned, not the name and
                 // parameter types around it.
-                let unnamed = body.first() == Some(&0);
-                let (text, known) = match st.timing.unnamed() {
-                    (Some(text), known) if unnamed => (&text[..], known),
-                    _ => (body, None),
-                };
-                if known.is_none_or(|f| f & MAY_NAME_CUSTOM_SETTINGS != 0) {
-                    super::params::custom_setting_names(text, &mut self.custom_names);
-                }
-                let (name, stmt) = prepared::from_parse(body)?;
-                let stmt = match stmt {
-                    Some(s) if st.rewrite => s,
+                let unnamed = p.name.is_empty();
+                let facts = match st.timing.unnamed() {
+                    (_, Some(facts)) if unnamed => facts,
                     _ => {
-                        let facts = match known {
-                            Some(facts) => facts,
-                            None => {
-                                let facts = scan_facts(text);
-                                if unnamed {
-                                    st.timing.set_unnamed_facts(facts);
-                                }
-                                facts
-                            }
-                        };
-                        if facts & MENTIONS_SESSION_STATE != 0 {
-                            self.state_hint = Some(msg.slice(HEADER_LEN..));
+                        let facts = scan_facts(p.query);
+                        if unnamed {
+                            st.timing.set_unnamed_facts(facts);
                         }
-                        out.extend_from_slice(&msg);
-                        self.expect_server(Kind::Parse(None, None));
-                        return Ok(());
+                        facts
                     }
                 };
+                if facts & MAY_NAME_CUSTOM_SETTINGS != 0 {
+                    super::params::custom_setting_names(p.query, &mut self.custom_names);
+                }
+                if unnamed || !st.rewrite {
+                    if facts & MENTIONS_SESSION_STATE != 0 {
+                        // Copied: a slice would keep the client's read buffer alive.
+                        self.state_hint = Some(Bytes::copy_from_slice(body));
+                    }
+                    out.extend_from_slice(msg);
+                    self.expect_server(Kind::Parse(None, None));
+                    return Ok(());
+                }
+                let name = p.name.to_vec();
+                let stmt = prepared::statement(p.query, p.types);
                 if st.client.contains(&name) || st.client.len() >= prepared::MAX_PER_CLIENT {
                     let error = if st.client.contains(&name) {
                         PgError::error(
@@ -676,12 +683,13 @@ impl Relay {
             }
             tag::BIND => {
                 let b = prepared::bind_parts(body)?;
+                st.timing.bind(b.statement);
                 match st.client.get(b.statement).filter(|_| st.rewrite && !b.statement.is_empty()).cloned() {
                     Some(stmt) => {
                         self.ensure(&stmt, st, out);
                         out.extend_from_slice(&prepared::bind_with(b.portal, &stmt.name, b.rest));
                     }
-                    None => out.extend_from_slice(&msg),
+                    None => out.extend_from_slice(msg),
                 }
                 self.expect_server(Kind::Bind);
             }
@@ -693,12 +701,15 @@ impl Relay {
                         self.ensure(&stmt, st, out);
                         out.extend_from_slice(&prepared::statement_message(tag::DESCRIBE, &stmt.name));
                     }
-                    None => out.extend_from_slice(&msg),
+                    None => out.extend_from_slice(msg),
                 }
                 self.expect_server(Kind::Describe);
             }
             tag::CLOSE => {
                 let (kind, name) = prepared::target(body, "Close")?;
+                if kind == b'S' {
+                    st.timing.close(name);
+                }
                 let managed =
                     if kind == b'S' && st.rewrite && !name.is_empty() { st.client.take(name) } else { None };
                 if let Some(stmt) = managed {
@@ -706,7 +717,7 @@ impl Relay {
                     let undo = Undo::Removed(name.to_vec(), stmt);
                     self.expect.push_back(Expect::Local(Bytes::from_static(CLOSE_COMPLETE), undo));
                 } else {
-                    out.extend_from_slice(&msg);
+                    out.extend_from_slice(msg);
                     self.expect_server(Kind::Close(None));
                 }
             }

@@ -124,7 +124,8 @@ impl Timing {
     }
 
     pub fn bind(&mut self, statement: &[u8]) {
-        self.begin(Instant::now());
+        // The clock is read only if this Bind begins the transaction.
+        self.xact_start.get_or_insert_with(Instant::now);
         self.portal =
             if statement.is_empty() { self.unnamed.clone() } else { self.names.get(statement).cloned() };
     }

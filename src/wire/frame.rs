@@ -147,7 +147,12 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated string, as raw bytes without the terminator.
     pub fn cstr_bytes(&mut self) -> Result<&'a [u8], FrameError> {
-        // memchr: statement texts are scanned for their end on every Parse and Query.
+        // Most portal and statement names are empty: no search for those. memchr for the
+        // rest: statement texts are scanned for their end on every Parse and Query.
+        if let Some((0, rest)) = self.buf.split_first() {
+            self.buf = rest;
+            return Ok(&[]);
+        }
         let end = memchr::memchr(0, self.buf).ok_or_else(|| self.malformed())?;
         let s = &self.buf[..end];
         self.buf = &self.buf[end + 1..];

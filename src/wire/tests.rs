@@ -167,3 +167,14 @@ fn startup_reservation_never_exceeds_the_limit() {
     };
     assert_eq!(s.param("application_name").map(str::len), Some(8_900));
 }
+
+#[test]
+fn reader_splits_empty_and_named_strings_and_rejects_a_missing_terminator() {
+    use crate::wire::frame::Reader;
+    let mut r = Reader::new(b"\0portal\0\0x", "Bind");
+    assert_eq!(r.cstr_bytes().unwrap(), b"");
+    assert_eq!(r.cstr_bytes().unwrap(), b"portal");
+    assert_eq!(r.cstr_bytes().unwrap(), b"");
+    assert!(r.cstr_bytes().is_err(), "no terminator after x");
+    assert!(Reader::new(b"", "Bind").cstr_bytes().is_err());
+}

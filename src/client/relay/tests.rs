@@ -507,3 +507,35 @@ fn answers_owed_are_capped_and_the_server_asked_to_flush() {
     assert_eq!(inbuf.len(), left);
     assert!(to_server.is_empty());
 }
+
+/// In transaction mode the relay reads Parse, Bind and Close once, for itself and for the
+/// timing: each Execute is timed with the text of the statement its Bind named, and a closed
+/// name has no text any more.
+#[test]
+fn executes_are_timed_with_the_text_of_the_bound_statement() {
+    let mut rig = Rig::new();
+    let mut server = ServerStatements::new(10);
+    rig.send(
+        &mut server,
+        &[
+            parse("s1", "select $1"),
+            parse("", "select 2"),
+            bind("s1"),
+            execute(),
+            bind(""),
+            execute(),
+            sync(),
+        ],
+    );
+    let got =
+        rig.answer(&mut server, &[ok(b'1'), ok(b'1'), ok(b'2'), complete(), ok(b'2'), complete(), ready()]);
+    assert_eq!(tags(&got), "112C2CZ");
+    let texts: Vec<_> = rig.timing.finished.drain(..).map(|f| f.text).collect();
+    assert_eq!(texts, [Some(Bytes::from_static(b"select $1")), Some(Bytes::from_static(b"select 2"))]);
+    rig.send(&mut server, &[close("s1"), sync()]);
+    rig.answer(&mut server, &[ready()]);
+    rig.send(&mut server, &[bind("s1"), execute(), sync()]);
+    rig.answer(&mut server, &[ok(b'2'), complete(), ready()]);
+    assert_eq!(rig.timing.finished.len(), 1);
+    assert_eq!(rig.timing.finished[0].text, None, "the closed name's text is forgotten");
+}
