@@ -234,12 +234,12 @@ const BY_FIRST_LETTER: [(u8, u8); 256] = {
 thread_local! {
     /// Empty queues of finished attachments, for the next (a transaction would otherwise
     /// allocate one).
-    static SPARE_QUEUES: std::cell::RefCell<Vec<VecDeque<Expect>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE_QUEUES: std::cell::RefCell<Vec<Vec<Expect>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        let q = std::mem::take(&mut self.expect);
+        let q = std::mem::take(&mut self.expect.items);
         if q.is_empty() && q.capacity() > 0 && q.capacity() <= 64 {
             SPARE_QUEUES.with(|s| {
                 let mut s = s.borrow_mut();
@@ -251,19 +251,25 @@ impl Drop for Relay {
     }
 }
 
-/// A request whose response the relay is waiting for.
-#[derive(Debug)]
+/// A request whose response the relay is waiting for, or an answer the proxy gives itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// A Parse; for a named statement the proxy-wide name, and the client's name when the
-    /// client asked for it (not when the proxy prepares a statement on its own).
-    Parse(Option<Arc<str>>, Option<Vec<u8>>),
+    /// A Parse; for a named statement its payload holds the proxy-wide name, and the client's
+    /// name when the client asked for it (not when the proxy prepares a statement on its own).
+    Parse,
     Bind,
     Describe,
     Execute,
-    Close(Option<Arc<str>>),
+    /// A Close; its payload names a statement the proxy closes on its own.
+    Close,
     Sync,
     /// A simple query or function call: everything up to ReadyForQuery belongs to it.
     Query,
+    /// The proxy answers with its payload's bytes when their turn comes.
+    Local,
+    /// The proxy answers a simple query itself: CommandComplete with its payload's tag, then
+    /// ReadyForQuery.
+    LocalQuery,
 }
 
 /// What to take back if an answer the proxy owes is never given (an earlier error made
@@ -277,13 +283,77 @@ enum Undo {
     Removed(Vec<u8>, Arc<Statement>),
 }
 
+/// An entry of the queue of expected answers: three bytes with no destructor, as one is
+/// pushed and popped for every request. The few that carry data have it next in the side
+/// queue of payloads.
+#[derive(Debug, Clone, Copy)]
+struct Expect {
+    kind: Kind,
+    /// Drop the server's answer (the client did not ask).
+    swallow: bool,
+    payload: bool,
+}
+
+/// The queue of expected answers: a vector read from `head`, emptied whenever it drains (at
+/// every Sync of the usual flow), cheaper per request than a ring buffer. For a client that
+/// never lets it drain, the read part is dropped when the vector is full and at least half
+/// read, so it holds at most about twice [`MAX_EXPECTED`] entries.
+#[derive(Debug, Default)]
+struct Queue {
+    items: Vec<Expect>,
+    head: usize,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.items.len() - self.head
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head == self.items.len()
+    }
+
+    fn front(&self) -> Option<&Expect> {
+        self.items.get(self.head)
+    }
+
+    fn get(&self, i: usize) -> Option<&Expect> {
+        self.items.get(self.head + i)
+    }
+
+    #[inline]
+    fn push_back(&mut self, e: Expect) {
+        if self.head > 0 && self.items.len() == self.items.capacity() && self.head >= self.items.len() / 2 {
+            self.items.drain(..self.head);
+            self.head = 0;
+        }
+        self.items.push(e);
+    }
+
+    #[inline]
+    fn pop_front(&mut self) -> Option<Expect> {
+        let e = *self.items.get(self.head)?;
+        self.head += 1;
+        if self.head == self.items.len() {
+            self.items.clear();
+            self.head = 0;
+        }
+        Some(e)
+    }
+
+    fn remove(&mut self, i: usize) {
+        self.items.remove(self.head + i);
+    }
+}
+
+/// The data of an [`Expect`] that has some.
 #[derive(Debug)]
-enum Expect {
-    /// The server answers; `swallow` drops the answer (the client did not ask).
-    Server { kind: Kind, swallow: bool },
-    /// The proxy answers with these bytes when their turn comes.
+enum Payload {
+    /// A named Parse: the proxy-wide name, and the client's name when the client asked.
+    Parse(Arc<str>, Option<Vec<u8>>),
+    /// A Close the proxy sends for a statement the server's cache evicted.
+    Close(Arc<str>),
     Local(Bytes, Undo),
-    /// The proxy answers a simple query itself: CommandComplete with this tag, ReadyForQuery.
     LocalQuery(&'static str),
 }
 
@@ -328,7 +398,9 @@ pub struct Relay {
     pub custom_names: Vec<String>,
     /// Record expected responses (transaction mode).
     tracking: bool,
-    expect: VecDeque<Expect>,
+    expect: Queue,
+    /// The data of the entries of `expect` that have some, in the same order.
+    payloads: VecDeque<Payload>,
     /// The proxy answered with an error: drop client messages up to the next Sync.
     client_skip: bool,
     /// Syncs sent after the last Execute and before any copy data: if that Execute turns out
@@ -344,7 +416,7 @@ impl Relay {
         let mut relay = Relay::default();
         relay.status = b'I';
         relay.tracking = tracking;
-        relay.expect = SPARE_QUEUES.with(|q| q.borrow_mut().pop()).unwrap_or_default();
+        relay.expect.items = SPARE_QUEUES.with(|q| q.borrow_mut().pop()).unwrap_or_default();
         relay
     }
 
@@ -388,7 +460,7 @@ impl Relay {
     fn emit_local(&mut self, to_client: &mut BytesMut) {
         // While a server message is half through, server_to_client emits them once it is.
         if self.s2c_remaining == 0
-            && matches!(self.expect.front(), Some(Expect::Local(..) | Expect::LocalQuery(_)))
+            && self.expect.front().is_some_and(|e| matches!(e.kind, Kind::Local | Kind::LocalQuery))
         {
             self.emit_local_now(to_client);
         }
@@ -396,21 +468,40 @@ impl Relay {
 
     #[inline(never)]
     fn emit_local_now(&mut self, to_client: &mut BytesMut) {
-        while let Some(Expect::Local(..) | Expect::LocalQuery(_)) = self.expect.front() {
-            match self.expect.pop_front() {
-                Some(Expect::Local(bytes, _)) => to_client.extend_from_slice(&bytes),
-                Some(Expect::LocalQuery(command)) => {
+        while self.expect.front().is_some_and(|e| matches!(e.kind, Kind::Local | Kind::LocalQuery)) {
+            match self.pop() {
+                Some((_, Some(Payload::Local(bytes, _)))) => to_client.extend_from_slice(&bytes),
+                Some((_, Some(Payload::LocalQuery(command)))) => {
                     messages::command_complete(to_client, command);
                     messages::ready_for_query(to_client, self.status);
                 }
-                _ => unreachable!(),
+                _ => unreachable!("a local answer has its payload"),
             }
         }
     }
 
+    #[inline]
+    fn push(&mut self, kind: Kind, swallow: bool, payload: Option<Payload>) {
+        self.expect.push_back(Expect { kind, swallow, payload: payload.is_some() });
+        if let Some(payload) = payload {
+            self.payloads.push_back(payload);
+        }
+    }
+
+    #[inline]
+    fn pop(&mut self) -> Option<(Expect, Option<Payload>)> {
+        let e = self.expect.pop_front()?;
+        Some((e, if e.payload { self.payloads.pop_front() } else { None }))
+    }
+
+    /// The proxy answers here (with these bytes) when the answers before have been given.
+    fn push_local(&mut self, bytes: Bytes, undo: Undo) {
+        self.push(Kind::Local, false, Some(Payload::Local(bytes, undo)));
+    }
+
     fn expect_server(&mut self, kind: Kind) {
         if self.tracking {
-            self.expect.push_back(Expect::Server { kind, swallow: false });
+            self.push(kind, false, None);
         }
     }
 
@@ -418,7 +509,7 @@ impl Relay {
     fn close_evicted(&mut self, server: &mut ServerStatements, to_server: &mut BytesMut) {
         for name in server.to_close.drain(..) {
             to_server.extend_from_slice(&prepared::statement_message(tag::CLOSE, &name));
-            self.expect.push_back(Expect::Server { kind: Kind::Close(Some(name)), swallow: true });
+            self.push(Kind::Close, true, Some(Payload::Close(name)));
         }
     }
 
@@ -430,8 +521,7 @@ impl Relay {
         st.server.insert(stmt.name.clone());
         self.close_evicted(st.server, to_server);
         to_server.extend_from_slice(&stmt.parse);
-        self.expect
-            .push_back(Expect::Server { kind: Kind::Parse(Some(stmt.name.clone()), None), swallow: true });
+        self.push(Kind::Parse, true, Some(Payload::Parse(stmt.name.clone(), None)));
     }
 
     /// Moves client messages towards the server while there is room, rewriting named
@@ -579,12 +669,12 @@ impl Relay {
         if st.rewrite {
             match prepared::sql_command(body) {
                 Some(SqlCommand::Deallocate(name)) if st.client.remove(name.as_bytes()) => {
-                    self.expect.push_back(Expect::LocalQuery("DEALLOCATE"));
+                    self.push(Kind::LocalQuery, false, Some(Payload::LocalQuery("DEALLOCATE")));
                     return;
                 }
                 Some(SqlCommand::DeallocateAll) if !st.pinned => {
                     st.client.clear();
-                    self.expect.push_back(Expect::LocalQuery("DEALLOCATE ALL"));
+                    self.push(Kind::LocalQuery, false, Some(Payload::LocalQuery("DEALLOCATE ALL")));
                     return;
                 }
                 Some(SqlCommand::DiscardAll | SqlCommand::DeallocateAll) => st.client.clear(),
@@ -636,7 +726,7 @@ impl Relay {
                         self.state_hint = Some(Bytes::copy_from_slice(body));
                     }
                     out.extend_from_slice(msg);
-                    self.expect_server(Kind::Parse(None, None));
+                    self.expect_server(Kind::Parse);
                     return Ok(());
                 }
                 let name = p.name.to_vec();
@@ -662,23 +752,19 @@ impl Relay {
                     };
                     let mut buf = BytesMut::new();
                     error.encode(&mut buf);
-                    self.expect.push_back(Expect::Local(buf.freeze(), Undo::Nothing));
+                    self.push_local(buf.freeze(), Undo::Nothing);
                     self.client_skip = true;
                     return Ok(());
                 }
                 let stmt = Arc::new(stmt);
                 st.client.insert(name.clone(), stmt.clone());
                 if st.server.touch(&stmt.name) {
-                    self.expect
-                        .push_back(Expect::Local(Bytes::from_static(PARSE_COMPLETE), Undo::Created(name)));
+                    self.push_local(Bytes::from_static(PARSE_COMPLETE), Undo::Created(name));
                 } else {
                     st.server.insert(stmt.name.clone());
                     self.close_evicted(st.server, out);
                     out.extend_from_slice(&stmt.parse);
-                    self.expect.push_back(Expect::Server {
-                        kind: Kind::Parse(Some(stmt.name.clone()), Some(name)),
-                        swallow: false,
-                    });
+                    self.push(Kind::Parse, false, Some(Payload::Parse(stmt.name.clone(), Some(name))));
                 }
             }
             tag::BIND => {
@@ -715,10 +801,10 @@ impl Relay {
                 if let Some(stmt) = managed {
                     // The statement stays on the server for other clients; the LRU closes it.
                     let undo = Undo::Removed(name.to_vec(), stmt);
-                    self.expect.push_back(Expect::Local(Bytes::from_static(CLOSE_COMPLETE), undo));
+                    self.push_local(Bytes::from_static(CLOSE_COMPLETE), undo);
                 } else {
                     out.extend_from_slice(msg);
-                    self.expect_server(Kind::Close(None));
+                    self.expect_server(Kind::Close);
                 }
             }
             _ => unreachable!("only whole messages of these types are read"),
@@ -848,16 +934,17 @@ impl Relay {
         }
     }
 
-    fn head_is(&self, f: impl Fn(&Kind) -> bool) -> bool {
-        matches!(self.expect.front(), Some(Expect::Server { kind, .. }) if f(kind))
+    /// Whether the head is a request to the server that `f` accepts.
+    fn head_is(&self, f: impl Fn(Kind) -> bool) -> bool {
+        self.expect.front().is_some_and(|e| !matches!(e.kind, Kind::Local | Kind::LocalQuery) && f(e.kind))
     }
 
     /// Pops the expectation at the head if `f` accepts it; returns whether its answer is to
     /// be dropped.
-    fn complete(&mut self, f: impl Fn(&Kind) -> bool) -> bool {
+    fn complete(&mut self, f: impl Fn(Kind) -> bool) -> bool {
         if self.head_is(f) {
-            if let Some(Expect::Server { swallow, .. }) = self.expect.pop_front() {
-                return swallow;
+            if let Some((e, _)) = self.pop() {
+                return e.swallow;
             }
         }
         false
@@ -877,7 +964,8 @@ impl Relay {
                 self.copy_syncs = 0;
                 let mut i = 1;
                 while drop > 0 && i < self.expect.len() {
-                    if matches!(self.expect[i], Expect::Server { kind: Kind::Sync, .. }) {
+                    if self.expect.get(i).is_some_and(|e| e.kind == Kind::Sync) {
+                        // (no payload to remove with it)
                         self.expect.remove(i);
                         drop -= 1;
                     } else {
@@ -902,26 +990,19 @@ impl Relay {
         if self.head_is(|k| matches!(k, Kind::Query | Kind::Sync)) {
             return; // a simple query ends with ReadyForQuery regardless
         }
-        while let Some(e) = self.expect.front() {
-            if matches!(e, Expect::Server { kind: Kind::Sync, .. }) {
-                break;
-            }
-            match self.expect.pop_front() {
-                Some(Expect::Server { kind: Kind::Parse(global, client), .. }) => {
-                    if let Some(name) = global {
-                        st.server.forget(&name);
-                    }
+        while self.expect.front().is_some_and(|e| e.kind != Kind::Sync) {
+            match self.pop() {
+                Some((_, Some(Payload::Parse(global, client)))) => {
+                    st.server.forget(&global);
                     if let Some(name) = client {
                         st.client.remove(&name);
                     }
                 }
-                Some(Expect::Server { kind: Kind::Close(Some(name)), swallow: true }) => {
-                    st.server.to_close.push(name)
-                }
-                Some(Expect::Local(_, Undo::Created(name))) => {
+                Some((_, Some(Payload::Close(name)))) => st.server.to_close.push(name),
+                Some((_, Some(Payload::Local(_, Undo::Created(name))))) => {
                     st.client.remove(&name);
                 }
-                Some(Expect::Local(_, Undo::Removed(name, stmt))) => st.client.insert(name, stmt),
+                Some((_, Some(Payload::Local(_, Undo::Removed(name, stmt))))) => st.client.insert(name, stmt),
                 _ => {}
             }
         }

@@ -539,3 +539,32 @@ fn executes_are_timed_with_the_text_of_the_bound_statement() {
     assert_eq!(rig.timing.finished.len(), 1);
     assert_eq!(rig.timing.finished[0].text, None, "the closed name's text is forgotten");
 }
+
+/// A client that pipelines without ever letting the queue of expected answers drain keeps
+/// it bounded (the read part is dropped), and every answer still goes where it belongs.
+#[test]
+fn a_queue_that_never_drains_stays_bounded_and_in_order() {
+    let mut rig = Rig::new();
+    let mut server = ServerStatements::new(10);
+    rig.send(&mut server, &[parse("s1", "select 1"), sync()]);
+    rig.answer(&mut server, &[ok(b'1'), ready()]);
+    // One request always outstanding: each round adds a Bind and a locally answered Close,
+    // and the server answers the previous round's Bind.
+    rig.send(&mut server, &[bind("s1")]);
+    for round in 0..20 * MAX_EXPECTED {
+        let (to_server, to_client) =
+            rig.send(&mut server, &[bind("s1"), close("s1"), parse("s1", "select 1")]);
+        assert_eq!(tags(&to_server), "B", "round {round}");
+        assert!(to_client.is_empty(), "round {round}: the Close waits for the Binds before it");
+        let got = rig.answer(&mut server, &[ok(b'2')]);
+        // The previous round's BindComplete, then (from the second round) its Close and
+        // Parse, answered here once their turn came.
+        let expected = if round == 0 { "2" } else { "231" };
+        assert_eq!(tags(&got), expected, "round {round}");
+        assert!(
+            rig.relay.expect.items.capacity() <= 64,
+            "round {round}: {}",
+            rig.relay.expect.items.capacity()
+        );
+    }
+}
