@@ -8,12 +8,13 @@
 
 use crate::server::conn::{ServerInfo, Target};
 use bytes::BytesMut;
+use quanta::Instant;
 use rand::Rng;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;

@@ -12,7 +12,7 @@ use crate::wire::messages::{self, PgError};
 use crate::wire::{is_frontend_tag, tag};
 use bytes::BytesMut;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Largest message the console accepts: its commands are a few words.
@@ -182,7 +182,7 @@ impl Console {
         tokio::pin!(cancelled);
         cancelled.as_mut().enable();
         if waits {
-            slot.set(Activity::Waiting { since: Instant::now() });
+            slot.set(Activity::Waiting { since: quanta::Instant::now() });
         }
         let proxy = self.proxy.clone();
         let execution = command.execute(&proxy);

@@ -2,7 +2,7 @@ use super::*;
 use crate::config::Config;
 use crate::wire::frame::split_frame;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A proxy in front of a database that is never contacted.
 fn proxy(extra: &[(&str, &str)]) -> Arc<Proxy> {
@@ -157,7 +157,9 @@ async fn show_clients_lists_registered_clients() {
         "web.1",
     );
     let reg = p.cancels.register(None, info);
-    reg.slot.set(crate::cancel::Activity::Waiting { since: Instant::now() - Duration::from_millis(1500) });
+    reg.slot.set(crate::cancel::Activity::Waiting {
+        since: quanta::Instant::now() - Duration::from_millis(1500),
+    });
     let a = run(&p, "SHOW CLIENTS").await;
     assert_eq!(a.rows.len(), 1);
     assert_eq!(value(&a, 0, "state"), "waiting");

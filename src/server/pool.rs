@@ -244,19 +244,16 @@ impl Pool {
     pub fn checkout(self: &Arc<Self>, mailbox: &Arc<Mailbox>) -> Ticket {
         let mut doomed = Vec::new();
         let mut s = self.lock();
-        if let Some(conn) = self.take_idle(&mut s, &mut doomed, Instant::now()) {
+        // One clock read for the idle-server decisions and the wait's start.
+        let since = Instant::now();
+        if let Some(conn) = self.take_idle(&mut s, &mut doomed, since) {
             s.active += 1;
             drop(s);
             close_all(doomed);
-            return Ticket {
-                pool: self.clone(),
-                since: Instant::now(),
-                inner: TicketState::Ready(Some(conn)),
-            };
+            return Ticket { pool: self.clone(), since, inner: TicketState::Ready(Some(conn)) };
         }
         let id = s.next_waiter;
         s.next_waiter += 1;
-        let since = Instant::now();
         s.waiters.push_back(Waiter { id, since, mailbox: mailbox.clone() });
         if let Some(limit) = self.cfg.query_wait_timeout {
             if !s.expiry_running {
@@ -311,9 +308,14 @@ impl Pool {
     ///
     /// PGSIDECAR_QUERY_WAIT_TIMEOUT bounds the whole of it: the pool's timer ends the first
     /// wait in the queue, and a check, or a wait after a failed check, gets what is left.
-    pub async fn checkout_checked(self: &Arc<Self>, mailbox: Arc<Mailbox>) -> Result<Lease, ServerError> {
+    ///
+    /// `started` is when the caller began to wait (it has read the clock already).
+    pub async fn checkout_checked(
+        self: &Arc<Self>,
+        mailbox: Arc<Mailbox>,
+        started: Instant,
+    ) -> Result<Lease, ServerError> {
         let delay = self.cfg.server_check_delay;
-        let started = Instant::now();
         let left = || self.cfg.query_wait_timeout.map(|l| l.saturating_sub(started.elapsed()));
         // Every failure closes a server that was idle; servers opened meanwhile need no check,
         // so this ends quickly. The bound is for safety only.
