@@ -123,9 +123,9 @@ impl Timing {
         self.unnamed_facts = Some(facts);
     }
 
+    /// No clock read: the transaction's time starts at the Execute that runs the portal
+    /// (drivers send the two in one batch).
     pub fn bind(&mut self, statement: &[u8]) {
-        // The clock is read only if this Bind begins the transaction.
-        self.xact_start.get_or_insert_with(Instant::now);
         self.portal =
             if statement.is_empty() { self.unnamed.clone() } else { self.names.get(statement).cloned() };
     }
