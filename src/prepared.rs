@@ -27,6 +27,9 @@ pub struct Statement {
     pub name: Arc<str>,
     /// The complete Parse message (type byte and length included) under that name.
     pub parse: Bytes,
+    /// Its text may create or remove session state (the relay's scan says so): every
+    /// execution makes the proxy count the state on the server before giving it back.
+    pub session_state: bool,
 }
 
 fn message(tag: u8, body: impl FnOnce(&mut BytesMut)) -> BytesMut {
@@ -87,7 +90,7 @@ pub fn statement(query: &[u8], types: &[u8]) -> Statement {
         b.put_slice(types);
     })
     .freeze();
-    Statement { name: global.into(), parse }
+    Statement { name: global.into(), parse, session_state: false }
 }
 
 /// Reads a Parse body: the client's statement name and, for a named statement, the

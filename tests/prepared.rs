@@ -139,6 +139,36 @@ async fn temp_tables_advisory_locks_and_sql_prepare_pin() {
     }
 }
 
+/// A session advisory lock taken by a named prepared statement (as job queues do through
+/// their ORM) pins the client in whichever transaction executes it, and the unlock frees it.
+#[tokio::test]
+async fn advisory_lock_through_a_prepared_statement_pins() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("pinprep");
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "2")]).await;
+    let c = p.connect(&db).await;
+    let other = p.connect(&db).await;
+    let lock = c.prepare("select pg_advisory_lock($1::bigint)").await.unwrap();
+    let unlock = c.prepare("select pg_advisory_unlock($1::bigint)").await.unwrap();
+    let held = c
+        .prepare("select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()")
+        .await
+        .unwrap();
+    // Prepared in one transaction, executed in later ones.
+    other.simple_query("select 1").await.unwrap();
+    c.query(&lock, &[&42i64]).await.unwrap();
+    assert_eq!(p.proxy.pinned.load(Ordering::Relaxed), 1, "the lock pins");
+    for _ in 0..3 {
+        // Other traffic would otherwise move the client to another server.
+        other.simple_query("select pg_sleep(0.001)").await.unwrap();
+        let n: i64 = c.query_one(&held, &[]).await.unwrap().get(0);
+        assert_eq!(n, 1, "the client stays on the server that holds its lock");
+    }
+    let freed: bool = c.query_one(&unlock, &[&42i64]).await.unwrap().get(0);
+    assert!(freed);
+    assert_eq!(p.proxy.pinned.load(Ordering::Relaxed), 0, "the unlock unpins");
+}
+
 #[tokio::test]
 async fn describe_and_flush_keep_the_server_until_sync() {
     use bytes::{BufMut, BytesMut};

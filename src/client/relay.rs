@@ -94,6 +94,15 @@ fn mentions_session_state(sql: &[u8]) -> bool {
     false
 }
 
+/// The proxy-wide statement for a client's named Parse, marked when its text may leave
+/// session state: its Binds, in this transaction or any later one, make the proxy count the
+/// state on the server before giving it back.
+pub fn managed_statement(query: &[u8], types: &[u8]) -> Statement {
+    let mut stmt = prepared::statement(query, types);
+    stmt.session_state = mentions_session_state(query);
+    stmt
+}
+
 /// Facts the relay remembers with a statement's text (see [`normalize::recall`]).
 const MENTIONS_SESSION_STATE: u8 = 1;
 const MAY_NAME_CUSTOM_SETTINGS: u8 = 2;
@@ -254,8 +263,9 @@ impl Drop for Relay {
 /// A request whose response the relay is waiting for, or an answer the proxy gives itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// A Parse; for a named statement its payload holds the proxy-wide name, and the client's
-    /// name when the client asked for it (not when the proxy prepares a statement on its own).
+    /// A Parse; for a statement the proxy manages (a named one, when it rewrites them) its
+    /// payload holds the proxy-wide name, and the client's name when the client asked for it
+    /// (not when the proxy prepares a statement on its own).
     Parse,
     Bind,
     Describe,
@@ -297,7 +307,8 @@ struct Expect {
 /// The queue of expected answers: a vector read from `head`, emptied whenever it drains (at
 /// every Sync of the usual flow), cheaper per request than a ring buffer. For a client that
 /// never lets it drain, the read part is dropped when the vector is full and at least half
-/// read, so it holds at most about twice [`MAX_EXPECTED`] entries.
+/// read: it grows only while more than half of it is unanswered, so it stays below about four
+/// times [`MAX_EXPECTED`] entries (one message may add a few past that cap), 48 KiB.
 #[derive(Debug, Default)]
 struct Queue {
     items: Vec<Expect>,
@@ -687,8 +698,8 @@ impl Relay {
         out.extend_from_slice(&msg);
     }
 
-    /// A whole Parse, Bind, Describe or Close in transaction mode (read in place), timed as
-    /// `note_text` would.
+    /// A whole Parse, Bind, Describe or Close in transaction mode (read in place). The timing
+    /// calls `note_text` makes outside transaction mode are made here, on what is read anyway.
     fn tracked_message(
         &mut self,
         t: u8,
@@ -707,8 +718,8 @@ impl Relay {
                 // timing has just compared the two. Only the text is scanned, not the name and
                 // parameter types around it.
                 let unnamed = p.name.is_empty();
-                let facts = match st.timing.unnamed() {
-                    (_, Some(facts)) if unnamed => facts,
+                let facts = match st.timing.unnamed_facts() {
+                    Some(facts) if unnamed => facts,
                     _ => {
                         let facts = scan_facts(p.query);
                         if unnamed {
@@ -730,7 +741,8 @@ impl Relay {
                     return Ok(());
                 }
                 let name = p.name.to_vec();
-                let stmt = prepared::statement(p.query, p.types);
+                let mut stmt = prepared::statement(p.query, p.types);
+                stmt.session_state = facts & MENTIONS_SESSION_STATE != 0;
                 if st.client.contains(&name) || st.client.len() >= prepared::MAX_PER_CLIENT {
                     let error = if st.client.contains(&name) {
                         PgError::error(
@@ -772,6 +784,9 @@ impl Relay {
                 st.timing.bind(b.statement);
                 match st.client.get(b.statement).filter(|_| st.rewrite && !b.statement.is_empty()).cloned() {
                     Some(stmt) => {
+                        if stmt.session_state {
+                            self.state_hint = Some(stmt.parse.slice(HEADER_LEN..));
+                        }
                         self.ensure(&stmt, st, out);
                         out.extend_from_slice(&prepared::bind_with(b.portal, &stmt.name, b.rest));
                     }

@@ -505,28 +505,27 @@ impl Session {
                     }
                     _ if self.local_skip => true,
                     tag::FLUSH => true,
-                    tag::PARSE => match crate::prepared::from_parse(body) {
-                        Ok((name, Some(stmt))) => {
-                            if self.statements.contains(&name) {
+                    tag::PARSE => match crate::prepared::parse_parts(body) {
+                        Ok(p) if !p.name.is_empty() => {
+                            if self.statements.contains(p.name) {
                                 PgError::error(
                                     "42P05",
                                     format!(
                                         "prepared statement \"{}\" already exists",
-                                        String::from_utf8_lossy(&name)
+                                        String::from_utf8_lossy(p.name)
                                     ),
                                 )
                                 .encode(&mut self.cwbuf);
                                 self.local_skip = true;
                             } else {
-                                if let Ok((_, query)) = crate::prepared::parse_texts(body) {
-                                    self.timing.get_or_insert_with(super::reuse::timing).parse(&name, query);
-                                }
-                                self.statements.insert(name, Arc::new(stmt));
+                                self.timing.get_or_insert_with(super::reuse::timing).parse(p.name, p.query);
+                                let stmt = super::relay::managed_statement(p.query, p.types);
+                                self.statements.insert(p.name.to_vec(), Arc::new(stmt));
                                 self.cwbuf.extend_from_slice(b"1\0\0\0\x04");
                             }
                             true
                         }
-                        Ok((_, None)) => false,
+                        Ok(_) => false,
                         Err(e) => {
                             self.fail(PgError::fatal("08P01", format!("invalid message from client: {e}")))
                                 .await;

@@ -113,10 +113,10 @@ impl Timing {
         }
     }
 
-    /// The text of the client's last unnamed Parse, and what the relay found in it if it has
-    /// looked since the text last changed.
-    pub fn unnamed(&self) -> (Option<&Bytes>, Option<u8>) {
-        (self.unnamed.as_ref(), self.unnamed_facts)
+    /// What the relay found in the text of the client's last unnamed Parse, if it has looked
+    /// since the text last changed.
+    pub fn unnamed_facts(&self) -> Option<u8> {
+        self.unnamed_facts
     }
 
     pub fn set_unnamed_facts(&mut self, facts: u8) {

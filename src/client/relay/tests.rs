@@ -568,3 +568,25 @@ fn a_queue_that_never_drains_stays_bounded_and_in_order() {
         );
     }
 }
+
+/// A named statement that may leave session state (an advisory lock) makes every transaction
+/// that binds it check the server, not only the one that prepared it; other statements none.
+#[test]
+fn binds_of_a_named_statement_that_may_leave_state_check_the_server() {
+    let mut rig = Rig::new();
+    let mut server = ServerStatements::new(10);
+    rig.send(
+        &mut server,
+        &[parse("lock", "select pg_advisory_lock($1)"), parse("plain", "select $1"), sync()],
+    );
+    rig.answer(&mut server, &[ok(b'1'), ok(b'1'), ready()]);
+    assert!(rig.relay.state_hint.is_none(), "preparing leaves no state");
+    for round in 0..2 {
+        rig.relay = Relay::new(true); // a later transaction
+        rig.send(&mut server, &[bind("plain"), execute(), sync()]);
+        assert!(rig.relay.state_hint.is_none(), "round {round}");
+        rig.send(&mut server, &[bind("lock"), execute(), sync()]);
+        let hint = rig.relay.state_hint.take().expect("the lock's Bind asks for a check");
+        assert!(hint.windows(17).any(|w| w == b"pg_advisory_lock("), "{hint:?}");
+    }
+}
