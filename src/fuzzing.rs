@@ -269,7 +269,8 @@ fn decode_body(t: u8, body: &[u8]) {
         }
         tag::BIND => {
             if let Ok(b) = prepared::bind_parts(body) {
-                let mut m = prepared::bind_with(b.portal, "pgsidecar_x", b.rest);
+                let mut m = bytes::BytesMut::new();
+                prepared::put_bind(&mut m, b.portal, "pgsidecar_x", b.rest);
                 let (_, again) = split_frame(&mut m, usize::MAX).unwrap().unwrap();
                 let b2 = prepared::bind_parts(&again).unwrap();
                 assert_eq!((b2.portal, b2.statement, b2.rest), (b.portal, &b"pgsidecar_x"[..], b.rest));

@@ -519,7 +519,7 @@ impl Relay {
     /// Queues Close for statements the server's cache evicted, answers dropped.
     fn close_evicted(&mut self, server: &mut ServerStatements, to_server: &mut BytesMut) {
         for name in server.to_close.drain(..) {
-            to_server.extend_from_slice(&prepared::statement_message(tag::CLOSE, &name));
+            prepared::put_statement_message(to_server, tag::CLOSE, &name);
             self.push(Kind::Close, true, Some(Payload::Close(name)));
         }
     }
@@ -788,7 +788,7 @@ impl Relay {
                             self.state_hint = Some(stmt.parse.slice(HEADER_LEN..));
                         }
                         self.ensure(&stmt, st, out);
-                        out.extend_from_slice(&prepared::bind_with(b.portal, &stmt.name, b.rest));
+                        prepared::put_bind(out, b.portal, &stmt.name, b.rest);
                     }
                     None => out.extend_from_slice(msg),
                 }
@@ -800,7 +800,7 @@ impl Relay {
                 {
                     Some(stmt) => {
                         self.ensure(&stmt, st, out);
-                        out.extend_from_slice(&prepared::statement_message(tag::DESCRIBE, &stmt.name));
+                        prepared::put_statement_message(out, tag::DESCRIBE, &stmt.name);
                     }
                     None => out.extend_from_slice(msg),
                 }

@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use quanta::Instant;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// Named statements remembered for their text.
@@ -45,7 +45,7 @@ pub struct Finished {
 #[derive(Debug, Default)]
 pub struct Timing {
     timers: VecDeque<Timer>,
-    names: HashMap<Vec<u8>, Bytes>,
+    names: crate::prepared::NameMap<Vec<u8>, Bytes>,
     unnamed: Option<Bytes>,
     /// What the relay's scans found in `unnamed`, once it has looked (its facts bits).
     unnamed_facts: Option<u8>,

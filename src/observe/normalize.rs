@@ -141,7 +141,7 @@ pub fn text_hash(s: &[u8]) -> u64 {
 }
 
 /// A random number per process, which seeds the hashes whose keys clients choose.
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *SEED.get_or_init(rand::random)
 }
