@@ -677,12 +677,13 @@ impl Framing {
 /// that is simulated by the input), without sockets.
 ///
 /// `data[0]`: bit 0 transaction mode (tracking), bit 1 prepared-statement rewriting, bit 2
-/// pinned, bits 3-4 the server's statement cache size (1 to 4, so evictions happen);
+/// pinned, bits 3-4 the server's statement cache size (1 to 4, so evictions happen), bit 5
+/// prepares unnamed statements too;
 /// `data[1]` the maximum message size. Then operations, each a kind byte:
 /// kind % 6 = 0 raw client bytes (a length byte, then the bytes), 1 a client message (type
 /// byte, length byte, body: the length field is computed), 2 raw server bytes, 3 a server
-/// message (as 1), 4 the session writes everything out (buffers emptied), 5 a named Parse
-/// with a statement name byte and query byte, so that names repeat.
+/// message (as 1), 4 the session writes everything out (buffers emptied), 5 a Parse with a
+/// statement name byte (one of four names, or none) and query byte, so that names repeat.
 ///
 /// After every step: no panic, the input left unread is only an incomplete message (or
 /// nothing), and the buffers towards each side stay within the write threshold plus what one
@@ -694,6 +695,7 @@ pub fn post_auth(data: &[u8]) {
     let flags = input.u8();
     let tracking = flags & 1 != 0;
     let rewrite = tracking && flags & 2 != 0;
+    let unnamed = rewrite && flags & 32 != 0;
     let pinned = flags & 4 != 0;
     let capacity = usize::from(flags >> 3 & 3) + 1;
     let max = match input.u8() {
@@ -751,8 +753,9 @@ pub fn post_auth(data: &[u8]) {
                 continue;
             }
             _ => {
-                let (name, query) = (input.u8() % 4, input.u8() % 4);
-                let mut body = vec![b's', b'0' + name, 0];
+                let (name, query) = (input.u8() % 5, input.u8() % 4);
+                // Name 4 is the unnamed statement.
+                let mut body = if name == 4 { vec![0] } else { vec![b's', b'0' + name, 0] };
                 body.extend_from_slice(format!("select {query}").as_bytes());
                 body.extend_from_slice(&[0, 0, 0]);
                 let mut m = vec![tag::PARSE];
@@ -765,8 +768,14 @@ pub fn post_auth(data: &[u8]) {
         if client_done || server_done {
             break; // the session ends
         }
-        let mut st =
-            Statements { timing: &mut timing, client: &mut client, server: &mut server, rewrite, pinned };
+        let mut st = Statements {
+            timing: &mut timing,
+            client: &mut client,
+            server: &mut server,
+            rewrite,
+            unnamed,
+            pinned,
+        };
         if to_client_side {
             match relay.client_to_server(&mut c_in, &mut to_server, &mut to_client, max, &mut st) {
                 Ok(()) => {

@@ -123,6 +123,48 @@ pub fn statement(query: &[u8], types: &[u8]) -> Statement {
     Statement { name: global.into(), parse, session_state: false }
 }
 
+/// Most texts [`unnamed_statement`] remembers per thread, and their most bytes in all; past
+/// either it starts afresh. Longer texts are not remembered.
+const UNNAMED_CACHE_ENTRIES: usize = 1024;
+const UNNAMED_CACHE_BYTES: usize = 1 << 20;
+const UNNAMED_CACHE_LONGEST: usize = 16 << 10;
+
+#[derive(Default)]
+struct UnnamedCache {
+    map: NameMap<Box<[u8]>, Arc<Statement>>,
+    bytes: usize,
+}
+
+thread_local! {
+    /// Proxy-wide statements of recent unnamed Parse texts: the same few texts come again and
+    /// again, and deriving the name (SHA-256 of the text) costs more than looking it up.
+    static UNNAMED: std::cell::RefCell<UnnamedCache> = std::cell::RefCell::default();
+}
+
+/// The proxy-wide statement for an unnamed Parse (with `PGSIDECAR_PREPARE_UNNAMED_STATEMENTS`):
+/// `key` is the body after the empty name (text, its terminator and the parameter types).
+/// Texts that may leave session state are not prepared this way: they stay unnamed.
+pub fn unnamed_statement(key: &[u8], query: &[u8], types: &[u8]) -> Arc<Statement> {
+    let make = || Arc::new(statement(query, types));
+    if key.len() > UNNAMED_CACHE_LONGEST {
+        return make();
+    }
+    UNNAMED.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some(stmt) = c.map.get(key) {
+            return stmt.clone();
+        }
+        if c.map.len() >= UNNAMED_CACHE_ENTRIES || c.bytes + key.len() > UNNAMED_CACHE_BYTES {
+            c.map.clear();
+            c.bytes = 0;
+        }
+        let stmt = make();
+        c.bytes += key.len();
+        c.map.insert(key.into(), stmt.clone());
+        stmt
+    })
+}
+
 /// Reads a Parse body: the client's statement name and, for a named statement, the
 /// proxy-wide statement.
 pub fn from_parse(body: &[u8]) -> Result<(Vec<u8>, Option<Statement>), FrameError> {

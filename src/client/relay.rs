@@ -277,6 +277,10 @@ enum Kind {
     Query,
     /// The proxy answers with its payload's bytes when their turn comes.
     Local,
+    /// The proxy answers ParseComplete for the client's unnamed statement, which the server
+    /// holds under its proxy-wide name (no payload: an error before it ends the client's
+    /// unnamed statement).
+    LocalParse,
     /// The proxy answers a simple query itself: CommandComplete with its payload's tag, then
     /// ReadyForQuery.
     LocalQuery,
@@ -376,6 +380,9 @@ pub struct Statements<'a> {
     pub server: &'a mut ServerStatements,
     /// Rewrite named statements (transaction mode with PGSIDECAR_MAX_PREPARED_STATEMENTS > 0).
     pub rewrite: bool,
+    /// Prepare unnamed statements under proxy-wide names too (with `rewrite`, and
+    /// PGSIDECAR_PREPARE_UNNAMED_STATEMENTS): the client's unnamed statement is its name "".
+    pub unnamed: bool,
     /// The client is pinned to this server (SQL-level statements of its own live there).
     pub pinned: bool,
 }
@@ -471,7 +478,10 @@ impl Relay {
     fn emit_local(&mut self, to_client: &mut BytesMut) {
         // While a server message is half through, server_to_client emits them once it is.
         if self.s2c_remaining == 0
-            && self.expect.front().is_some_and(|e| matches!(e.kind, Kind::Local | Kind::LocalQuery))
+            && self
+                .expect
+                .front()
+                .is_some_and(|e| matches!(e.kind, Kind::Local | Kind::LocalParse | Kind::LocalQuery))
         {
             self.emit_local_now(to_client);
         }
@@ -479,9 +489,16 @@ impl Relay {
 
     #[inline(never)]
     fn emit_local_now(&mut self, to_client: &mut BytesMut) {
-        while self.expect.front().is_some_and(|e| matches!(e.kind, Kind::Local | Kind::LocalQuery)) {
+        while self
+            .expect
+            .front()
+            .is_some_and(|e| matches!(e.kind, Kind::Local | Kind::LocalParse | Kind::LocalQuery))
+        {
             match self.pop() {
                 Some((_, Some(Payload::Local(bytes, _)))) => to_client.extend_from_slice(&bytes),
+                Some((Expect { kind: Kind::LocalParse, .. }, None)) => {
+                    to_client.extend_from_slice(PARSE_COMPLETE)
+                }
                 Some((_, Some(Payload::LocalQuery(command)))) => {
                     messages::command_complete(to_client, command);
                     messages::ready_for_query(to_client, self.status);
@@ -533,6 +550,37 @@ impl Relay {
         self.close_evicted(st.server, to_server);
         to_server.extend_from_slice(&stmt.parse);
         self.push(Kind::Parse, true, Some(Payload::Parse(stmt.name.clone(), None)));
+    }
+
+    /// An unnamed Parse prepared under the proxy-wide name of its text: answered here when the
+    /// server already holds that statement. The client's "" names it until its next unnamed
+    /// Parse or simple query, as Postgres' unnamed statement would.
+    fn prepare_unnamed(
+        &mut self,
+        key: &[u8],
+        query: &[u8],
+        types: &[u8],
+        out: &mut BytesMut,
+        st: &mut Statements<'_>,
+    ) {
+        // Drivers send the same text again and again: compared with the client's current
+        // unnamed statement first, it is neither hashed nor stored again.
+        let stmt = match st.client.get(b"") {
+            Some(s) if s.parse.get(HEADER_LEN + s.name.len() + 1..) == Some(key) => s.clone(),
+            _ => {
+                let s = prepared::unnamed_statement(key, query, types);
+                st.client.insert(Vec::new(), s.clone());
+                s
+            }
+        };
+        if st.server.touch(&stmt.name) {
+            self.push(Kind::LocalParse, false, None);
+        } else {
+            st.server.insert(stmt.name.clone());
+            self.close_evicted(st.server, out);
+            out.extend_from_slice(&stmt.parse);
+            self.push(Kind::Parse, false, Some(Payload::Parse(stmt.name.clone(), Some(Vec::new()))));
+        }
     }
 
     /// Moves client messages towards the server while there is room, rewriting named
@@ -677,6 +725,10 @@ impl Relay {
         if facts & MAY_NAME_CUSTOM_SETTINGS != 0 {
             super::params::custom_setting_names(body, &mut self.custom_names);
         }
+        if st.unnamed {
+            // A simple query ends the unnamed statement on the server.
+            st.client.remove(b"");
+        }
         if st.rewrite {
             match prepared::sql_command(body) {
                 Some(SqlCommand::Deallocate(name)) if st.client.remove(name.as_bytes()) => {
@@ -731,6 +783,15 @@ impl Relay {
                 if facts & MAY_NAME_CUSTOM_SETTINGS != 0 {
                     super::params::custom_setting_names(p.query, &mut self.custom_names);
                 }
+                if unnamed && st.unnamed {
+                    if facts & MENTIONS_SESSION_STATE == 0 {
+                        self.prepare_unnamed(&body[1..], p.query, p.types, out, st);
+                        return Ok(());
+                    }
+                    // Left to the server's own unnamed statement, which the Binds that follow
+                    // then name.
+                    st.client.remove(b"");
+                }
                 if unnamed || !st.rewrite {
                     if facts & MENTIONS_SESSION_STATE != 0 {
                         // Copied: a slice would keep the client's read buffer alive.
@@ -782,7 +843,14 @@ impl Relay {
             tag::BIND => {
                 let b = prepared::bind_parts(body)?;
                 st.timing.bind(b.statement);
-                match st.client.get(b.statement).filter(|_| st.rewrite && !b.statement.is_empty()).cloned() {
+                // The client's map holds "" only for an unnamed statement prepared under a
+                // proxy-wide name.
+                let managed = if st.rewrite && (st.unnamed || !b.statement.is_empty()) {
+                    st.client.get(b.statement).cloned()
+                } else {
+                    None
+                };
+                match managed {
                     Some(stmt) => {
                         if stmt.session_state {
                             self.state_hint = Some(stmt.parse.slice(HEADER_LEN..));
@@ -796,8 +864,12 @@ impl Relay {
             }
             tag::DESCRIBE => {
                 let (kind, name) = prepared::target(body, "Describe")?;
-                match st.client.get(name).filter(|_| kind == b'S' && st.rewrite && !name.is_empty()).cloned()
-                {
+                let managed = if kind == b'S' && st.rewrite && (st.unnamed || !name.is_empty()) {
+                    st.client.get(name).cloned()
+                } else {
+                    None
+                };
+                match managed {
                     Some(stmt) => {
                         self.ensure(&stmt, st, out);
                         prepared::put_statement_message(out, tag::DESCRIBE, &stmt.name);
@@ -811,8 +883,11 @@ impl Relay {
                 if kind == b'S' {
                     st.timing.close(name);
                 }
-                let managed =
-                    if kind == b'S' && st.rewrite && !name.is_empty() { st.client.take(name) } else { None };
+                let managed = if kind == b'S' && st.rewrite && (st.unnamed || !name.is_empty()) {
+                    st.client.take(name)
+                } else {
+                    None
+                };
                 if let Some(stmt) = managed {
                     // The statement stays on the server for other clients; the LRU closes it.
                     let undo = Undo::Removed(name.to_vec(), stmt);
@@ -951,7 +1026,9 @@ impl Relay {
 
     /// Whether the head is a request to the server that `f` accepts.
     fn head_is(&self, f: impl Fn(Kind) -> bool) -> bool {
-        self.expect.front().is_some_and(|e| !matches!(e.kind, Kind::Local | Kind::LocalQuery) && f(e.kind))
+        self.expect.front().is_some_and(|e| {
+            !matches!(e.kind, Kind::Local | Kind::LocalParse | Kind::LocalQuery) && f(e.kind)
+        })
     }
 
     /// Pops the expectation at the head if `f` accepts it; returns whether its answer is to
@@ -1016,6 +1093,9 @@ impl Relay {
                 Some((_, Some(Payload::Close(name)))) => st.server.to_close.push(name),
                 Some((_, Some(Payload::Local(_, Undo::Created(name))))) => {
                     st.client.remove(&name);
+                }
+                Some((Expect { kind: Kind::LocalParse, .. }, _)) => {
+                    st.client.remove(b"");
                 }
                 Some((_, Some(Payload::Local(_, Undo::Removed(name, stmt))))) => st.client.insert(name, stmt),
                 _ => {}

@@ -79,6 +79,8 @@ pub struct Session {
     /// This client's named prepared statements (transaction mode).
     statements: ClientStatements,
     rewrite: bool,
+    /// Unnamed statements are rewritten too (PGSIDECAR_PREPARE_UNNAMED_STATEMENTS).
+    unnamed: bool,
     /// Session state ties the client to its current server (transaction mode).
     pinned: bool,
     /// The proxy answered an error without a server: drop messages up to the next Sync.
@@ -194,6 +196,9 @@ impl Session {
             mailbox: None,
             slow: proxy.slow_log.clone(),
             rewrite: mode == PoolMode::Transaction && proxy.config.pool.max_prepared_statements > 0,
+            unnamed: mode == PoolMode::Transaction
+                && proxy.config.pool.max_prepared_statements > 0
+                && proxy.config.pool.prepare_unnamed_statements,
             statements: ClientStatements::default(),
             pinned: false,
             local_skip: false,
@@ -790,6 +795,7 @@ impl Session {
                 client: &mut self.statements,
                 server: &mut conn.statements,
                 rewrite: self.rewrite,
+                unnamed: self.unnamed,
                 pinned: self.pinned,
             };
             if let Err(e) =
@@ -930,6 +936,7 @@ impl Session {
                             client: &mut self.statements,
                             server: &mut conn.statements,
                             rewrite: self.rewrite,
+                            unnamed: self.unnamed,
                             pinned: self.pinned,
                         };
                         let _ = relay.server_to_client(&mut conn.rbuf, &mut self.cwbuf, max, &mut st);

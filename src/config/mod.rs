@@ -71,6 +71,8 @@ pub struct PoolConfig {
     pub query_wait_timeout: Option<Duration>,
     /// Statements cached per server in transaction mode; 0 disables rewriting.
     pub max_prepared_statements: usize,
+    /// Unnamed statements are prepared under proxy-wide names too (with rewriting on).
+    pub prepare_unnamed_statements: bool,
     /// Longest wait for a server's complete answer before it is cancelled; `None` when off.
     pub query_timeout: Option<Duration>,
     /// Longest a client may sit idle inside a transaction; `None` when off.
@@ -390,6 +392,7 @@ impl Config {
                 connect_parallelism: number(raw.get("server-connect-parallelism"), 1, 1000)?,
                 query_wait_timeout: optional_duration(raw.get("query-wait-timeout"))?,
                 max_prepared_statements: number(raw.get("max-prepared-statements"), 0, 100_000)?,
+                prepare_unnamed_statements: flag(raw.get("prepare-unnamed-statements"))?,
                 query_timeout: optional_duration(raw.get("query-timeout"))?,
                 idle_transaction_timeout: optional_duration(raw.get("idle-transaction-timeout"))?,
                 server_check_delay: duration(raw.get("server-check-delay"))?,

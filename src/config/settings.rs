@@ -101,6 +101,8 @@ settings! {
         "Largest protocol message the proxy accepts from a client or server";
     "max-prepared-statements", "PGSIDECAR_MAX_PREPARED_STATEMENTS", ["PGBOUNCER_MAX_PREPARED_STATEMENTS"], "500",
         "Named prepared statements kept per server connection in transaction mode (least recently used closed first); 0 passes statements through untouched";
+    "prepare-unnamed-statements", "PGSIDECAR_PREPARE_UNNAMED_STATEMENTS", [], "0",
+        "Also prepare unnamed statements (node-postgres' parameterized queries, libpq's PQexecParams) once per server and reuse them; 1 to turn on";
     "slow-query-ms", "PGSIDECAR_SLOW_QUERY_MS", [], "500",
         "Log statements that take longer than this many milliseconds (0 logs every statement, -1 turns the log off)";
     "slow-query-max-length", "PGSIDECAR_SLOW_QUERY_MAX_LENGTH", [], "2000",

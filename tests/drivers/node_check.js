@@ -6,6 +6,8 @@
 //   WORKERS       concurrent clients, each a separate pg.Client (default 20)
 //   QUERIES       queries per client (default 500)
 //   POOL_SIZE     if set, the distinct backend pids seen must be <= this
+//   UNNAMED       1: the same queries without names (node-postgres then sends an unnamed
+//                 Parse with every query, as for any parameterized query without a name)
 //
 // Each client runs named queries ({ name, text, values }) with several distinct names and
 // texts: node-postgres parses a name once per connection and afterwards sends only
@@ -21,6 +23,11 @@ const WORKERS = parseInt(process.env.WORKERS || '20', 10);
 const QUERIES = parseInt(process.env.QUERIES || '500', 10);
 const POOL_SIZE = process.env.POOL_SIZE ? parseInt(process.env.POOL_SIZE, 10) : null;
 const MAX_REPORTED = 10;
+const UNNAMED = process.env.UNNAMED === '1';
+
+function request(name, text, values) {
+  return UNNAMED ? { text, values } : { name, text, values };
+}
 
 // q0: worker id, loop counter and backend pid.
 const MAIN = {
@@ -94,7 +101,7 @@ async function connect(w) {
 }
 
 async function runMain(client, w, i) {
-  const res = await client.query({ name: MAIN.name, text: MAIN.text, values: [w, i] });
+  const res = await client.query(request(MAIN.name, MAIN.text, [w, i]));
   const row = res.rows.length === 1 ? res.rows[0] : null;
   if (!row || row.w !== w || row.i !== i) {
     note('wrong', `worker ${w} query ${i}: ${MAIN.name} returned ${JSON.stringify(res.rows)}`);
@@ -106,7 +113,7 @@ async function runMain(client, w, i) {
 
 async function runOther(client, k, w, i) {
   const [name, text, values, expected] = STATEMENTS[k];
-  const res = await client.query({ name, text, values: values(w, i) });
+  const res = await client.query(request(name, text, values(w, i)));
   const got = JSON.stringify(res.rows);
   const want = JSON.stringify(expected(w, i));
   if (got !== want) note('wrong', `worker ${w} query ${i}: ${name} returned ${got}, expected ${want}`);

@@ -67,11 +67,22 @@ struct Rig {
     relay: Relay,
     client: ClientStatements,
     timing: crate::client::timing::Timing,
+    /// PGSIDECAR_PREPARE_UNNAMED_STATEMENTS.
+    unnamed: bool,
 }
 
 impl Rig {
     fn new() -> Rig {
-        Rig { relay: Relay::new(true), client: ClientStatements::default(), timing: Default::default() }
+        Rig {
+            relay: Relay::new(true),
+            client: ClientStatements::default(),
+            timing: Default::default(),
+            unnamed: false,
+        }
+    }
+
+    fn preparing_unnamed() -> Rig {
+        Rig { unnamed: true, ..Rig::new() }
     }
 
     /// The relay and the statement state it works on (transaction mode, rewriting), as the
@@ -82,6 +93,7 @@ impl Rig {
             client: &mut self.client,
             server,
             rewrite: true,
+            unnamed: self.unnamed,
             pinned: false,
         };
         (&mut self.relay, st)
@@ -445,6 +457,7 @@ fn sync_sent_before_copy_data_is_not_answered() {
         client: &mut client,
         server: &mut server,
         rewrite: false,
+        unnamed: false,
         pinned: false,
     };
     let mut input = BytesMut::from(&[bind(""), execute(), sync()].concat()[..]);
@@ -589,4 +602,115 @@ fn binds_of_a_named_statement_that_may_leave_state_check_the_server() {
         let hint = rig.relay.state_hint.take().expect("the lock's Bind asks for a check");
         assert!(hint.windows(17).any(|w| w == b"pg_advisory_lock("), "{hint:?}");
     }
+}
+
+fn describe_statement(stmt: &str) -> Vec<u8> {
+    let mut b = vec![b'S'];
+    b.extend_from_slice(stmt.as_bytes());
+    b.push(0);
+    msg(b'D', &b)
+}
+
+#[test]
+fn unnamed_statements_are_prepared_once_per_server_when_asked() {
+    // Off (the default): an unnamed Parse and its Bind go through as they are.
+    let mut server = ServerStatements::new(10);
+    let mut rig = Rig::new();
+    let (to_server, _) = rig.send(&mut server, &[parse("", "select $1"), bind(""), execute(), sync()]);
+    assert_eq!(to_server[..2], [('P', String::new()), ('B', String::new())]);
+    rig.answer(&mut server, &[ok(b'1'), ok(b'2'), complete(), ready()]);
+    assert!(server.is_empty());
+
+    let mut rig = Rig::preparing_unnamed();
+    let batch = [parse("", "select $1"), bind(""), describe_statement(""), execute(), sync()];
+    let (to_server, to_client) = rig.send(&mut server, &batch);
+    assert_eq!(tags(&to_server), "PBDES");
+    assert!(to_server[0].1.starts_with(prepared::PREFIX), "{to_server:?}");
+    assert_eq!(to_server[0].1, to_server[1].1, "the Bind names the proxy-wide statement");
+    assert!(to_client.is_empty());
+    let got = rig.answer(&mut server, &[ok(b'1'), ok(b'2'), ok(b't'), ok(b'n'), complete(), ready()]);
+    assert_eq!(tags(&got), "12tnCZ");
+    assert!(rig.relay.at_rest());
+    let global = to_server[0].1.clone();
+
+    // The next transaction on the same server (this client or another): no Parse sent.
+    for mut rig in [Rig::preparing_unnamed(), rig] {
+        rig.relay = Relay::new(true);
+        let (to_server, to_client) = rig.send(&mut server, &batch);
+        assert_eq!(tags(&to_server), "BDES", "no second Parse");
+        assert_eq!(to_server[0].1, global);
+        assert_eq!(tags(&to_client), "1", "ParseComplete answered by the proxy");
+        assert_eq!(
+            tags(&rig.answer(&mut server, &[ok(b'2'), ok(b't'), ok(b'n'), complete(), ready()])),
+            "2tnCZ"
+        );
+        assert!(rig.relay.at_rest());
+    }
+
+    // Another server lacks it: prepared there in the same batch.
+    let mut other = ServerStatements::new(10);
+    let mut rig = Rig::preparing_unnamed();
+    let (to_server, _) = rig.send(&mut other, &batch);
+    assert_eq!(tags(&to_server), "PBDES");
+    assert_eq!(to_server[0].1, global);
+}
+
+#[test]
+fn the_unnamed_statement_ends_where_postgres_ends_it() {
+    let mut server = ServerStatements::new(10);
+    let mut rig = Rig::preparing_unnamed();
+    rig.send(&mut server, &[parse("", "select $1"), sync()]);
+    rig.answer(&mut server, &[ok(b'1'), ready()]);
+    let (to_server, _) = rig.send(&mut server, &[bind(""), execute(), sync()]);
+    assert!(to_server[0].1.starts_with(prepared::PREFIX), "still the client's unnamed statement");
+    rig.answer(&mut server, &[ok(b'2'), complete(), ready()]);
+
+    // A simple query ends it: a Bind of "" goes to the server's own unnamed statement.
+    rig.send(&mut server, &[msg(b'Q', b"select 1\0")]);
+    rig.answer(&mut server, &[complete(), ready()]);
+    let (to_server, _) = rig.send(&mut server, &[bind(""), sync()]);
+    assert_eq!(to_server[0], ('B', String::new()));
+    rig.answer(&mut server, &[error("26000"), ready()]);
+
+    // So does a Parse that fails, and the server does not keep the statement either.
+    rig.send(&mut server, &[parse("", "selec 2"), bind(""), sync()]);
+    assert_eq!(tags(&rig.answer(&mut server, &[error("42601"), ready()])), "EZ");
+    let (to_server, _) = rig.send(&mut server, &[bind(""), sync()]);
+    assert_eq!(to_server[0], ('B', String::new()));
+    rig.answer(&mut server, &[error("26000"), ready()]);
+    let (to_server, _) = rig.send(&mut server, &[parse("", "selec 2"), sync()]);
+    assert_eq!(tags(&to_server), "PS", "the failed text is prepared again, not answered");
+
+    // An error before a Parse answered here: no ParseComplete, and the statement is gone.
+    rig.answer(&mut server, &[error("42601"), ready()]);
+    rig.send(&mut server, &[parse("", "select $1"), sync()]);
+    rig.answer(&mut server, &[ready()]);
+    let (to_server, to_client) =
+        rig.send(&mut server, &[bind("nope"), parse("", "select $1"), bind(""), execute(), sync()]);
+    assert_eq!(tags(&to_server), "BBES");
+    assert!(to_client.is_empty(), "the ParseComplete waits for the Bind before it");
+    assert_eq!(tags(&rig.answer(&mut server, &[error("26000"), ready()])), "EZ");
+    assert!(rig.client.get(b"").is_none());
+    assert!(rig.relay.at_rest());
+
+    // A Close of the unnamed statement is answered here, and the name is gone.
+    let (_, to_client) = rig.send(&mut server, &[parse("", "select $1"), sync()]);
+    assert_eq!(tags(&to_client), "1");
+    rig.answer(&mut server, &[ready()]);
+    let (to_server, to_client) = rig.send(&mut server, &[close(""), sync()]);
+    assert_eq!((tags(&to_server), tags(&to_client)), ("S".into(), "3".into()));
+    assert!(rig.client.get(b"").is_none());
+}
+
+#[test]
+fn an_unnamed_text_that_may_leave_session_state_stays_unnamed() {
+    let mut server = ServerStatements::new(10);
+    let mut rig = Rig::preparing_unnamed();
+    rig.send(&mut server, &[parse("", "select $1"), sync()]);
+    rig.answer(&mut server, &[ok(b'1'), ready()]);
+    let (to_server, _) =
+        rig.send(&mut server, &[parse("", "select pg_advisory_lock($1)"), bind(""), execute(), sync()]);
+    assert_eq!(to_server[..2], [('P', String::new()), ('B', String::new())], "not the earlier statement");
+    assert!(rig.relay.state_hint.is_some(), "the server is checked before it goes back");
+    assert_eq!(server.len(), 1);
 }
