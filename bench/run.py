@@ -40,7 +40,12 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 DIRECT, PGBOUNCER, SIDECAR = "direct", "pgbouncer", "pgsidecar"
 TARGETS = [DIRECT, PGBOUNCER, SIDECAR]
-MODES = ["simple", "extended", "prepared"]
+MODES = ["simple", "extended", "prepared", "unnamed"]
+# "unnamed" is pgbench -M extended through a second pgsidecar with
+# PGSIDECAR_PREPARE_UNNAMED_STATEMENTS=1; direct and PgBouncer rows are their -M extended runs.
+PGBENCH_MODE = {"unnamed": "extended"}
+# Modes where a target's row is its -M extended run instead of a run of its own.
+REUSES_EXTENDED = {"prepared": (PGBOUNCER,), "unnamed": (DIRECT, PGBOUNCER)}
 
 CSV_FIELDS = [
     "phase", "round", "target", "mode", "mode_run", "clients", "pool_size", "duration_s", "status",
@@ -290,8 +295,10 @@ class Postgres:
 class Proxy:
     """One pooler process (PgBouncer or pgsidecar) listening on 127.0.0.1:port."""
 
-    def __init__(self, kind, label, tmp, pool_size, pg_port, scram_secret, binary=None, client_auth="scram-sha-256"):
+    def __init__(self, kind, label, tmp, pool_size, pg_port, scram_secret, binary=None, client_auth="scram-sha-256",
+                 extra_env=None):
         self.kind = kind
+        self.extra_env = extra_env or {}
         self.label = label
         self.tmp = tmp
         self.pool_size = pool_size
@@ -339,6 +346,7 @@ class Proxy:
                 # On, as in production, each on its own port (two sidecars run at once).
                 "PGSIDECAR_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
             })
+            env.update(self.extra_env)
             self.proc = subprocess.Popen([self.binary, "serve"], stdout=logf, stderr=subprocess.STDOUT,
                                          cwd=self.tmp, env=env, start_new_session=True)
         logf.close()
@@ -442,7 +450,7 @@ class Bench:
                 tx_log=False, proxy=None):
         self.seq += 1
         cmd = [self.bins["pgbench"], "-h", "127.0.0.1", "-p", str(port), "-U", BENCH_USER, "-n",
-               "-c", str(clients), "-j", str(min(2, clients)), "-T", str(duration), "-M", mode]
+               "-c", str(clients), "-j", str(min(2, clients)), "-T", str(duration), "-M", PGBENCH_MODE.get(mode, mode)]
         if script:
             cmd += ["-f", script]
         elif select_only:
@@ -720,7 +728,8 @@ def main():
     ap.add_argument("--out", help="output directory (default bench/out/<timestamp>)")
     ap.add_argument("--binary", help="use this pgsidecar binary instead of cargo build --release")
     ap.add_argument("--clients", help="comma-separated client counts (default 1,16,64,256; quick 1,64)")
-    ap.add_argument("--modes", help="comma-separated query modes (default simple,extended,prepared)")
+    ap.add_argument("--modes", help="comma-separated query modes (default simple,extended,prepared,unnamed;"
+                    " unnamed is -M extended with PGSIDECAR_PREPARE_UNNAMED_STATEMENTS=1)")
     ap.add_argument("--idle-conns", type=int, help="idle connections for the memory phase (default 10000; quick 1000)")
     ap.add_argument("--fair-clients", type=int, default=500)
     ap.add_argument("--fair-pool", type=int, default=10)
@@ -742,6 +751,8 @@ def main():
     for m in args.modes:
         if m not in MODES:
             die(f"unknown mode {m}")
+    if "unnamed" in args.modes and "extended" not in args.modes:
+        die("mode unnamed runs next to mode extended: add extended to --modes")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = os.path.abspath(args.out or os.path.join(REPO, "bench", "out", stamp))
     os.makedirs(out, exist_ok=True)
@@ -843,7 +854,9 @@ def run(args, out, tmp):
     sc = Proxy(SIDECAR, "pgsidecar", tmp, args.pool_size, pg.port, secret, binary=binary)
     pgb_f = Proxy(PGBOUNCER, "pgbouncer-pool%d" % args.fair_pool, tmp, args.fair_pool, pg.port, secret)
     sc_f = Proxy(SIDECAR, "pgsidecar-pool%d" % args.fair_pool, tmp, args.fair_pool, pg.port, secret, binary=binary)
-    for p in (pgb, sc, pgb_f, sc_f):
+    sc_u = Proxy(SIDECAR, "pgsidecar-unnamed", tmp, args.pool_size, pg.port, secret, binary=binary,
+                 extra_env={"PGSIDECAR_PREPARE_UNNAMED_STATEMENTS": "1"})
+    for p in (pgb, sc, pgb_f, sc_f, sc_u):
         p.start()
         log(f"  {p.label}: 127.0.0.1:{p.port} pid {p.pid} pool {p.pool_size} fd limit {proc_fd_limit(p.pid)}")
     meta["fd_limit_proxies"] = {p.label: proc_fd_limit(p.pid) for p in (pgb, sc)}
@@ -857,7 +870,7 @@ def run(args, out, tmp):
         r = bench.pgbench(ports[t], "simple", 20, 2, proxy=proxies[t])
         if r["status"] != "ok":
             die(f"warm-up through {t} failed: {r.get('error')}\n{r['cmd']}")
-    for p in (pgb_f, sc_f):
+    for p in (pgb_f, sc_f, sc_u):
         r = bench.pgbench(p.port, "simple", 20, 1, proxy=p)
         if r["status"] != "ok":
             die(f"warm-up through {p.label} failed: {r.get('error')}")
@@ -867,7 +880,7 @@ def run(args, out, tmp):
         f.write("SELECT pg_sleep(0.002);\n")
 
     rows = RowLog(os.path.join(out, "results.csv"))
-    n_tps = sum(len(args.clients) * (2 if m == "prepared" else 3) for m in args.modes)
+    n_tps = sum(len(args.clients) * (3 - len(REUSES_EXTENDED.get(m, ()))) for m in args.modes)
     per_round = n_tps * args.duration + 3 * args.duration + 2 * args.fair_duration
     log(f"\nplan: {args.rounds} round(s) x ({n_tps} select-only runs x {args.duration} s + 3 connect-per-tx runs"
         f" + 2 fairness runs x {args.fair_duration} s) ~ {args.rounds * per_round * 1.15 / 60:.1f} min"
@@ -895,33 +908,41 @@ def run(args, out, tmp):
         turn = ((rnd - 1) // 2) % len(TARGETS)
         order = base[turn:] + base[:turn]
         for mode in args.modes:
+            if mode == "unnamed":
+                continue  # run next to pgsidecar's own extended run, below
             for clients in args.clients:
                 parts = {}
+                runs = []
                 for t in order:
-                    if t == PGBOUNCER and mode == "prepared":
-                        continue  # PgBouncer 1.18: no prepared statements in transaction mode; extended row is reused
-                    if proxies[t]:
-                        ensure_alive(proxies[t], bench, f"{mode} c={clients}")
-                    res = bench.pgbench(ports[t], mode, clients, args.duration, tx_log=(clients == 1),
-                                        proxy=proxies[t])
+                    if t in REUSES_EXTENDED.get(mode, ()):
+                        continue  # its extended row is reused (PgBouncer 1.18 has no prepared mode)
+                    runs.append((t, mode))
+                    if t == SIDECAR and mode == "extended" and "unnamed" in args.modes:
+                        runs.append((t, "unnamed"))
+                for t, m in runs:
+                    proxy, port = (sc_u, sc_u.port) if m == "unnamed" else (proxies[t], ports[t])
+                    if proxy:
+                        ensure_alive(proxy, bench, f"{m} c={clients}")
+                    res = bench.pgbench(port, m, clients, args.duration, tx_log=(clients == 1), proxy=proxy)
                     extra = {}
                     if res.get("txlog"):
                         lats = sorted(l for _, l in res["txlog"])
                         extra = {"lat_p50_ms": pct(lats, 50) / 1000, "lat_p99_ms": pct(lats, 99) / 1000,
                                  "lat_max_ms": lats[-1] / 1000}
-                    row = record("select_only", rnd, t, mode, clients, res, args.pool_size, args.duration, **extra)
-                    if t == PGBOUNCER and mode == "extended" and "prepared" in args.modes:
-                        record("select_only", rnd, t, "prepared", clients, res, args.pool_size, args.duration,
-                               mode_run="extended", note="PgBouncer 1.18 has no transaction-mode prepared statements: "
-                               "this is its -M extended run", **extra)
+                    row = record("select_only", rnd, t, m, clients, res, args.pool_size, args.duration, **extra)
+                    for other, reusing in REUSES_EXTENDED.items():
+                        if m == "extended" and t in reusing and other in args.modes:
+                            record("select_only", rnd, t, other, clients, res, args.pool_size, args.duration,
+                                   mode_run="extended", note=f"its -M extended run, reused for the {other} row", **extra)
                     s = fmt_num(row["tps"]) if row["status"] == "ok" else f"{row['status'].upper()}"
                     if row.get("proxy_cpu_s_per_100k_tx") is not None:
                         s += f" ({row['proxy_cpu_s_per_100k_tx']:.2f} cpu-s/100k)"
-                    parts[t] = f"{t} {s}"
+                    parts[(t, m)] = f"{t}{' unnamed' if m == 'unnamed' else ''} {s}"
                     if row["status"] != "ok":
-                        msg = f"round {rnd}: {t} -S -M {mode} -c {clients}: {row['status']}: {row['error']}"
+                        msg = f"round {rnd}: {t} -S -M {m} -c {clients}: {row['status']}: {row['error']}"
                         bench.incidents.append(msg + f"\n    reproduce: {res['cmd']}")
-                log(f"  -S -M {mode:<8} c={clients:<4} " + " | ".join(parts[t] for t in TARGETS if t in parts))
+                log(f"  -S -M {mode:<8} c={clients:<4} " + " | ".join(
+                    parts[k] for k in sorted(parts, key=lambda k: (TARGETS.index(k[0]), k[1] == "unnamed"))))
         # Connect-per-transaction.
         parts = {}
         for t in order:
@@ -951,7 +972,7 @@ def run(args, out, tmp):
         log(f"  fairness c={args.fair_clients} pool={args.fair_pool}: " + " | ".join(parts))
 
     # Idle memory: fresh proxies, one at a time.
-    for p in (pgb, sc, pgb_f, sc_f):
+    for p in (pgb, sc, pgb_f, sc_f, sc_u):
         p.stop()
     if args.idle_conns > 0:
         log(f"\n== idle memory: {args.idle_conns} authenticated idle client connections per proxy (SCRAM-SHA-256)")
@@ -1077,6 +1098,11 @@ def scan_logs(tmp):
     return out
 
 
+def ext(target, mode):
+    """The marker of a cell that is the target's -M extended run."""
+    return " *ext" if target in REUSES_EXTENDED.get(mode, ()) else ""
+
+
 def summarize(rows, args, meta):
     L = []
 
@@ -1115,12 +1141,15 @@ def summarize(rows, args, meta):
     for mode in args.modes:
         for c in args.clients:
             d, b, s = (median(get(t, mode, c)) for t in TARGETS)
-            bcell = cell(PGBOUNCER, mode, c) + (" *ext" if mode == "prepared" else "")
+            bcell = cell(PGBOUNCER, mode, c) + ext(PGBOUNCER, mode)
             pr = ratio_spread(paired_ratios(rows, "select_only", mode, c, "tps", SIDECAR, PGBOUNCER))
-            L.append(f"{mode:<9}{c:>7}  {cell(DIRECT, mode, c):<26}{bcell:<28}{cell(SIDECAR, mode, c):<28}"
+            L.append(f"{mode:<9}{c:>7}  {cell(DIRECT, mode, c) + ext(DIRECT, mode):<26}{bcell:<28}{cell(SIDECAR, mode, c):<28}"
                      f"{ratio(s, b):>7}{ratio(s, d):>10}  {pr:<18}")
     if "prepared" in args.modes:
         L.append("* PgBouncer 1.18 has no prepared statements in transaction mode: its prepared row is its -M extended run.")
+    if "unnamed" in args.modes:
+        L.append("* unnamed: -M extended through a second pgsidecar with PGSIDECAR_PREPARE_UNNAMED_STATEMENTS=1 (off by"
+                 " default); direct and PgBouncer rows are their -M extended runs.")
     L.append("")
     L.append("Latency at 1 client, ms (exact percentiles from pgbench -l per-transaction logs): p50 / p99")
     hdr = f"{'mode':<9}  {'direct':<22}{'pgbouncer':<22}{'pgsidecar':<22}{'sc/pgb p50':>11}{'sc/pgb p99':>11}"
@@ -1134,7 +1163,7 @@ def summarize(rows, args, meta):
             p50, p99 = median(get(t, mode, 1, "lat_p50_ms")), median(get(t, mode, 1, "lat_p99_ms"))
             med[t] = (p50, p99)
             cells.append(f"{fmt_num(p50, 3)} / {fmt_num(p99, 3)}" if p50 is not None else "NA " + status_of(t, mode, 1))
-        L.append(f"{mode:<9}  {cells[0]:<22}{cells[1] + (' *ext' if mode == 'prepared' else ''):<22}{cells[2]:<22}"
+        L.append(f"{mode:<9}  {cells[0] + ext(DIRECT, mode):<22}{cells[1] + ext(PGBOUNCER, mode):<22}{cells[2]:<22}"
                  f"{ratio(med[SIDECAR][0], med[PGBOUNCER][0]):>11}{ratio(med[SIDECAR][1], med[PGBOUNCER][1]):>11}")
     L.append("")
     L.append("Proxy CPU seconds per 100,000 transactions (utime+stime of the proxy process from /proc; direct: n/a)")
@@ -1145,7 +1174,7 @@ def summarize(rows, args, meta):
         for c in args.clients:
             b = median(get(PGBOUNCER, mode, c, "proxy_cpu_s_per_100k_tx"))
             s = median(get(SIDECAR, mode, c, "proxy_cpu_s_per_100k_tx"))
-            L.append(f"{mode:<9}{c:>7}  {cell(PGBOUNCER, mode, c, 'proxy_cpu_s_per_100k_tx', 2) + (' *ext' if mode == 'prepared' else ''):<24}"
+            L.append(f"{mode:<9}{c:>7}  {cell(PGBOUNCER, mode, c, 'proxy_cpu_s_per_100k_tx', 2) + ext(PGBOUNCER, mode):<24}"
                      f"{cell(SIDECAR, mode, c, 'proxy_cpu_s_per_100k_tx', 2):<24}{ratio(s, b):>7}  "
                      f"{ratio_spread(paired_ratios(rows, 'select_only', mode, c, 'proxy_cpu_s_per_100k_tx', SIDECAR, PGBOUNCER))}")
     L.append("")
@@ -1249,12 +1278,12 @@ def chart(rows, args, path):
     import matplotlib.pyplot as plt
 
     colors = {DIRECT: "#444444", PGBOUNCER: "#1f77b4", SIDECAR: "#d62728"}
-    styles = {"simple": "-", "extended": "--", "prepared": ":"}
-    markers = {"simple": "o", "extended": "s", "prepared": "^"}
+    styles = {"simple": "-", "extended": "--", "prepared": ":", "unnamed": "-."}
+    markers = {"simple": "o", "extended": "s", "prepared": "^", "unnamed": "D"}
     fig, ax = plt.subplots(figsize=(10, 7.5), dpi=110)
     for t in TARGETS:
         for mode in args.modes:
-            if t == PGBOUNCER and mode == "prepared":
+            if t in REUSES_EXTENDED.get(mode, ()):
                 continue
             xs, ys, lo, hi = [], [], [], []
             for c in args.clients:
@@ -1279,7 +1308,8 @@ def chart(rows, args, path):
             ax.errorbar([x * shift for x in xs], ys, yerr=[lo, hi], color=colors[t], linestyle=styles[mode], marker=markers[mode],
                         capsize=3, linewidth=1.6, markersize=5,
                         label=f"{t} {mode}" + (" (also its 'prepared' comparison)" if t == PGBOUNCER and mode == "extended"
-                                               and "prepared" in args.modes else ""))
+                                               and "prepared" in args.modes else "")
+                        + (" (PGSIDECAR_PREPARE_UNNAMED_STATEMENTS=1)" if mode == "unnamed" else ""))
     ax.set_xscale("log")
     ax.set_xticks(args.clients)
     ax.set_xticklabels([str(c) for c in args.clients])
