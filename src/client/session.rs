@@ -359,6 +359,10 @@ impl Session {
     /// and BackendKeyData.
     fn greet(&mut self, login_params: Arc<BTreeMap<String, String>>) {
         let mut told = Told::new(login_params.clone());
+        // One allocation for the whole greeting (ParameterStatus messages, BackendKeyData and
+        // the ReadyForQuery after it) instead of the buffer doubling its way up.
+        let size: usize = login_params.iter().map(|(n, v)| 7 + n.len() + v.len() * 2).sum();
+        self.cwbuf.reserve(size + 32);
         for (name, value) in login_params.iter() {
             let value = match self.settings.get(name) {
                 Some(v) if TRACKED_REPORTED.contains(&name.as_str()) => {
