@@ -53,6 +53,12 @@ pub struct Statement {
     /// Its text may create or remove session state (the relay's scan says so): every
     /// execution makes the proxy count the state on the server before giving it back.
     pub session_state: bool,
+    /// Its text calls `set_config`: every execution makes the proxy read the session's
+    /// settings back before giving the server to someone else.
+    pub sets_config: bool,
+    /// The custom (dotted) settings its text sets, noted at every execution for the
+    /// read-back (usually none).
+    pub custom_settings: Vec<String>,
 }
 
 fn message(tag: u8, body: impl FnOnce(&mut BytesMut)) -> BytesMut {
@@ -120,7 +126,13 @@ pub fn statement(query: &[u8], types: &[u8]) -> Statement {
         b.put_slice(types);
     })
     .freeze();
-    Statement { name: global.into(), parse, session_state: false }
+    Statement {
+        name: global.into(),
+        parse,
+        session_state: false,
+        sets_config: false,
+        custom_settings: Vec::new(),
+    }
 }
 
 /// Most texts [`unnamed_statement`] remembers per thread, and their most bytes in all; past
@@ -142,10 +154,20 @@ thread_local! {
 }
 
 /// The proxy-wide statement for an unnamed Parse (with `PGSIDECAR_PREPARE_UNNAMED_STATEMENTS`):
-/// `key` is the body after the empty name (text, its terminator and the parameter types).
-/// Texts that may leave session state are not prepared this way: they stay unnamed.
-pub fn unnamed_statement(key: &[u8], query: &[u8], types: &[u8]) -> Arc<Statement> {
-    let make = || Arc::new(statement(query, types));
+/// `key` is the body after the empty name (text, its terminator and the parameter types);
+/// `mark` records what the relay's scans found in the text on a statement made afresh. Texts
+/// that may leave session state are not prepared this way: they stay unnamed.
+pub fn unnamed_statement(
+    key: &[u8],
+    query: &[u8],
+    types: &[u8],
+    mark: impl FnOnce(&mut Statement),
+) -> Arc<Statement> {
+    let make = || {
+        let mut stmt = statement(query, types);
+        mark(&mut stmt);
+        Arc::new(stmt)
+    };
     if key.len() > UNNAMED_CACHE_LONGEST {
         return make();
     }

@@ -815,3 +815,35 @@ async fn custom_settings_stay_with_their_client() {
     assert_eq!(common::first_value(&a.simple_query(read).await.unwrap()), "a", "A's setting lost");
     assert_eq!(common::first_value(&b.simple_query(read).await.unwrap()), "b");
 }
+
+/// Settings changed with `set_config(..., false)` inside a SELECT (no SET command tag) are
+/// the client's alone too, as a simple query, as a prepared statement executed in a later
+/// transaction, and for a built-in setting: the next client of the only server never sees
+/// them, and they follow their client.
+#[tokio::test]
+async fn settings_changed_by_set_config_stay_with_their_client() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("setconfig");
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "1")]).await;
+    let a = p.connect(&db).await;
+    let b = p.connect(&db).await;
+    let read = "select coalesce(current_setting('integrity.tenant', true), 'unset') \
+                || '|' || current_setting('statement_timeout')";
+    let default = common::first_value(&b.simple_query(read).await.unwrap());
+    let seen_by_b = |v: String| {
+        assert!(v == default || v == format!("|{}", default.split('|').nth(1).unwrap()), "leaked to B: {v:?}")
+    };
+
+    a.simple_query("select pg_catalog.set_config('statement_timeout', '4321', false)").await.unwrap();
+    seen_by_b(common::first_value(&b.simple_query(read).await.unwrap()));
+    assert!(common::first_value(&a.simple_query(read).await.unwrap()).ends_with("|4321ms"), "A's own lost");
+
+    // Prepared once; executed in later transactions, whose Binds alone say what it does.
+    let set = a.prepare("select set_config('integrity.tenant', $1, false)").await.unwrap();
+    for tenant in ["t1", "t2"] {
+        b.simple_query("select 1").await.unwrap();
+        a.query_one(&set, &[&tenant]).await.unwrap();
+        seen_by_b(common::first_value(&b.simple_query(read).await.unwrap()));
+        assert_eq!(common::first_value(&a.simple_query(read).await.unwrap()), format!("{tenant}|4321ms"));
+    }
+}

@@ -99,13 +99,34 @@ fn mentions_session_state(sql: &[u8]) -> bool {
 /// state on the server before giving it back.
 pub fn managed_statement(query: &[u8], types: &[u8]) -> Statement {
     let mut stmt = prepared::statement(query, types);
-    stmt.session_state = mentions_session_state(query);
+    mark(&mut stmt, query, scan_facts(query));
     stmt
+}
+
+/// Records on a statement what the scans found in its text (`facts`), for its executions.
+fn mark(stmt: &mut Statement, query: &[u8], facts: u8) {
+    stmt.session_state = facts & MENTIONS_SESSION_STATE != 0;
+    stmt.sets_config = facts & CALLS_SET_CONFIG != 0;
+    if facts & MAY_NAME_CUSTOM_SETTINGS != 0 {
+        super::params::custom_setting_names(query, &mut stmt.custom_settings);
+    }
 }
 
 /// Facts the relay remembers with a statement's text (see [`normalize::recall`]).
 const MENTIONS_SESSION_STATE: u8 = 1;
 const MAY_NAME_CUSTOM_SETTINGS: u8 = 2;
+/// The text calls `set_config`, which changes a setting without the SET command tag that
+/// otherwise tells the relay to read the settings back.
+const CALLS_SET_CONFIG: u8 = 4;
+
+/// Whether `sql` contains `set_config` in any case (a false positive costs one read-back).
+fn calls_set_config(sql: &[u8]) -> bool {
+    memchr::memchr_iter(b'_', sql).any(|at| {
+        at >= 3
+            && sql[at - 3..at].eq_ignore_ascii_case(b"set")
+            && sql.get(at + 1..at + 7).is_some_and(|w| w.eq_ignore_ascii_case(b"config"))
+    })
+}
 
 /// A statement's fingerprint (when it can be remembered) and what the relay's scans find in
 /// it: remembered for texts that differ from it only in the digits of numbers, which changes
@@ -126,8 +147,8 @@ fn text_facts(text: &[u8]) -> (Option<u64>, u8) {
     (fingerprint, facts)
 }
 
-/// What the relay's two scans find in a statement's text: [`MENTIONS_SESSION_STATE`],
-/// [`MAY_NAME_CUSTOM_SETTINGS`].
+/// What the relay's scans find in a statement's text: [`MENTIONS_SESSION_STATE`],
+/// [`MAY_NAME_CUSTOM_SETTINGS`], [`CALLS_SET_CONFIG`].
 fn scan_facts(text: &[u8]) -> u8 {
     let mut facts = 0;
     if mentions_session_state(text) {
@@ -135,6 +156,9 @@ fn scan_facts(text: &[u8]) -> u8 {
     }
     if super::params::may_name_custom_settings(text) {
         facts |= MAY_NAME_CUSTOM_SETTINGS;
+    }
+    if calls_set_config(text) {
+        facts |= CALLS_SET_CONFIG;
     }
     facts
 }
@@ -560,6 +584,7 @@ impl Relay {
         key: &[u8],
         query: &[u8],
         types: &[u8],
+        facts: u8,
         out: &mut BytesMut,
         st: &mut Statements<'_>,
     ) {
@@ -568,7 +593,7 @@ impl Relay {
         let stmt = match st.client.get(b"") {
             Some(s) if s.parse.get(HEADER_LEN + s.name.len() + 1..) == Some(key) => s.clone(),
             _ => {
-                let s = prepared::unnamed_statement(key, query, types);
+                let s = prepared::unnamed_statement(key, query, types, |s| mark(s, query, facts));
                 st.client.insert(Vec::new(), s.clone());
                 s
             }
@@ -725,6 +750,9 @@ impl Relay {
         if facts & MAY_NAME_CUSTOM_SETTINGS != 0 {
             super::params::custom_setting_names(body, &mut self.custom_names);
         }
+        if facts & CALLS_SET_CONFIG != 0 {
+            self.settings_changed = true;
+        }
         if st.unnamed {
             // A simple query ends the unnamed statement on the server.
             st.client.remove(b"");
@@ -783,9 +811,13 @@ impl Relay {
                 if facts & MAY_NAME_CUSTOM_SETTINGS != 0 {
                     super::params::custom_setting_names(p.query, &mut self.custom_names);
                 }
+                if unnamed && facts & CALLS_SET_CONFIG != 0 {
+                    // Executed in this batch, as an unnamed statement is.
+                    self.settings_changed = true;
+                }
                 if unnamed && st.unnamed {
                     if facts & MENTIONS_SESSION_STATE == 0 {
-                        self.prepare_unnamed(&body[1..], p.query, p.types, out, st);
+                        self.prepare_unnamed(&body[1..], p.query, p.types, facts, out, st);
                         return Ok(());
                     }
                     // Left to the server's own unnamed statement, which the Binds that follow
@@ -803,7 +835,7 @@ impl Relay {
                 }
                 let name = p.name.to_vec();
                 let mut stmt = prepared::statement(p.query, p.types);
-                stmt.session_state = facts & MENTIONS_SESSION_STATE != 0;
+                mark(&mut stmt, p.query, facts);
                 if st.client.contains(&name) || st.client.len() >= prepared::MAX_PER_CLIENT {
                     let error = if st.client.contains(&name) {
                         PgError::error(
@@ -854,6 +886,12 @@ impl Relay {
                     Some(stmt) => {
                         if stmt.session_state {
                             self.state_hint = Some(stmt.parse.slice(HEADER_LEN..));
+                        }
+                        if stmt.sets_config {
+                            self.settings_changed = true;
+                        }
+                        for name in &stmt.custom_settings {
+                            super::params::remember_custom(&mut self.custom_names, name);
                         }
                         self.ensure(&stmt, st, out);
                         prepared::put_bind(out, b.portal, &stmt.name, b.rest);

@@ -714,3 +714,39 @@ fn an_unnamed_text_that_may_leave_session_state_stays_unnamed() {
     assert!(rig.relay.state_hint.is_some(), "the server is checked before it goes back");
     assert_eq!(server.len(), 1);
 }
+
+#[test]
+fn set_config_is_found_in_any_case_and_place() {
+    for yes in [
+        "select set_config('a.b', $1, false)",
+        "SELECT PG_CATALOG.SET_CONFIG('statement_timeout', '5s', false)",
+        "select 1, Set_Config('x', 'y', true)",
+        "select reset_config_x()", // a false positive only costs a read-back
+    ] {
+        assert!(calls_set_config(yes.as_bytes()), "{yes}");
+    }
+    for no in ["select 1", "set_confi", "_config", "select setconfig()", "select set_conf"] {
+        assert!(!calls_set_config(no.as_bytes()), "{no}");
+    }
+}
+
+#[test]
+fn statements_calling_set_config_have_the_settings_read_back() {
+    let mut server = ServerStatements::new(10);
+    let mut rig = Rig::new();
+    rig.send(&mut server, &[msg(b'Q', b"select set_config('statement_timeout', '1s', false)\0")]);
+    assert!(rig.relay.settings_changed, "a simple query");
+
+    rig.relay = Relay::new(true);
+    rig.send(&mut server, &[parse("s", "select set_config('app.tenant', $1, false)"), sync()]);
+    rig.answer(&mut server, &[ok(b'1'), ready()]);
+    for round in 0..2 {
+        rig.relay = Relay::new(true); // a later transaction: only the Bind says what runs
+        rig.send(&mut server, &[bind("s"), execute(), sync()]);
+        assert!(rig.relay.settings_changed, "round {round}");
+        assert_eq!(rig.relay.custom_names, ["app.tenant"], "round {round}");
+    }
+    rig.relay = Relay::new(true);
+    rig.send(&mut server, &[parse("", "select $1"), bind(""), execute(), sync()]);
+    assert!(!rig.relay.settings_changed && rig.relay.custom_names.is_empty());
+}
