@@ -856,7 +856,9 @@ def run(args, out, tmp):
     sc_f = Proxy(SIDECAR, "pgsidecar-pool%d" % args.fair_pool, tmp, args.fair_pool, pg.port, secret, binary=binary)
     sc_u = Proxy(SIDECAR, "pgsidecar-unnamed", tmp, args.pool_size, pg.port, secret, binary=binary,
                  extra_env={"PGSIDECAR_PREPARE_UNNAMED_STATEMENTS": "1"})
-    for p in (pgb, sc, pgb_f, sc_f, sc_u):
+    # The second pgsidecar (and its pool's connections) only when its mode is measured.
+    extra = [sc_u] if "unnamed" in args.modes else []
+    for p in [pgb, sc, pgb_f, sc_f] + extra:
         p.start()
         log(f"  {p.label}: 127.0.0.1:{p.port} pid {p.pid} pool {p.pool_size} fd limit {proc_fd_limit(p.pid)}")
     meta["fd_limit_proxies"] = {p.label: proc_fd_limit(p.pid) for p in (pgb, sc)}
@@ -870,7 +872,7 @@ def run(args, out, tmp):
         r = bench.pgbench(ports[t], "simple", 20, 2, proxy=proxies[t])
         if r["status"] != "ok":
             die(f"warm-up through {t} failed: {r.get('error')}\n{r['cmd']}")
-    for p in (pgb_f, sc_f, sc_u):
+    for p in [pgb_f, sc_f] + extra:
         r = bench.pgbench(p.port, "simple", 20, 1, proxy=p)
         if r["status"] != "ok":
             die(f"warm-up through {p.label} failed: {r.get('error')}")
@@ -972,7 +974,7 @@ def run(args, out, tmp):
         log(f"  fairness c={args.fair_clients} pool={args.fair_pool}: " + " | ".join(parts))
 
     # Idle memory: fresh proxies, one at a time.
-    for p in (pgb, sc, pgb_f, sc_f, sc_u):
+    for p in [pgb, sc, pgb_f, sc_f] + extra:
         p.stop()
     if args.idle_conns > 0:
         log(f"\n== idle memory: {args.idle_conns} authenticated idle client connections per proxy (SCRAM-SHA-256)")

@@ -135,8 +135,9 @@ pub fn statement(query: &[u8], types: &[u8]) -> Statement {
     }
 }
 
-/// Most texts [`unnamed_statement`] remembers per thread, and their most bytes in all; past
-/// either it starts afresh. Longer texts are not remembered.
+/// Most texts [`unnamed_statement`] remembers per thread, and their most bytes in all (each
+/// counted twice, as its statement holds a Parse message with the text, plus the rest of an
+/// entry); past either it starts afresh. Longer texts are not remembered.
 const UNNAMED_CACHE_ENTRIES: usize = 1024;
 const UNNAMED_CACHE_BYTES: usize = 1 << 20;
 const UNNAMED_CACHE_LONGEST: usize = 16 << 10;
@@ -176,12 +177,13 @@ pub fn unnamed_statement(
         if let Some(stmt) = c.map.get(key) {
             return stmt.clone();
         }
-        if c.map.len() >= UNNAMED_CACHE_ENTRIES || c.bytes + key.len() > UNNAMED_CACHE_BYTES {
+        let size = 2 * key.len() + 160;
+        if c.map.len() >= UNNAMED_CACHE_ENTRIES || c.bytes + size > UNNAMED_CACHE_BYTES {
             c.map.clear();
             c.bytes = 0;
         }
         let stmt = make();
-        c.bytes += key.len();
+        c.bytes += size;
         c.map.insert(key.into(), stmt.clone());
         stmt
     })

@@ -213,10 +213,15 @@ pub fn custom_setting_names(sql: &[u8], out: &mut Vec<String>) {
             _ => {}
         }
     }
+    // `set_config('a.b', ...)`, also with blanks before the parenthesis and as an E'' string.
     let mut rest = text.as_str();
-    while let Some(at) = rest.find("set_config(") {
-        rest = &rest[at + "set_config(".len()..];
-        if let Some(quoted) = rest.trim_start().strip_prefix('\'') {
+    while let Some(at) = rest.find("set_config") {
+        rest = &rest[at + "set_config".len()..];
+        let Some(args) = rest.trim_start().strip_prefix('(') else {
+            continue;
+        };
+        let arg = args.trim_start();
+        if let Some(quoted) = arg.strip_prefix("e'").or_else(|| arg.strip_prefix('\'')) {
             if let Some(end) = quoted.find('\'') {
                 add(&quoted[..end]);
             }
@@ -272,7 +277,9 @@ mod tests {
         custom_setting_names(b"select set_config('tenant.id', '7', false), x.y from t", &mut names);
         custom_setting_names(b"SET search_path = a, b; update t set x.y = 1", &mut names);
         custom_setting_names(b"set myapp.user_id = 6", &mut names);
-        assert_eq!(names, ["myapp.user_id", "other.x", "a.b", "tenant.id"]);
+        custom_setting_names(b"select pg_catalog.set_config\n ( E'Spaced.Out', $1, false)", &mut names);
+        custom_setting_names(b"select set_config_x('not.this'), set_config($1, 'x', false)", &mut names);
+        assert_eq!(names, ["myapp.user_id", "other.x", "a.b", "tenant.id", "spaced.out"]);
         let q = read_settings_query(&names);
         assert!(q.starts_with(READ_SESSION_SETTINGS) && q.contains("E'tenant.id'"), "{q}");
         assert_eq!(read_settings_query(&[]), READ_SESSION_SETTINGS);

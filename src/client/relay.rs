@@ -578,7 +578,9 @@ impl Relay {
 
     /// An unnamed Parse prepared under the proxy-wide name of its text: answered here when the
     /// server already holds that statement. The client's "" names it until its next unnamed
-    /// Parse or simple query, as Postgres' unnamed statement would.
+    /// Parse or simple query, as Postgres' unnamed statement would. False (nothing done) when
+    /// the statement's Parse is still unanswered in this attachment: the client's Parse then
+    /// goes as it is, so that if that Parse fails this one gets Postgres' own error too.
     fn prepare_unnamed(
         &mut self,
         key: &[u8],
@@ -587,7 +589,7 @@ impl Relay {
         facts: u8,
         out: &mut BytesMut,
         st: &mut Statements<'_>,
-    ) {
+    ) -> bool {
         // Drivers send the same text again and again: compared with the client's current
         // unnamed statement first, it is neither hashed nor stored again.
         let stmt = match st.client.get(b"") {
@@ -599,6 +601,10 @@ impl Relay {
             }
         };
         if st.server.touch(&stmt.name) {
+            let pending = self.payloads.iter().any(|p| matches!(p, Payload::Parse(n, _) if *n == stmt.name));
+            if pending {
+                return false;
+            }
             self.push(Kind::LocalParse, false, None);
         } else {
             st.server.insert(stmt.name.clone());
@@ -606,6 +612,7 @@ impl Relay {
             out.extend_from_slice(&stmt.parse);
             self.push(Kind::Parse, false, Some(Payload::Parse(stmt.name.clone(), Some(Vec::new()))));
         }
+        true
     }
 
     /// Moves client messages towards the server while there is room, rewriting named
@@ -811,15 +818,20 @@ impl Relay {
                 if facts & MAY_NAME_CUSTOM_SETTINGS != 0 {
                     super::params::custom_setting_names(p.query, &mut self.custom_names);
                 }
-                if unnamed && facts & CALLS_SET_CONFIG != 0 {
-                    // Executed in this batch, as an unnamed statement is.
+                if (unnamed || !st.rewrite) && facts & CALLS_SET_CONFIG != 0 {
+                    // A statement that stays the server's (unnamed, or named without
+                    // rewriting): whatever executes it is sent in this batch or on this server.
                     self.settings_changed = true;
                 }
+                if unnamed
+                    && st.unnamed
+                    && st.rewrite
+                    && facts & MENTIONS_SESSION_STATE == 0
+                    && self.prepare_unnamed(&body[1..], p.query, p.types, facts, out, st)
+                {
+                    return Ok(());
+                }
                 if unnamed && st.unnamed {
-                    if facts & MENTIONS_SESSION_STATE == 0 {
-                        self.prepare_unnamed(&body[1..], p.query, p.types, facts, out, st);
-                        return Ok(());
-                    }
                     // Left to the server's own unnamed statement, which the Binds that follow
                     // then name.
                     st.client.remove(b"");

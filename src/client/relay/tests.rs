@@ -750,3 +750,24 @@ fn statements_calling_set_config_have_the_settings_read_back() {
     rig.send(&mut server, &[parse("", "select $1"), bind(""), execute(), sync()]);
     assert!(!rig.relay.settings_changed && rig.relay.custom_names.is_empty());
 }
+
+#[test]
+fn an_unnamed_text_whose_parse_is_unanswered_goes_as_the_client_sent_it() {
+    let mut server = ServerStatements::new(10);
+    let mut rig = Rig::preparing_unnamed();
+    let batch = [parse("", "select * from missing"), bind(""), execute(), sync()];
+    let (first, _) = rig.send(&mut server, &batch);
+    assert!(first[0].1.starts_with(prepared::PREFIX), "{first:?}");
+    // Pipelined before the first Parse is answered: not answered here, where it would turn
+    // the first Parse's failure into "prepared statement does not exist" for this batch.
+    let (second, to_client) = rig.send(&mut server, &batch);
+    assert_eq!(second[..2], [('P', String::new()), ('B', String::new())]);
+    assert!(to_client.is_empty());
+    let got = rig.answer(&mut server, &[error("42P01"), ready(), error("42P01"), ready()]);
+    assert_eq!(
+        got,
+        [('E', "42P01".into()), ('Z', String::new()), ('E', "42P01".into()), ('Z', String::new())]
+    );
+    assert!(server.is_empty() && rig.client.get(b"").is_none());
+    assert!(rig.relay.at_rest());
+}
