@@ -260,3 +260,41 @@ async fn settings_never_leak_between_100_clients_on_4_servers() {
     }
     assert!(proxy::server_count(pg, &db) <= 4);
 }
+
+/// With unnamed statements prepared by the proxy, the ParseComplete it answers itself goes
+/// out in one write with the server's answers to the same batch (one write and one wake-up of
+/// the client per transaction, not two): the first read after the batch holds both.
+#[tokio::test]
+async fn a_parse_answered_by_the_proxy_goes_out_with_the_servers_answers() {
+    use common::raw;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pg = TestPg::shared();
+    let db = pg.create_db("holdparse");
+    let p = start(
+        pg,
+        &db,
+        &[
+            ("PGSIDECAR_POOL_SIZE", "1"),
+            ("PGSIDECAR_PREPARE_UNNAMED_STATEMENTS", "1"),
+            ("PGSIDECAR_CLIENT_AUTH", "trust"),
+        ],
+    )
+    .await;
+    let mut s = raw::trusted_login(p.addr, SCRAM_USER, &db).await;
+    let batch = [
+        raw::message(b'P', b"\0select pg_sleep(0.3)\0\0\0"),
+        raw::message(b'B', b"\0\0\0\0\0\0\0\0"),
+        raw::message(b'E', b"\0\0\0\0\0"),
+        raw::message(b'S', b""),
+    ]
+    .concat();
+    s.write_all(&batch).await.unwrap();
+    raw::read_until(&mut s, b'Z').await; // prepared on the server now
+    s.write_all(&batch).await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = s.read(&mut buf).await.unwrap();
+    // ParseComplete (5 bytes), then at least BindComplete: the proxy's answer did not go
+    // alone, 0.3 s before the server's.
+    assert!(n > 5, "the ParseComplete came alone: {:?}", &buf[..n]);
+    assert_eq!((buf[0], buf[5]), (b'1', b'2'), "{:?}", &buf[..n]);
+}

@@ -35,6 +35,8 @@ pub struct Half<'a, S> {
     pub needs_flush: &'a mut bool,
     /// Read more from this side only while this is true.
     pub may_read: bool,
+    /// Write nothing to this side for now (what waits is sent with what follows it).
+    pub hold: bool,
     /// How much of this side may be buffered: reads never make the buffer larger than this
     /// (or than one read chunk past what it holds), so a message near the size limit costs
     /// its size, not up to twice it as a doubling reservation would.
@@ -45,6 +47,9 @@ fn poll_write_half<S: AsyncWrite + Unpin>(
     h: &mut Half<'_, S>,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<bool>> {
+    if h.hold {
+        return Poll::Ready(Ok(false));
+    }
     let mut progressed = false;
     while !h.wbuf.is_empty() {
         match Pin::new(&mut *h.io).poll_write(cx, h.wbuf) {
@@ -179,6 +184,7 @@ mod tests {
                 wbuf: &mut cwbuf,
                 needs_flush: &mut cflush,
                 may_read: true,
+                hold: false,
                 limit: 1 << 20,
             };
             let mut server = Half {
@@ -187,6 +193,7 @@ mod tests {
                 wbuf: &mut swbuf,
                 needs_flush: &mut sflush,
                 may_read: true,
+                hold: false,
                 limit: 1 << 20,
             };
             let Poll::Ready(Ok(ev)) = poll_io(&mut cx, &mut client, &mut server, &mut owed) else {

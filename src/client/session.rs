@@ -29,6 +29,10 @@ use tokio::time::Sleep;
 
 /// How long the proxy's own clean-up statements (ROLLBACK, DISCARD ALL) may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most bytes of the proxy's own answers held back to go out with the server's (a few dozen
+/// ParseCompletes); past it they are written at once.
+const HOLD_MAX: usize = 1024;
 /// Read reservation while a client is idle: most requests are small, and an idle client
 /// should cost little memory (the buffer grows for larger messages).
 const IDLE_READ: usize = 1024;
@@ -785,6 +789,10 @@ impl Session {
         // in this (boxed) future, so it costs no allocation of its own.
         let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
         let mut client_owed = false;
+        // Answers the proxy gave itself (a ParseComplete for a statement the server already
+        // holds) wait for the server's answers to the same batch, which the server owes: one
+        // write to the client per transaction instead of two.
+        let mut hold_client = false;
         loop {
             let conn = lease.conn();
             if t.phase == Phase::Cancelling && t.reply.is_some() && !conn.rbuf.is_empty() {
@@ -802,12 +810,14 @@ impl Session {
                 unnamed: self.unnamed,
                 pinned: self.pinned,
             };
+            let before = self.cwbuf.len();
             if let Err(e) =
                 relay.client_to_server(&mut self.crbuf, &mut self.swbuf, &mut self.cwbuf, max, &mut st)
             {
                 self.fail(PgError::fatal("08P01", format!("invalid message from client: {e}"))).await;
                 return Flow::End; // lease dropped: the server is discarded
             }
+            let local = self.cwbuf.len();
             if let Err(e) = relay.server_to_client(&mut conn.rbuf, &mut self.cwbuf, max, &mut st) {
                 self.fail(PgError::fatal(
                     "08006",
@@ -824,7 +834,13 @@ impl Session {
             // Unless the proxy still has to look at the server's session state first (pinning,
             // settings, reported parameters such as application_name): a client that has its
             // answer sees the proxy's view (SHOW CLIENTS, the pinned gauge) up to date.
+            if self.cwbuf.len() != local || relay.outstanding == 0 || self.cwbuf.len() > HOLD_MAX {
+                hold_client = false;
+            } else if before == 0 && local > 0 {
+                hold_client = true;
+            }
             if !self.cwbuf.is_empty()
+                && !hold_client
                 && relay.state_hint.is_none()
                 && !relay.settings_changed
                 && relay.reported.is_empty()
@@ -890,6 +906,7 @@ impl Session {
                 wbuf: &mut self.cwbuf,
                 needs_flush: &mut self.cflush,
                 may_read: client_may_read,
+                hold: hold_client,
                 limit: relay.client_read_limit(),
             };
             let mut server = Half {
@@ -898,6 +915,7 @@ impl Session {
                 wbuf: &mut self.swbuf,
                 needs_flush: &mut self.sflush,
                 may_read: server_may_read,
+                hold: false,
                 limit: relay.server_read_limit(),
             };
             let armed = t.deadline.is_some();
