@@ -831,14 +831,14 @@ impl Session {
                 // to a server whose output made sense so far).
                 super::io::write_now(&mut conn.io, &mut self.swbuf, &mut self.sflush);
             }
-            // Unless the proxy still has to look at the server's session state first (pinning,
-            // settings, reported parameters such as application_name): a client that has its
-            // answer sees the proxy's view (SHOW CLIENTS, the pinned gauge) up to date.
             if self.cwbuf.len() != local || relay.outstanding == 0 || self.cwbuf.len() > HOLD_MAX {
                 hold_client = false;
             } else if before == 0 && local > 0 {
                 hold_client = true;
             }
+            // Unless the proxy still has to look at the server's session state first (pinning,
+            // settings, reported parameters such as application_name): a client that has its
+            // answer sees the proxy's view (SHOW CLIENTS, the pinned gauge) up to date.
             if !self.cwbuf.is_empty()
                 && !hold_client
                 && relay.state_hint.is_none()
