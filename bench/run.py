@@ -857,8 +857,8 @@ def run(args, out, tmp):
     sc_u = Proxy(SIDECAR, "pgsidecar-unnamed", tmp, args.pool_size, pg.port, secret, binary=binary,
                  extra_env={"PGSIDECAR_PREPARE_UNNAMED_STATEMENTS": "1"})
     # The second pgsidecar (and its pool's connections) only when its mode is measured.
-    extra = [sc_u] if "unnamed" in args.modes else []
-    for p in [pgb, sc, pgb_f, sc_f] + extra:
+    unnamed_proxy = [sc_u] if "unnamed" in args.modes else []
+    for p in [pgb, sc, pgb_f, sc_f] + unnamed_proxy:
         p.start()
         log(f"  {p.label}: 127.0.0.1:{p.port} pid {p.pid} pool {p.pool_size} fd limit {proc_fd_limit(p.pid)}")
     meta["fd_limit_proxies"] = {p.label: proc_fd_limit(p.pid) for p in (pgb, sc)}
@@ -872,7 +872,7 @@ def run(args, out, tmp):
         r = bench.pgbench(ports[t], "simple", 20, 2, proxy=proxies[t])
         if r["status"] != "ok":
             die(f"warm-up through {t} failed: {r.get('error')}\n{r['cmd']}")
-    for p in [pgb_f, sc_f] + extra:
+    for p in [pgb_f, sc_f] + unnamed_proxy:
         r = bench.pgbench(p.port, "simple", 20, 1, proxy=p)
         if r["status"] != "ok":
             die(f"warm-up through {p.label} failed: {r.get('error')}")
@@ -974,7 +974,7 @@ def run(args, out, tmp):
         log(f"  fairness c={args.fair_clients} pool={args.fair_pool}: " + " | ".join(parts))
 
     # Idle memory: fresh proxies, one at a time.
-    for p in [pgb, sc, pgb_f, sc_f] + extra:
+    for p in [pgb, sc, pgb_f, sc_f] + unnamed_proxy:
         p.stop()
     if args.idle_conns > 0:
         log(f"\n== idle memory: {args.idle_conns} authenticated idle client connections per proxy (SCRAM-SHA-256)")
