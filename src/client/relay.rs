@@ -1132,25 +1132,53 @@ impl Relay {
         if self.head_is(|k| matches!(k, Kind::Query | Kind::Sync)) {
             return; // a simple query ends with ReadyForQuery regardless
         }
+        // A name the client maps again in a request still queued (a later pipelined batch,
+        // or later in this one) keeps what that request made of it: the client's map is
+        // updated as requests are read, ahead of the server's answers.
         while self.expect.front().is_some_and(|e| e.kind != Kind::Sync) {
             match self.pop() {
                 Some((_, Some(Payload::Parse(global, client)))) => {
                     st.server.forget(&global);
                     if let Some(name) = client {
-                        st.client.remove(&name);
+                        if !self.maps_later(&name) {
+                            st.client.remove(&name);
+                        }
                     }
                 }
                 Some((_, Some(Payload::Close(name)))) => st.server.to_close.push(name),
                 Some((_, Some(Payload::Local(_, Undo::Created(name))))) => {
-                    st.client.remove(&name);
+                    if !self.maps_later(&name) {
+                        st.client.remove(&name);
+                    }
                 }
                 Some((Expect { kind: Kind::LocalParse, .. }, _)) => {
-                    st.client.remove(b"");
+                    if !self.maps_later(b"") {
+                        st.client.remove(b"");
+                    }
                 }
-                Some((_, Some(Payload::Local(_, Undo::Removed(name, stmt))))) => st.client.insert(name, stmt),
+                Some((_, Some(Payload::Local(_, Undo::Removed(name, stmt))))) => {
+                    if !self.maps_later(&name) {
+                        st.client.insert(name, stmt);
+                    }
+                }
                 _ => {}
             }
         }
+    }
+
+    /// Whether a request still queued created or removed the client's statement `name`
+    /// (only on errors: a scan of what is queued).
+    fn maps_later(&self, name: &[u8]) -> bool {
+        let unnamed_parse = name.is_empty()
+            && (0..self.expect.len())
+                .filter_map(|i| self.expect.get(i))
+                .any(|e| e.kind == Kind::LocalParse || (e.kind == Kind::Parse && !e.payload));
+        unnamed_parse
+            || self.payloads.iter().any(|p| match p {
+                Payload::Parse(_, Some(n)) => n == name,
+                Payload::Local(_, Undo::Created(n) | Undo::Removed(n, _)) => n == name,
+                _ => false,
+            })
     }
 }
 

@@ -702,6 +702,45 @@ fn the_unnamed_statement_ends_where_postgres_ends_it() {
     assert!(rig.client.get(b"").is_none());
 }
 
+/// An error in one batch takes back what that batch did to the client's names, not what a
+/// later batch, read before the server answered, did to the same name.
+#[test]
+fn an_error_leaves_the_names_a_later_batch_set() {
+    let mut server = ServerStatements::new(10);
+    let mut rig = Rig::preparing_unnamed();
+    rig.send(&mut server, &[parse("", "select $1"), parse("ok", "select 2"), sync()]);
+    rig.answer(&mut server, &[ok(b'1'), ok(b'1'), ready()]);
+    let global = |rig: &Rig, name: &[u8]| rig.client.get(name).map(|s| s.name.to_string());
+    let unnamed = global(&rig, b"").expect("prepared under a proxy-wide name");
+    let named = global(&rig, b"ok").unwrap();
+
+    // The unnamed statement: a failing Parse, then (pipelined) one the server holds.
+    let (_, to_client) = rig.send(
+        &mut server,
+        &[parse("", "selec 1"), bind(""), execute(), sync(), parse("", "select $1"), sync()],
+    );
+    assert!(to_client.is_empty());
+    assert_eq!(tags(&rig.answer(&mut server, &[error("42601"), ready(), ready()])), "EZ1Z");
+    assert_eq!(global(&rig, b"").as_deref(), Some(unnamed.as_str()), "the second Parse stands");
+    let (to_server, _) = rig.send(&mut server, &[bind(""), sync()]);
+    assert_eq!(to_server[0], ('B', unnamed.clone()));
+    rig.answer(&mut server, &[ok(b'2'), ready()]);
+
+    // A named one: Parse fails; the next batch closes the name and prepares it again.
+    rig.send(&mut server, &[parse("s", "selec 3"), sync(), close("s"), parse("s", "select 2"), sync()]);
+    assert_eq!(tags(&rig.answer(&mut server, &[error("42601"), ready(), ready()])), "EZ31Z");
+    assert_eq!(global(&rig, b"s").as_deref(), Some(named.as_str()));
+
+    // And the opposite order within one batch: an error before both takes both back.
+    rig.send(
+        &mut server,
+        &[bind("nope"), parse("t", "select 2"), close("t"), parse("t", "select 2"), sync()],
+    );
+    assert_eq!(tags(&rig.answer(&mut server, &[error("26000"), ready()])), "EZ");
+    assert!(rig.client.get(b"t").is_none(), "none of the batch happened");
+    assert!(rig.relay.at_rest());
+}
+
 #[test]
 fn an_unnamed_text_that_may_leave_session_state_stays_unnamed() {
     let mut server = ServerStatements::new(10);
