@@ -1146,20 +1146,14 @@ impl Relay {
                     }
                 }
                 Some((_, Some(Payload::Close(name)))) => st.server.to_close.push(name),
-                Some((_, Some(Payload::Local(_, Undo::Created(name))))) => {
-                    if !self.maps_later(&name) {
-                        st.client.remove(&name);
-                    }
+                Some((_, Some(Payload::Local(_, Undo::Created(name))))) if !self.maps_later(&name) => {
+                    st.client.remove(&name);
                 }
-                Some((Expect { kind: Kind::LocalParse, .. }, _)) => {
-                    if !self.maps_later(b"") {
-                        st.client.remove(b"");
-                    }
+                Some((Expect { kind: Kind::LocalParse, .. }, _)) if !self.maps_later(b"") => {
+                    st.client.remove(b"");
                 }
-                Some((_, Some(Payload::Local(_, Undo::Removed(name, stmt))))) => {
-                    if !self.maps_later(&name) {
-                        st.client.insert(name, stmt);
-                    }
+                Some((_, Some(Payload::Local(_, Undo::Removed(name, stmt))))) if !self.maps_later(&name) => {
+                    st.client.insert(name, stmt);
                 }
                 _ => {}
             }
