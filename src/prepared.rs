@@ -135,17 +135,33 @@ pub fn statement(query: &[u8], types: &[u8]) -> Statement {
     }
 }
 
-/// Most texts [`unnamed_statement`] remembers per thread, and their most bytes in all (each
-/// counted twice, as its statement holds a Parse message with the text, plus the rest of an
-/// entry); past either it starts afresh. Longer texts are not remembered.
-const UNNAMED_CACHE_ENTRIES: usize = 1024;
-const UNNAMED_CACHE_BYTES: usize = 1 << 20;
+/// Most texts [`unnamed_statement`] remembers per thread in each of its two generations, and
+/// their most bytes (each text counted twice, as its statement holds a Parse message with the
+/// text, plus the rest of an entry). When the newer generation is full it becomes the older
+/// one and the older is dropped; a text found in the older moves to the newer. Texts in use
+/// stay, however many others pass by, and at most twice these limits are held. Longer texts
+/// are not remembered.
+const UNNAMED_CACHE_ENTRIES: usize = 512;
+const UNNAMED_CACHE_BYTES: usize = 512 << 10;
 const UNNAMED_CACHE_LONGEST: usize = 16 << 10;
 
 #[derive(Default)]
 struct UnnamedCache {
-    map: NameMap<Box<[u8]>, Arc<Statement>>,
+    new: NameMap<Box<[u8]>, Arc<Statement>>,
+    old: NameMap<Box<[u8]>, Arc<Statement>>,
     bytes: usize,
+}
+
+impl UnnamedCache {
+    fn insert(&mut self, key: Box<[u8]>, stmt: Arc<Statement>) {
+        let size = 2 * key.len() + 160;
+        if self.new.len() >= UNNAMED_CACHE_ENTRIES || self.bytes + size > UNNAMED_CACHE_BYTES {
+            self.old = std::mem::take(&mut self.new);
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.new.insert(key, stmt);
+    }
 }
 
 thread_local! {
@@ -174,17 +190,14 @@ pub fn unnamed_statement(
     }
     UNNAMED.with(|c| {
         let mut c = c.borrow_mut();
-        if let Some(stmt) = c.map.get(key) {
+        if let Some(stmt) = c.new.get(key) {
             return stmt.clone();
         }
-        let size = 2 * key.len() + 160;
-        if c.map.len() >= UNNAMED_CACHE_ENTRIES || c.bytes + size > UNNAMED_CACHE_BYTES {
-            c.map.clear();
-            c.bytes = 0;
-        }
-        let stmt = make();
-        c.bytes += size;
-        c.map.insert(key.into(), stmt.clone());
+        let (key, stmt) = match c.old.remove_entry(key) {
+            Some(found) => found,
+            None => (key.into(), make()),
+        };
+        c.insert(key, stmt.clone());
         stmt
     })
 }
@@ -420,6 +433,35 @@ pub fn sql_command(query: &[u8]) -> Option<SqlCommand<'_>> {
 mod tests {
     use super::*;
     use crate::wire::frame::split_frame;
+
+    /// The texts an application keeps sending stay remembered (the same statement, no new
+    /// hash) while many others pass through the cache; the cache stays bounded.
+    #[test]
+    fn unnamed_texts_in_use_stay_remembered_while_others_pass() {
+        let lookup = |text: &str| {
+            let body = parse_body("", text, &[]);
+            let p = parse_parts(&body).unwrap();
+            let mut marked = false;
+            let stmt = unnamed_statement(&body[1..], p.query, p.types, |_| marked = true);
+            (stmt, marked)
+        };
+        let (hot, made) = lookup("select hot");
+        assert!(made);
+        for i in 0..10 * UNNAMED_CACHE_ENTRIES {
+            let (_, made) = lookup(&format!("select {i}"));
+            assert!(made, "{i}: a new text");
+            if i % 100 == 0 {
+                let (again, made) = lookup("select hot");
+                assert!(!made && Arc::ptr_eq(&again, &hot), "{i}: the text in use was forgotten");
+            }
+        }
+        let (_, made) = lookup("select 0");
+        assert!(made, "a text not sent for long is forgotten");
+        UNNAMED.with(|c| {
+            let c = c.borrow();
+            assert!(c.new.len() <= UNNAMED_CACHE_ENTRIES && c.old.len() <= UNNAMED_CACHE_ENTRIES);
+        });
+    }
 
     fn parse_body(name: &str, query: &str, types: &[i32]) -> Vec<u8> {
         let mut b = BytesMut::new();
