@@ -138,9 +138,9 @@ pub fn statement(query: &[u8], types: &[u8]) -> Statement {
 /// Most texts [`unnamed_statement`] remembers per thread in each of its two generations, and
 /// their most bytes (each text counted twice, as its statement holds a Parse message with the
 /// text, plus the rest of an entry). When the newer generation is full it becomes the older
-/// one and the older is dropped; a text found in the older moves to the newer. Texts in use
-/// stay, however many others pass by, and at most twice these limits are held. Longer texts
-/// are not remembered.
+/// one and the older is dropped; a text found in the older moves to the newer. A text looked
+/// up again before a generation fills stays, however many others pass by, and at most twice
+/// these limits are held. Longer texts are not remembered.
 const UNNAMED_CACHE_ENTRIES: usize = 512;
 const UNNAMED_CACHE_BYTES: usize = 512 << 10;
 const UNNAMED_CACHE_LONGEST: usize = 16 << 10;
@@ -156,7 +156,8 @@ impl UnnamedCache {
     fn insert(&mut self, key: Box<[u8]>, stmt: Arc<Statement>) {
         let size = 2 * key.len() + 160;
         if self.new.len() >= UNNAMED_CACHE_ENTRIES || self.bytes + size > UNNAMED_CACHE_BYTES {
-            self.old = std::mem::take(&mut self.new);
+            std::mem::swap(&mut self.old, &mut self.new);
+            self.new.clear(); // keeps its allocation
             self.bytes = 0;
         }
         self.bytes += size;
@@ -435,7 +436,8 @@ mod tests {
     use crate::wire::frame::split_frame;
 
     /// The texts an application keeps sending stay remembered (the same statement, no new
-    /// hash) while many others pass through the cache; the cache stays bounded.
+    /// hash) while many others pass through the cache; the cache stays bounded. (The cache is
+    /// per thread, and each test runs on a thread of its own.)
     #[test]
     fn unnamed_texts_in_use_stay_remembered_while_others_pass() {
         let lookup = |text: &str| {
@@ -457,9 +459,20 @@ mod tests {
         }
         let (_, made) = lookup("select 0");
         assert!(made, "a text not sent for long is forgotten");
+        // Long texts fill a generation by bytes first.
+        let long = "x".repeat(8 << 10);
+        for i in 0..4 * UNNAMED_CACHE_BYTES / (16 << 10) {
+            lookup(&format!("select '{long}' -- {i}"));
+            if i % 10 == 0 {
+                let (again, made) = lookup("select hot");
+                assert!(!made && Arc::ptr_eq(&again, &hot), "{i}: the text in use was forgotten");
+            }
+        }
         UNNAMED.with(|c| {
             let c = c.borrow();
             assert!(c.new.len() <= UNNAMED_CACHE_ENTRIES && c.old.len() <= UNNAMED_CACHE_ENTRIES);
+            assert!(c.bytes <= UNNAMED_CACHE_BYTES);
+            assert!(c.new.len() < 64, "{} long texts: the bytes limit swaps first", c.new.len());
         });
     }
 

@@ -303,7 +303,7 @@ enum Kind {
     Local,
     /// The proxy answers ParseComplete for the client's unnamed statement, which the server
     /// holds under its proxy-wide name (no payload: an error before it ends the client's
-    /// unnamed statement).
+    /// unnamed statement, unless a later pipelined batch has parsed another).
     LocalParse,
     /// The proxy answers a simple query itself: CommandComplete with its payload's tag, then
     /// ReadyForQuery.
@@ -1127,52 +1127,79 @@ impl Relay {
 
     /// An ErrorResponse: the request at the head failed, and Postgres skips everything up to
     /// the next Sync, so none of those requests will be answered; what the proxy recorded for
-    /// them is taken back.
+    /// them is taken back, last first, so that a name touched twice in the batch ends as it
+    /// was before it. The client's names are updated as requests are read, ahead of the
+    /// server's answers: a name that a request after the Sync (a later pipelined batch) has
+    /// touched already keeps what that request made of it.
     fn on_error(&mut self, st: &mut Statements<'_>) {
         if self.head_is(|k| matches!(k, Kind::Query | Kind::Sync)) {
             return; // a simple query ends with ReadyForQuery regardless
         }
-        // A name the client maps again in a request still queued (a later pipelined batch,
-        // or later in this one) keeps what that request made of it: the client's map is
-        // updated as requests are read, ahead of the server's answers.
+        let mut skipped = Vec::new();
         while self.expect.front().is_some_and(|e| e.kind != Kind::Sync) {
-            match self.pop() {
-                Some((_, Some(Payload::Parse(global, client)))) => {
+            if let Some(entry) = self.pop() {
+                skipped.push(entry);
+            }
+        }
+        let later = LaterNames::queued(self);
+        for entry in skipped.into_iter().rev() {
+            match entry {
+                (_, Some(Payload::Parse(global, client))) => {
                     st.server.forget(&global);
-                    if let Some(name) = client {
-                        if !self.maps_later(&name) {
-                            st.client.remove(&name);
-                        }
+                    if let Some(name) = client.filter(|n| !later.touch(n)) {
+                        st.client.remove(&name);
                     }
                 }
-                Some((_, Some(Payload::Close(name)))) => st.server.to_close.push(name),
-                Some((_, Some(Payload::Local(_, Undo::Created(name))))) if !self.maps_later(&name) => {
+                (_, Some(Payload::Close(name))) => st.server.to_close.push(name),
+                (_, Some(Payload::Local(_, Undo::Created(name)))) if !later.touch(&name) => {
                     st.client.remove(&name);
                 }
-                Some((Expect { kind: Kind::LocalParse, .. }, _)) if !self.maps_later(b"") => {
+                (Expect { kind: Kind::LocalParse, .. }, _) if !later.touch(b"") => {
                     st.client.remove(b"");
                 }
-                Some((_, Some(Payload::Local(_, Undo::Removed(name, stmt))))) if !self.maps_later(&name) => {
+                (_, Some(Payload::Local(_, Undo::Removed(name, stmt)))) if !later.touch(&name) => {
                     st.client.insert(name, stmt);
                 }
                 _ => {}
             }
         }
     }
+}
 
-    /// Whether a request still queued created or removed the client's statement `name`
-    /// (only on errors: a scan of what is queued).
-    fn maps_later(&self, name: &[u8]) -> bool {
-        let unnamed_parse = name.is_empty()
-            && (0..self.expect.len())
-                .filter_map(|i| self.expect.get(i))
-                .any(|e| e.kind == Kind::LocalParse || (e.kind == Kind::Parse && !e.payload));
-        unnamed_parse
-            || self.payloads.iter().any(|p| match p {
-                Payload::Parse(_, Some(n)) => n == name,
-                Payload::Local(_, Undo::Created(n) | Undo::Removed(n, _)) => n == name,
-                _ => false,
-            })
+/// The client's statement names that requests still queued have created or removed (read
+/// only after an error, when usually nothing is queued).
+struct LaterNames<'a> {
+    /// A simple query may DEALLOCATE or DISCARD any name.
+    all: bool,
+    unnamed: bool,
+    names: std::collections::HashSet<&'a [u8]>,
+}
+
+impl<'a> LaterNames<'a> {
+    fn queued(relay: &'a Relay) -> LaterNames<'a> {
+        let mut later = LaterNames { all: false, unnamed: false, names: Default::default() };
+        for e in (0..relay.expect.len()).filter_map(|i| relay.expect.get(i)) {
+            match e.kind {
+                Kind::Query | Kind::LocalQuery => later.all = true,
+                // A raw unnamed Parse (only those go without a payload) ended the mapping.
+                Kind::LocalParse => later.unnamed = true,
+                Kind::Parse if !e.payload => later.unnamed = true,
+                _ => {}
+            }
+        }
+        for p in &relay.payloads {
+            match p {
+                Payload::Parse(_, Some(n)) | Payload::Local(_, Undo::Created(n) | Undo::Removed(n, _)) => {
+                    later.names.insert(n);
+                }
+                _ => {}
+            }
+        }
+        later
+    }
+
+    fn touch(&self, name: &[u8]) -> bool {
+        self.all || (name.is_empty() && self.unnamed) || self.names.contains(name)
     }
 }
 
