@@ -120,8 +120,9 @@ fn sigterm_to_the_whole_dyno_drains_while_the_app_keeps_querying() {
         trap 'term=1' TERM
         psql "$DATABASE_URL" -Atc 'select 1' >/dev/null && echo ready
         while [ -z "$term" ]; do sleep 0.05; done
-        # The signal burst also hits short-lived children (date, sleep): let it pass.
-        sleep 0.3
+        # The signal burst also hits short-lived children (sleep, date, psql): the test
+        # creates $BURST_DONE after its last SIGTERM.
+        while [ ! -e "$BURST_DONE" ]; do sleep 0.05; done
         end=""; while [ -z "$end" ]; do end=$(date +%s); done
         end=$((end + 5)); ok=0; fail=0; now=0
         while [ "$now" -lt "$end" ]; do
@@ -130,9 +131,12 @@ fn sigterm_to_the_whole_dyno_drains_while_the_app_keeps_querying() {
         done
         echo "ok=$ok fail=$fail"
     "#;
+    let burst = tempfile::tempdir().unwrap();
+    let burst_done = burst.path().join("done");
     let mut child = bin()
         .env("DATABASE_URL", pg.url(SCRAM_USER, &db, "require"))
         .env("PGSIDECAR_LISTEN", free_listen())
+        .env("BURST_DONE", &burst_done)
         .args(["run", "--", "sh", "-c", app])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -177,6 +181,7 @@ fn sigterm_to_the_whole_dyno_drains_while_the_app_keeps_querying() {
         term();
         wait_for("event=signal_ignored_while_draining");
     }
+    std::fs::write(&burst_done, b"").unwrap();
     line.clear();
     stdout.read_line(&mut line).unwrap();
     let status = child.wait().unwrap();
