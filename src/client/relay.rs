@@ -1181,8 +1181,9 @@ impl<'a> LaterNames<'a> {
         for e in (0..relay.expect.len()).filter_map(|i| relay.expect.get(i)) {
             match e.kind {
                 Kind::Query | Kind::LocalQuery => later.all = true,
-                // A raw unnamed Parse (only those go without a payload) ended the mapping.
                 Kind::LocalParse => later.unnamed = true,
+                // A client's Parse sent as it is (with rewriting, only unnamed ones go without
+                // a payload) ended the mapping of "".
                 Kind::Parse if !e.payload => later.unnamed = true,
                 _ => {}
             }
