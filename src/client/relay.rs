@@ -1135,11 +1135,16 @@ impl Relay {
         if self.head_is(|k| matches!(k, Kind::Query | Kind::Sync)) {
             return; // a simple query ends with ReadyForQuery regardless
         }
+        // Only entries with something to take back are kept: for the usual failed Bind or
+        // Execute nothing is, and nothing is allocated or scanned.
         let mut skipped = Vec::new();
         while self.expect.front().is_some_and(|e| e.kind != Kind::Sync) {
-            if let Some(entry) = self.pop() {
+            if let Some(entry @ ((_, Some(_)) | (Expect { kind: Kind::LocalParse, .. }, None))) = self.pop() {
                 skipped.push(entry);
             }
+        }
+        if skipped.is_empty() {
+            return;
         }
         let later = LaterNames::queued(self);
         for entry in skipped.into_iter().rev() {
