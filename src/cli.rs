@@ -90,6 +90,15 @@ pub fn main() -> ExitCode {
     for (alias, name) in &config.aliases_used {
         tracing::info!(alias = *alias, setting = *name, "alias_used");
     }
+    if config.client.auth != crate::config::ClientAuth::Trust {
+        for up in config.upstreams.iter().filter(|u| u.url.password.expose().is_empty()) {
+            tracing::warn!(
+                url = %up.var,
+                hint = "the URL has no password, and no client proves an empty one: set PGSIDECAR_CLIENT_AUTH=trust for a server without passwords",
+                "no_password"
+            );
+        }
+    }
     let runtime = match runtime(config.worker_threads) {
         Ok(r) => r,
         Err(e) => {

@@ -45,6 +45,9 @@ pub fn server_side_config(
     let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
+    // As libpq does: with a root certificate given, require checks the chain like verify-ca
+    // (a URL carried over from libpq must not lose the check it had there).
+    let mode = if mode == SslMode::Require && rootcert.is_some() { SslMode::VerifyCa } else { mode };
     let config = match mode {
         SslMode::Disable => return Ok(None),
         SslMode::Allow | SslMode::Prefer | SslMode::Require => builder

@@ -62,6 +62,23 @@ async fn wrong_password_gets_28p01_and_unknown_database_3d000() {
     assert_eq!(c.simple_query("select 1").await.unwrap().len(), 3);
 }
 
+/// A database URL without a password admits nobody by SCRAM or md5, as PostgreSQL accepts no
+/// empty password. The URL names a closed port: a client let in would get 08001 from the
+/// server side instead of 28P01.
+#[tokio::test]
+async fn a_url_without_a_password_admits_no_client_by_password() {
+    let pg = TestPg::shared();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    for auth in ["scram-sha-256", "md5"] {
+        let mut env = env_for(pg, SCRAM_USER, "nopass", "disable", &[("PGSIDECAR_CLIENT_AUTH", auth)]);
+        env.insert("DATABASE_URL".into(), format!("postgres://{SCRAM_USER}@127.0.0.1:{closed}/nopass"));
+        let p = start_with_env(env).await;
+        let conn = format!("host=127.0.0.1 port={} user={SCRAM_USER} password='' dbname=nopass", p.port());
+        let err = common::must_fail(tokio_postgres::connect(&conn, tokio_postgres::NoTls).await, "refused");
+        assert_eq!(code(&err), "28P01", "{auth}: {err}");
+    }
+}
+
 #[tokio::test]
 async fn md5_and_trust_client_auth_and_md5_cleartext_servers() {
     let pg = TestPg::shared();

@@ -30,6 +30,12 @@ impl Credentials {
         }
     }
 
+    /// Whether a password can prove anything: PostgreSQL accepts no empty password, so a URL
+    /// without one admits nobody by SCRAM or md5 (else anyone knowing the user would get in).
+    pub fn has_password(&self) -> bool {
+        !self.password.expose().is_empty()
+    }
+
     /// Checks an md5 password response (`md5` + hex) in constant time.
     pub fn check_md5(&self, response: &[u8], salt: [u8; 4]) -> bool {
         let expected = postgres_protocol::authentication::md5_hash(

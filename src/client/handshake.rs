@@ -227,7 +227,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             write(stream, out).await?;
             let body = read_password_message(stream, rbuf).await?;
             let response = body.strip_suffix(b"\0").unwrap_or(&body);
-            if user_ok && creds.check_md5(response, salt) {
+            if user_ok && creds.has_password() && creds.check_md5(response, salt) {
                 Ok(())
             } else {
                 Err(auth_failed(user))
@@ -266,7 +266,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             write(stream, out).await?;
             let body = read_password_message(stream, rbuf).await?;
             let server_final = exchange.client_final(&body).map_err(scram_err)?;
-            if !user_ok {
+            if !user_ok || !creds.has_password() {
                 // Same answer as a wrong password: do not reveal which users exist.
                 return Err(auth_failed(user));
             }
@@ -386,7 +386,9 @@ pub(crate) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     let unrecognized: Vec<&str> =
         startup.params.iter().map(|(k, _)| k.as_str()).filter(|k| k.starts_with("_pq_.")).collect();
     if startup.minor > 0 || !unrecognized.is_empty() {
-        messages::negotiate_protocol_version(&mut out, 0, &unrecognized);
+        // The newest version served, in full (3.0 is 196608), as Postgres sends it: libpq 18
+        // refuses a downgrade below 3.0, which a bare minor of 0 would read as.
+        messages::negotiate_protocol_version(&mut out, crate::wire::PROTOCOL_3_0, &unrecognized);
     }
     let options = match startup.param("options").map(parse_options).transpose() {
         Ok(o) => o.unwrap_or_default(),

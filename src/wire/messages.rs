@@ -144,9 +144,9 @@ pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
     finish(buf, at);
 }
 
-pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unrecognized: &[&str]) {
+pub fn negotiate_protocol_version(buf: &mut BytesMut, version: i32, unrecognized: &[&str]) {
     let at = begin(buf, tag::NEGOTIATE_PROTOCOL_VERSION);
-    buf.put_i32(minor);
+    buf.put_i32(version);
     buf.put_i32(unrecognized.len() as i32);
     for name in unrecognized {
         put_cstr(buf, name.as_bytes());
