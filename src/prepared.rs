@@ -293,6 +293,27 @@ impl ClientStatements {
         self.map.get_or_insert_default().insert(name, s);
     }
 
+    /// Why the client may not prepare `name` now: it exists (42P05, as Postgres says), or
+    /// the client holds [`MAX_PER_CLIENT`] statements already (53400).
+    pub fn refuse_parse(&self, name: &[u8]) -> Option<crate::wire::messages::PgError> {
+        use crate::wire::messages::PgError;
+        if self.contains(name) {
+            return Some(PgError::error(
+                "42P05",
+                format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(name)),
+            ));
+        }
+        (self.len() >= MAX_PER_CLIENT).then(|| {
+            PgError::error(
+                "53400",
+                format!(
+                    "pgsidecar: this connection holds {MAX_PER_CLIENT} prepared statements, the most it may"
+                ),
+            )
+            .with_hint("close statements the application no longer uses")
+        })
+    }
+
     pub fn remove(&mut self, name: &[u8]) -> bool {
         self.take(name).is_some()
     }

@@ -200,6 +200,12 @@ async fn a_client_vanishing_mid_transaction_is_rolled_back_and_its_server_comes_
                 "{label}"
             );
             assert_eq!(first_value(&b.simple_query("select count(*) from t").await.unwrap()), "0", "{label}");
+            // No session state of the vanished client's either: advisory locks and PREPAREd
+            // statements outlive a ROLLBACK.
+            let held = "select (select count(*) from pg_locks where locktype = 'advisory' \
+                        and pid = pg_backend_pid()) + (select count(*) from pg_prepared_statements \
+                        where name = 'leftover')";
+            assert_eq!(first_value(&b.simple_query(held).await.unwrap()), "0", "{label}");
             b.simple_query("select pg_sleep(0.01)").await.unwrap();
             assert_eq!(
                 first_value(&b.simple_query("select now() = statement_timestamp()").await.unwrap()),
@@ -241,6 +247,21 @@ async fn a_client_vanishing_mid_transaction_is_rolled_back_and_its_server_comes_
     s.write_all(&batch).await.unwrap();
     drop(s);
     check_clean("mid extended batch").await;
+
+    // Session state made inside the transaction (a session advisory lock, a PREPARE), then
+    // the socket dropped, and the same with Terminate.
+    for terminate in [false, true] {
+        let mut s = raw::trusted_login(p.addr, SCRAM_USER, &db).await;
+        s.write_all(&raw::query("begin; select pg_advisory_lock(42); prepare leftover as select 1"))
+            .await
+            .unwrap();
+        assert_eq!(raw::read_until(&mut s, b'Z').await, b"T");
+        if terminate {
+            s.write_all(&raw::message(b'X', b"")).await.unwrap();
+        }
+        drop(s);
+        check_clean(if terminate { "state, then Terminate" } else { "state, then gone" }).await;
+    }
 
     // A tokio-postgres client dropped mid-transaction (it sends Terminate first).
     let a = p.connect(&db).await;

@@ -298,3 +298,59 @@ async fn a_parse_answered_by_the_proxy_goes_out_with_the_servers_answers() {
     assert!(n > 5, "the ParseComplete came alone: {:?}", &buf[..n]);
     assert_eq!((buf[0], buf[5]), (b'1', b'2'), "{:?}", &buf[..n]);
 }
+
+/// The SQLSTATE of an ErrorResponse body.
+fn sqlstate(body: &[u8]) -> String {
+    body.split(|&b| b == 0)
+        .find_map(|f| f.strip_prefix(b"C"))
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .unwrap_or_default()
+}
+
+/// A client holds at most 10,000 named statements, whether the proxy answers its Parse itself
+/// (no server attached) or passes it on inside a transaction; a Close makes room again.
+#[tokio::test]
+async fn a_client_holds_at_most_ten_thousand_named_statements() {
+    use common::raw;
+    use tokio::io::AsyncWriteExt;
+    let pg = TestPg::shared();
+    let db = pg.create_db("stmtcap");
+    let p = start(pg, &db, &[("PGSIDECAR_CLIENT_AUTH", "trust")]).await;
+    let (mut r, mut w) = raw::trusted_login(p.addr, SCRAM_USER, &db).await.into_split();
+    let parse = |name: &str| raw::message(b'P', format!("{name}\0select 1\0\0\0").as_bytes());
+    let sync = raw::message(b'S', b"");
+    // 10,001 Parses and a Sync outside a transaction: answered without a server.
+    let mut batch: Vec<u8> = (0..=10_000).flat_map(|i| parse(&format!("s{i}"))).collect();
+    batch.extend(&sync);
+    let writer = tokio::spawn(async move {
+        w.write_all(&batch).await.unwrap();
+        w
+    });
+    let mut parsed = 0;
+    let code = loop {
+        match raw::read_msg_from(&mut r).await.expect("connection open") {
+            (b'1', _) => parsed += 1,
+            (b'E', body) => break sqlstate(&body),
+            (t, body) => panic!("unexpected {:?}: {body:?}", t as char),
+        }
+    };
+    assert_eq!((parsed, code.as_str()), (10_000, "53400"), "the 10,001st statement is refused");
+    assert_eq!(raw::read_msg_from(&mut r).await.map(|m| m.0), Some(b'Z'));
+    let mut w = writer.await.unwrap();
+
+    // Inside a transaction (a server attached) the relay keeps the same bound.
+    w.write_all(&raw::query("begin")).await.unwrap();
+    assert_eq!(raw::read_until_from(&mut r, b'Z').await, b"T");
+    w.write_all(&[parse("s10000"), sync.clone()].concat()).await.unwrap();
+    let (t, body) = raw::read_msg_from(&mut r).await.expect("open");
+    assert_eq!((t, sqlstate(&body).as_str()), (b'E', "53400"));
+    raw::read_until_from(&mut r, b'Z').await;
+    // Closing one makes room for one.
+    let close = raw::message(b'C', b"Ss0\0");
+    w.write_all(&[close, parse("s10000"), sync].concat()).await.unwrap();
+    assert_eq!(raw::read_msg_from(&mut r).await.map(|m| m.0), Some(b'3'));
+    assert_eq!(raw::read_msg_from(&mut r).await.map(|m| m.0), Some(b'1'));
+    raw::read_until_from(&mut r, b'Z').await;
+    w.write_all(&raw::query("commit")).await.unwrap();
+    assert_eq!(raw::read_until_from(&mut r, b'Z').await, b"I");
+}

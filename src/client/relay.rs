@@ -18,7 +18,7 @@ use crate::observe::normalize;
 use crate::prepared::{self, ClientStatements, ServerStatements, SqlCommand, Statement};
 use crate::wire::frame::{FrameError, Header, HEADER_LEN};
 use crate::wire::messages::{
-    self, parse_command_tag, parse_parameter_status, parse_ready_for_query, ErrorFields, PgError,
+    self, parse_command_tag, parse_parameter_status, parse_ready_for_query, ErrorFields,
 };
 use crate::wire::tag;
 use bytes::{Buf, Bytes, BytesMut};
@@ -848,25 +848,7 @@ impl Relay {
                 let name = p.name.to_vec();
                 let mut stmt = prepared::statement(p.query, p.types);
                 mark(&mut stmt, p.query, facts);
-                if st.client.contains(&name) || st.client.len() >= prepared::MAX_PER_CLIENT {
-                    let error = if st.client.contains(&name) {
-                        PgError::error(
-                            "42P05",
-                            format!(
-                                "prepared statement \"{}\" already exists",
-                                String::from_utf8_lossy(&name)
-                            ),
-                        )
-                    } else {
-                        PgError::error(
-                            "53400",
-                            format!(
-                                "pgsidecar: this connection holds {} prepared statements, the most it may",
-                                prepared::MAX_PER_CLIENT
-                            ),
-                        )
-                        .with_hint("close statements the application no longer uses")
-                    };
+                if let Some(error) = st.client.refuse_parse(&name) {
                     let mut buf = BytesMut::new();
                     error.encode(&mut buf);
                     self.push_local(buf.freeze(), Undo::Nothing);

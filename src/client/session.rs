@@ -453,6 +453,7 @@ impl Session {
                 Ok(mut lease) => {
                     let p = Arc::new(lease.conn().login_params.clone());
                     self.slot_set(Activity::Idle);
+                    self.cancels_settled().await;
                     lease.release();
                     Some(p)
                 }
@@ -520,15 +521,8 @@ impl Session {
                     tag::FLUSH => true,
                     tag::PARSE => match crate::prepared::parse_parts(body) {
                         Ok(p) if !p.name.is_empty() => {
-                            if self.statements.contains(p.name) {
-                                PgError::error(
-                                    "42P05",
-                                    format!(
-                                        "prepared statement \"{}\" already exists",
-                                        String::from_utf8_lossy(p.name)
-                                    ),
-                                )
-                                .encode(&mut self.cwbuf);
+                            if let Some(error) = self.statements.refuse_parse(p.name) {
+                                error.encode(&mut self.cwbuf);
                                 self.local_skip = true;
                             } else {
                                 self.timing.get_or_insert_with(super::reuse::timing).parse(p.name, p.query);
@@ -746,8 +740,10 @@ impl Session {
                 }
                 Ok(Err(e @ ServerError::Postgres { .. })) => {
                     // The client's own settings were refused (a bad TimeZone, say); the server
-                    // rolled the statement back and can serve others.
+                    // rolled the statement back and can serve others, once a cancel the
+                    // client sent meanwhile can no longer reach their statements.
                     self.slot_set(Activity::Idle);
+                    self.cancels_settled().await;
                     lease.release();
                     self.fail_server(&e).await;
                     None
@@ -934,7 +930,7 @@ impl Session {
                     Expired::No => {}
                     Expired::Query => self.start_cancel(&mut t, &mut lease, timer.as_mut()),
                     Expired::IdleTransaction(idle) => {
-                        return Box::pin(self.idle_transaction_expired(lease, &relay, idle)).await;
+                        return Box::pin(self.idle_transaction_expired(lease, &relay, idle, t.doomed)).await;
                     }
                     Expired::Cancel => return Box::pin(self.cancel_expired(lease, &relay, &t)).await,
                 }
@@ -1050,8 +1046,15 @@ impl Session {
     }
 
     /// The client sat inside a transaction past PGSIDECAR_IDLE_TRANSACTION_TIMEOUT: FATAL
-    /// 25P03, its server rolled back (or closed), the connection ended.
-    async fn idle_transaction_expired(&mut self, lease: Lease, relay: &Relay, idle: Duration) -> Flow {
+    /// 25P03, its server rolled back (or closed, when `doomed` as in [`Session::give_back`]),
+    /// the connection ended.
+    async fn idle_transaction_expired(
+        &mut self,
+        lease: Lease,
+        relay: &Relay,
+        idle: Duration,
+        doomed: bool,
+    ) -> Flow {
         let limit = self.proxy.config.pool.idle_transaction_timeout.unwrap_or_default();
         tracing::warn!(
             database = %self.upstream.pool.database,
@@ -1073,7 +1076,7 @@ impl Session {
         .encode(&mut self.cwbuf);
         let _ = tokio::time::timeout(CLIENT_FLUSH_LIMIT, self.flush_client()).await;
         self.slot_set(Activity::Idle);
-        self.give_back(lease, relay, false).await;
+        self.give_back(lease, relay, doomed).await;
         Flow::End
     }
 
@@ -1241,7 +1244,9 @@ impl Session {
             return;
         }
         // Session mode, and a pinned client's server: its session state goes with the client.
-        let discard = self.mode == PoolMode::Session || self.pinned;
+        // So does state the transaction may have made that outlives its ROLLBACK (a session
+        // advisory lock, PREPARE, LISTEN): the check a release at rest runs is not run here.
+        let discard = self.mode == PoolMode::Session || self.pinned || relay.state_hint.is_some();
         // Separate queries: in one multi-statement query DISCARD ALL would run inside the
         // implicit transaction block and fail.
         let rollback = (relay.status != b'I').then_some("ROLLBACK");

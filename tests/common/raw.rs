@@ -45,6 +45,11 @@ pub fn query(sql: &str) -> Vec<u8> {
 
 /// Reads one typed message; `None` at the end of the stream.
 pub async fn read_msg(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    read_msg_from(s).await
+}
+
+/// [`read_msg`] from any reader (the read half of a split stream, say).
+pub async fn read_msg_from<R: tokio::io::AsyncRead + Unpin>(s: &mut R) -> Option<(u8, Vec<u8>)> {
     let mut head = [0u8; 5];
     s.read_exact(&mut head).await.ok()?;
     let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
@@ -55,8 +60,13 @@ pub async fn read_msg(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
 
 /// Reads messages until one of type `tag`; panics on an ErrorResponse or the end of stream.
 pub async fn read_until(s: &mut TcpStream, tag: u8) -> Vec<u8> {
+    read_until_from(s, tag).await
+}
+
+/// [`read_until`] from any reader.
+pub async fn read_until_from<R: tokio::io::AsyncRead + Unpin>(s: &mut R, tag: u8) -> Vec<u8> {
     loop {
-        let (t, body) = read_msg(s).await.expect("connection open");
+        let (t, body) = read_msg_from(s).await.expect("connection open");
         if t == tag {
             return body;
         }
