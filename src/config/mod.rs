@@ -440,6 +440,13 @@ fn upstreams(raw: &Raw, env: &dyn Env) -> Result<Vec<Upstream>, ConfigError> {
     }
     let mut out: Vec<Upstream> = Vec::new();
     for var in vars {
+        if !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            // Not quoted: it may be a URL, password and all, put here by mistake.
+            return Err(invalid(
+                raw,
+                "takes names of environment variables (such as DATABASE_URL HEROKU_POSTGRESQL_ROSE_URL), not URLs; one entry is not a variable name",
+            ));
+        }
         let value = env
             .get(var)
             .filter(|v| !v.trim().is_empty())

@@ -81,6 +81,18 @@ fn several_urls() {
 }
 
 #[test]
+fn a_url_put_in_the_urls_list_is_refused_unquoted() {
+    // The list names variables; a URL there (a likely mistake) must not reach the error
+    // line on stderr, nor SHOW CONFIG, which shows that setting's value.
+    for alias in ["PGSIDECAR_URLS", "PGBOUNCER_URLS"] {
+        let e = env(&[("DATABASE_URL", URL), (alias, &format!("DATABASE_URL {URL}"))]);
+        let err = Config::load(&BTreeMap::new(), &e).unwrap_err().to_string();
+        assert!(err.contains("not a variable name"), "{err}");
+        assert!(!err.contains("s3cret") && !err.contains("db.example.com"), "{err}");
+    }
+}
+
+#[test]
 fn durations_and_sizes() {
     assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
     assert_eq!(parse_duration("5"), Some(Duration::from_secs(5)));
