@@ -29,7 +29,6 @@ trait Out {
     fn push(&mut self, c: u8);
     fn extend(&mut self, s: &[u8]);
     fn len(&self) -> usize;
-    fn last(&self) -> Option<u8>;
     /// Back to empty, for a second pass.
     fn clear(&mut self);
     fn is_empty(&self) -> bool {
@@ -56,9 +55,6 @@ impl Out for Vec<u8> {
     fn clear(&mut self) {
         Vec::clear(self);
     }
-    fn last(&self) -> Option<u8> {
-        <[u8]>::last(self).copied()
-    }
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -68,12 +64,11 @@ const FNV_PRIME: u64 = 0x0100_0000_01b3;
 struct Fnv {
     hash: u64,
     len: usize,
-    last: Option<u8>,
 }
 
 impl Fnv {
     fn new() -> Self {
-        Fnv { hash: FNV_OFFSET, len: 0, last: None }
+        Fnv { hash: FNV_OFFSET, len: 0 }
     }
 }
 
@@ -81,23 +76,18 @@ impl Out for Fnv {
     fn push(&mut self, c: u8) {
         self.hash = (self.hash ^ u64::from(c)).wrapping_mul(FNV_PRIME);
         self.len += 1;
-        self.last = Some(c);
     }
     fn extend(&mut self, s: &[u8]) {
         for &c in s {
             self.hash = (self.hash ^ u64::from(c)).wrapping_mul(FNV_PRIME);
         }
         self.len += s.len();
-        self.last = s.last().copied().or(self.last);
     }
     fn len(&self) -> usize {
         self.len
     }
     fn clear(&mut self) {
         *self = Fnv::new();
-    }
-    fn last(&self) -> Option<u8> {
-        self.last
     }
     /// Scans and hashes an identifier in one loop (most of a statement's bytes).
     fn ident(&mut self, b: &[u8], start: usize) -> usize {
@@ -112,9 +102,6 @@ impl Out for Fnv {
         }
         self.hash = hash;
         self.len += i - start;
-        if i > start {
-            self.last = Some(b[i - 1]);
-        }
         i
     }
 }
@@ -200,10 +187,6 @@ fn placeholder(out: &mut impl Out, numbering: &mut Numbering) {
         }
     }
     out.extend(&digits[k..]);
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// [`normalize`] of raw statement bytes, in a pass that copies identifiers and keywords a run
@@ -297,7 +280,7 @@ pub fn recall(b: &[u8]) -> Option<Recalled> {
 /// Remembers `recalled` for `b` (and texts that differ from it only in numbers), in place of
 /// the least recently used text of its set.
 pub fn remember(b: &[u8], recalled: Recalled) {
-    if b.is_empty() || b.len() > REMEMBERED_MAX_TEXT {
+    if b.is_empty() || b.len() > REMEMBERED_MAX_TEXT || digits_in_quoted_names(b) {
         return;
     }
     let set = (prefix_hash(b) % REMEMBERED_SETS as u64) as usize;
@@ -370,7 +353,9 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
 
 /// Whether `a` and `b` are the same text but for the digits of numbers: every difference lies
 /// in a run of digits (in both) that follows a byte of [`BEFORE_NUMBER`]. Such texts
-/// normalize alike: the runs are numbers, or inside the same literal or comment in both.
+/// normalize alike: the runs are numbers, or inside the same literal or comment in both (or
+/// inside a quoted name, which is copied whole: [`remember`] keeps no text with such digits in
+/// one, see [`digits_in_quoted_names`]).
 pub(crate) fn same_but_numbers(a: &[u8], b: &[u8]) -> bool {
     let (mut i, mut j) = (0, 0);
     loop {
@@ -397,13 +382,17 @@ pub(crate) fn same_but_numbers(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
-/// Byte classes for [`normalize_into`]: the common bytes (white space, letters that start
-/// nothing else) are told apart with one lookup.
+/// Byte classes for [`normalize_pass`]: the common bytes (white space, letters that start
+/// nothing else) are told apart with one lookup; the others go to [`lex`].
 const SPACE: u8 = 1;
 /// Starts an identifier or keyword and nothing else.
 const WORD: u8 = 2;
-/// `-` and `/`, which may start a comment.
-const COMMENT: u8 = 3;
+/// `e`, `b`, `x`, `n` (either case): start an identifier, or a string when a quote follows.
+const PREFIX: u8 = 3;
+/// Starts a number.
+const DIGIT: u8 = 4;
+/// A byte that is a token of its own (an operator's, punctuation).
+const PUNCT: u8 = 5;
 static CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut c = 0;
@@ -411,15 +400,16 @@ static CLASS: [u8; 256] = {
         let b = c as u8;
         t[c] = if b.is_ascii_whitespace() {
             SPACE
-        } else if b == b'-' || b == b'/' {
-            COMMENT
-        } else if (b.is_ascii_alphabetic() && !matches!(b | 0x20, b'e' | b'b' | b'x' | b'n'))
-            || b == b'_'
-            || b >= 0x80
-        {
+        } else if matches!(b | 0x20, b'e' | b'b' | b'x' | b'n') {
+            PREFIX
+        } else if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 {
             WORD
+        } else if b.is_ascii_digit() {
+            DIGIT
+        } else if matches!(b, b'-' | b'/' | b'\'' | b'"' | b'$' | b'.') {
+            0 // may start a longer token: see `lex`
         } else {
-            0
+            PUNCT
         };
         c += 1;
     }
@@ -472,7 +462,7 @@ fn parameters_in(b: &[u8], from: usize) -> u32 {
 
 /// One normalizing pass over `b` into `out`, numbering placeholders with `numbering`, until
 /// the end of `b` or `max` bytes of output (perhaps a little past it). Returns where in `b` it
-/// stopped.
+/// stopped (never past its end).
 fn normalize_pass(b: &[u8], max: usize, out: &mut impl Out, numbering: &mut Numbering) -> usize {
     let mut i = 0;
     let mut pending_space = false;
@@ -484,92 +474,319 @@ fn normalize_pass(b: &[u8], max: usize, out: &mut impl Out, numbering: &mut Numb
             i += 1;
             continue;
         }
-        if class == COMMENT {
-            if c == b'-' && b.get(i + 1) == Some(&b'-') {
-                i = memchr::memchr(b'\n', &b[i..]).map_or(b.len(), |p| i + p);
-                pending_space = !out.is_empty();
-                continue;
-            }
-            if c == b'/' && b.get(i + 1) == Some(&b'*') {
-                i = find(&b[i + 2..], b"*/").map_or(b.len(), |e| i + 2 + e + 2);
-                pending_space = !out.is_empty();
-                continue;
-            }
+        if class == 0 && matches!((c, b.get(i + 1)), (b'-', Some(b'-')) | (b'/', Some(b'*'))) {
+            i = lex(b, i, Reading::Both).1; // a comment
+            pending_space = !out.is_empty();
+            continue;
         }
         if pending_space {
             out.push(b' ');
             pending_space = false;
         }
-        if class == WORD {
-            // A keyword or identifier: copied whole.
+        // The common tokens, as `lex` would find them: a keyword or identifier (copied whole),
+        // punctuation, a number.
+        if class == WORD || (class == PREFIX && b.get(i + 1) != Some(&b'\'')) {
             i = out.ident(b, i);
             continue;
         }
-        let prev_ident = out.last().is_some_and(is_ident);
-        // String literals: '...', E'...', B'...', X'...', N'...' with '' escapes (and \' in E'').
-        let prefixed = matches!(c, b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N')
-            && b.get(i + 1) == Some(&b'\'')
-            && !prev_ident;
-        if c == b'\'' || prefixed {
-            let escapes = matches!(c, b'e' | b'E');
-            i += if prefixed { 2 } else { 1 };
-            while i < b.len() {
-                if escapes && b[i] == b'\\' {
-                    i += 2;
-                    continue;
-                }
-                if b[i] == b'\'' {
-                    if b.get(i + 1) == Some(&b'\'') {
-                        i += 2;
-                        continue;
-                    }
-                    break;
-                }
-                i += 1;
-            }
+        if class == PUNCT {
+            out.push(c);
             i += 1;
+            continue;
+        }
+        if class == DIGIT {
             placeholder(out, numbering);
+            i = number_end(b, i);
             continue;
         }
-        // Dollar-quoted strings: $tag$ ... $tag$ (a $1 parameter is not one).
-        if c == b'$' && !prev_ident {
-            let tag_end =
-                b[i + 1..].iter().position(|&x| !(x.is_ascii_alphanumeric() || x == b'_')).map(|p| i + 1 + p);
-            if let Some(e) =
-                tag_end.filter(|&e| b[e] == b'$' && !b[i + 1..e].first().is_some_and(u8::is_ascii_digit))
-            {
-                let tag = &b[i..=e];
-                let body_start = e + 1;
-                i = find(&b[body_start..], tag).map_or(b.len(), |p| body_start + p + tag.len());
-                placeholder(out, numbering);
-                continue;
+        let (token, end) = lex(b, i, Reading::Both);
+        debug_assert!(i < end && end <= b.len(), "{i}..{end} of {}", b.len());
+        match token {
+            Token::Literal => placeholder(out, numbering),
+            Token::Parameter => {
+                numbering.parameter(&b[i + 1..end]);
+                out.extend(&b[i..end]);
             }
+            Token::Unterminated => out.push(c),
+            Token::Copy | Token::Space if end == i + 1 => out.push(c),
+            Token::Copy | Token::Space => out.extend(&b[i..end]),
         }
-        // Numbers not part of an identifier.
-        if !prev_ident && (c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit)))
-        {
-            while i < b.len()
-                && (b[i].is_ascii_alphanumeric()
-                    || b[i] == b'.'
-                    || ((b[i] == b'+' || b[i] == b'-') && matches!(b[i - 1], b'e' | b'E')))
-            {
-                i += 1;
-            }
-            placeholder(out, numbering);
-            continue;
-        }
-        if is_ident(c) {
-            // `$1`, or a word starting with e, b, x or n.
-            if c == b'$' && !prev_ident {
-                numbering.parameter(&b[i + 1..]);
-            }
-            i = out.ident(b, i);
-            continue;
-        }
-        out.push(c);
-        i += 1;
+        i = end;
     }
     i
+}
+
+/// What [`lex`] finds at a place in a text.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Token {
+    /// A comment (or a byte of white space): one space in the output.
+    Space,
+    /// An identifier or keyword, a quoted name (`"..."`, `""` in it), an operator or
+    /// punctuation: copied.
+    Copy,
+    /// A string (`'...'`, `E'...'`, `B'...'`, `X'...'`, `N'...'`, a dollar-quoted one) or a
+    /// number: a placeholder.
+    Literal,
+    /// `$n`: copied, and its number taken by the numbering.
+    Parameter,
+    /// A quoted name that the text ends in: its quote alone is copied (what follows might be
+    /// meant as anything).
+    Unterminated,
+}
+
+/// How the backslashes of a plain `'...'` string read, which depends on the client's
+/// standard_conforming_strings: `On`, a byte like any other; `Off`, an escape of the next
+/// byte, `\'` included; `Both`, not known (see [`plain_end`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    On,
+    Off,
+    Both,
+}
+
+/// The token that starts at `b[i]` (`i < b.len()`) and where it ends (past `i`, at most
+/// `b.len()`: a text may end inside anything), as Postgres' scanner (scan.l) reads it: strings
+/// go on in a string after white space with a newline (`'a'\n'b'` is one), block comments nest,
+/// a dollar-quote tag is a name without `$` (non-ASCII bytes are letters), a number ends
+/// before a string prefix (`1e'x'` is `1` and `e'x'`) and before a sign that no digit follows.
+/// Words are taken whole (with any `$` in them, as in Postgres), so no token starts inside
+/// one: a `$$` after a literal, a number or a parameter starts a string (`'a'$$x$$` is two).
+#[inline]
+fn lex(b: &[u8], i: usize, reading: Reading) -> (Token, usize) {
+    let c = b[i];
+    let next = b.get(i + 1).copied();
+    match c {
+        b'-' if next == Some(b'-') => (Token::Space, line_comment_end(b, i + 2)),
+        b'/' if next == Some(b'*') => (Token::Space, block_comment_end(b, i + 2)),
+        b'\'' => (Token::Literal, plain_end(b, i + 1, reading)),
+        b'"' => match quoted_name_end(b, i + 1) {
+            Some(end) => (Token::Copy, end),
+            None => (Token::Unterminated, b.len()),
+        },
+        b'$' => dollar(b, i),
+        b'e' | b'E' if next == Some(b'\'') => (Token::Literal, string_end(b, i + 2, Body::Escapes).0),
+        b'b' | b'B' | b'x' | b'X' if next == Some(b'\'') => {
+            (Token::Literal, string_end(b, i + 2, Body::Bits).0)
+        }
+        // N'...' is a plain string after an internal NCHAR.
+        b'n' | b'N' if next == Some(b'\'') => (Token::Literal, plain_end(b, i + 2, reading)),
+        b'0'..=b'9' => (Token::Literal, number_end(b, i)),
+        b'.' if next.is_some_and(|d| d.is_ascii_digit()) => (Token::Literal, number_end(b, i)),
+        _ if is_ident(c) => (Token::Copy, ident_end(b, i)),
+        _ if c.is_ascii_whitespace() => (Token::Space, i + 1),
+        _ => (Token::Copy, i + 1),
+    }
+}
+
+/// Where the identifier or keyword starting at `b[i]` ends.
+fn ident_end(b: &[u8], i: usize) -> usize {
+    b[i..].iter().position(|&c| !is_ident(c)).map_or(b.len(), |p| i + p)
+}
+
+/// Where a `--` comment whose text starts at `b[i]` ends: at the newline or carriage return
+/// that ends it (either ends one in Postgres).
+fn line_comment_end(b: &[u8], i: usize) -> usize {
+    memchr::memchr2(b'\n', b'\r', &b[i..]).map_or(b.len(), |p| i + p)
+}
+
+/// Where a `/*` comment whose text starts at `b[i]` ends: past the `*/` that closes it, the
+/// comments opened inside it closed first.
+fn block_comment_end(b: &[u8], mut i: usize) -> usize {
+    let mut depth = 0usize;
+    while let Some(p) = memchr::memchr2(b'*', b'/', &b[i..]) {
+        let p = i + p;
+        match (b[p], b.get(p + 1)) {
+            (b'*', Some(b'/')) if depth == 0 => return p + 2,
+            (b'*', Some(b'/')) => {
+                depth -= 1;
+                i = p + 2;
+            }
+            (b'/', Some(b'*')) => {
+                depth += 1;
+                i = p + 2;
+            }
+            _ => i = p + 1,
+        }
+    }
+    b.len()
+}
+
+/// Where the quoted name whose text starts at `b[i]` ends (past its closing quote; `""` is a
+/// quote in it), or `None` when the text ends first.
+fn quoted_name_end(b: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        let p = i + memchr::memchr(b'"', &b[i..])?;
+        if b.get(p + 1) == Some(&b'"') {
+            i = p + 2;
+        } else {
+            return Some(p + 1);
+        }
+    }
+}
+
+/// The token starting with the `$` at `b[i]`: a parameter (`$` and digits), a dollar-quoted
+/// string (`$tag$ ... $tag$`, the tag empty or a name without `$`, not starting with a digit),
+/// or else a `$` and what follows it of a name.
+fn dollar(b: &[u8], i: usize) -> (Token, usize) {
+    let after = &b[i + 1..];
+    let digits = after.iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits > 0 {
+        return (Token::Parameter, i + 1 + digits);
+    }
+    let close = i + 1 + after.iter().take_while(|&&c| c != b'$' && is_ident(c)).count();
+    if b.get(close) != Some(&b'$') {
+        return (Token::Copy, close);
+    }
+    let tag = &b[i..=close];
+    let body = close + 1;
+    (Token::Literal, memchr::memmem::find(&b[body..], tag).map_or(b.len(), |p| body + p + tag.len()))
+}
+
+/// Where the number starting at `b[i]` ends (its letters, `_` and `.` with it: `0x1f`,
+/// `1_000`, junk such as `12abc`, all hidden).
+fn number_end(b: &[u8], i: usize) -> usize {
+    let mut j = i + 1;
+    while b.get(j).is_some_and(u8::is_ascii_digit) {
+        j += 1;
+    }
+    if !b.get(j).is_some_and(|&d| d.is_ascii_alphabetic() || d == b'.' || d == b'_') {
+        return j; // digits alone, the common case
+    }
+    while let Some(&d) = b.get(j) {
+        let take = if d.is_ascii_alphanumeric() || d == b'.' || d == b'_' {
+            // Not the prefix of a string that follows: `1e'x'` is `1` and `e'x'`.
+            !(matches!(d | 0x20, b'e' | b'b' | b'x' | b'n') && b.get(j + 1) == Some(&b'\''))
+        } else {
+            // An exponent's sign, when a digit follows (`1e--` is `1`, `e` and a comment).
+            matches!(d, b'+' | b'-')
+                && matches!(b[j - 1], b'e' | b'E')
+                && b.get(j + 1).is_some_and(u8::is_ascii_digit)
+        };
+        if !take {
+            break;
+        }
+        j += 1;
+    }
+    j
+}
+
+/// How a string's body reads: `Plain`, `''` is a quote (a plain string as Postgres reads it
+/// with standard_conforming_strings on, and a `U&'...'` one); `Escapes`, a backslash escapes
+/// the next byte too (`E'...'`, and a plain string with the setting off); `Bits`, the first
+/// quote ends it (`B'...'`, `X'...'`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Body {
+    Plain,
+    Escapes,
+    Bits,
+}
+
+/// Where the string whose body starts at `b[i]` ends: past its closing quote and past the
+/// parts that continue it (see [`continuation`]), or at the end of `b`. Also whether a
+/// backslash came before that.
+fn string_end(b: &[u8], mut i: usize, body: Body) -> (usize, bool) {
+    let mut backslash = false;
+    loop {
+        let close = loop {
+            let found = match body {
+                Body::Bits => memchr::memchr(b'\'', &b[i..]),
+                _ => memchr::memchr2(b'\'', b'\\', &b[i..]),
+            };
+            let Some(p) = found.map(|p| i + p) else {
+                return (b.len(), backslash);
+            };
+            if b[p] == b'\\' {
+                backslash = true;
+                i = if body == Body::Escapes { p + 2 } else { p + 1 };
+                if i >= b.len() {
+                    return (b.len(), backslash);
+                }
+            } else if body != Body::Bits && b.get(p + 1) == Some(&b'\'') {
+                i = p + 2;
+            } else {
+                break p + 1;
+            }
+        };
+        match continuation(b, close) {
+            Some(part) => i = part,
+            None => return (close, backslash),
+        }
+    }
+}
+
+/// Where the next part of a string that closed just before `b[i]` starts (past its opening
+/// quote), when one follows: Postgres joins strings separated by white space and `--`
+/// comments with a newline among them, and reads the next part as the first (`E'a'\n'\''`).
+fn continuation(b: &[u8], mut i: usize) -> Option<usize> {
+    let mut newline = false;
+    loop {
+        match *b.get(i)? {
+            b' ' | b'\t' | b'\x0b' | b'\x0c' => i += 1,
+            b'\n' | b'\r' => {
+                newline = true;
+                i += 1;
+            }
+            // A comment, up to the newline that must end it.
+            b'-' if b.get(i + 1) == Some(&b'-') => i += 2 + memchr::memchr2(b'\n', b'\r', &b[i + 2..])?,
+            b'\'' if newline => return Some(i + 1),
+            _ => return None,
+        }
+    }
+}
+
+/// Where the plain string whose body starts at `b[i]` ends, read as `reading` says.
+///
+/// Read `Both` ways (the normalizer does not know the client's standard_conforming_strings),
+/// a string without a backslash ends at the same place either way. One with a backslash may
+/// not (`'it\'s'`, `'C:\dir\'`): then neither reading's end is safe to go on from, as a
+/// string that the other reading starts before it may end past it (`'a\', 'b', 'x y'` is
+/// `'a\'`, `'b'` and `'x y'`, or `'a\', '`, `b', '` and the words `x y`). So both readings
+/// are followed, token by token, to the first place where both are between tokens, and all
+/// up to there is one placeholder: no byte comes out that either reading puts in a string.
+/// (With the setting off, `'C:\dir\' and id = 5` is one unterminated string, so a text like
+/// that loses its tail.)
+fn plain_end(b: &[u8], i: usize, reading: Reading) -> usize {
+    match reading {
+        Reading::On => string_end(b, i, Body::Plain).0,
+        Reading::Off => string_end(b, i, Body::Escapes).0,
+        Reading::Both => {
+            let (mut on, backslash) = string_end(b, i, Body::Plain);
+            if !backslash {
+                return on;
+            }
+            let mut off = string_end(b, i, Body::Escapes).0;
+            while on != off {
+                // The one behind takes its next token (it is not at the end).
+                if on < off {
+                    on = lex(b, on, Reading::On).1;
+                } else {
+                    off = lex(b, off, Reading::Off).1;
+                }
+            }
+            on
+        }
+    }
+}
+
+/// Whether a quoted name in `b` (as [`normalize_pass`] reads it) has a digit after a byte
+/// of [`BEFORE_NUMBER`]: [`same_but_numbers`] would take a text that differs there for the
+/// same statement, but the name is copied whole, so their normalized forms differ.
+fn digits_in_quoted_names(b: &[u8]) -> bool {
+    if memchr::memchr(b'"', b).is_none() {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        let (token, end) = lex(b, i, Reading::Both);
+        if token == Token::Copy
+            && b[i] == b'"'
+            && b[i..end].windows(2).any(|w| BEFORE_NUMBER[w[0] as usize] && w[1].is_ascii_digit())
+        {
+            return true;
+        }
+        i = end;
+    }
+    false
 }
 
 #[cfg(test)]
@@ -787,5 +1004,199 @@ mod tests {
     #[test]
     fn unterminated_literal_is_still_hidden() {
         assert_eq!(normalize("select 'secret", 200), "select $1");
+    }
+
+    /// FNV-1a of a normalized text: what its fingerprint must be.
+    fn fnv(text: &str) -> u64 {
+        text.bytes().fold(super::FNV_OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(super::FNV_PRIME))
+    }
+
+    /// `sql` normalized at every length up to its own (and a little past), and fingerprinted:
+    /// `secret` is never in the text.
+    fn assert_hidden(sql: &str, secret: &str) {
+        for max in 0..sql.len() + 8 {
+            let text = super::normalize_bytes(sql.as_bytes(), max);
+            assert!(!text.contains(secret), "{sql:?} at {max} -> {text:?}");
+        }
+        super::fingerprint(sql.as_bytes());
+    }
+
+    /// A text that ends inside a literal, a comment or a quoted name, cut anywhere and
+    /// normalized at any length, does not panic (the scan once ran past its end and sliced
+    /// there when the output was cut).
+    #[test]
+    fn unterminated_text_at_any_cut_does_not_panic() {
+        assert_eq!(super::normalize_bytes(b"ab 'x", 3), "ab ...");
+        assert_eq!(super::normalize_bytes(b"ab E'x\\", 3), "ab ...");
+        for tail in [
+            "'x",
+            "E'x\\",
+            "e'\\",
+            "'x\\",
+            "$$x",
+            "$q$x$q",
+            "$é$x",
+            "/* x",
+            "/* /* */ x",
+            "-- x",
+            "\"x",
+            "\"x\"\"",
+            "x'0",
+            "'x''",
+            "1e",
+            "1e-",
+            "éé",
+            "U&\"x",
+            "'a'\n'b",
+            "'a'\n--",
+            "$1",
+            "$",
+            ".",
+        ] {
+            let sql = format!("select ab, {tail}");
+            let b = sql.as_bytes();
+            for end in 0..=b.len() {
+                for max in 0..end + 4 {
+                    let text = super::normalize_bytes(&b[..end], max);
+                    assert!(text.len() <= max + 3, "{sql:?}[..{end}] at {max} -> {text:?}");
+                }
+                super::fingerprint(&b[..end]);
+            }
+        }
+        // What any client can send: the fingerprint's cut falls past the text's last literal.
+        for tail in ["'x", "E'x\\", "'x\\", "$$x"] {
+            for pad in 1985..2000 {
+                let sql = format!("select {} {tail}", "a".repeat(pad));
+                super::fingerprint(sql.as_bytes());
+                super::normalize_counted(sql.as_bytes(), super::FINGERPRINT_MAX);
+            }
+        }
+    }
+
+    /// A quoted name is copied whole (its `'` opens no literal) and never made a placeholder.
+    #[test]
+    fn quoted_identifiers_are_names() {
+        assert_eq!(
+            normalize("SELECT name AS \"Customer's name\" FROM c WHERE email = 'alice@example.com'", 200),
+            "SELECT name AS \"Customer's name\" FROM c WHERE email = $1"
+        );
+        assert_eq!(
+            normalize("select \"a\"\"b'c\", \"x\"\" 'y\"  from \"t 1\" where v = 'secret'", 200),
+            "select \"a\"\"b'c\", \"x\"\" 'y\" from \"t 1\" where v = $1"
+        );
+        assert_eq!(
+            normalize("select \"1\", \"$2\", U&\"d\\0061t\" from t where \"é\" = 3", 200),
+            "select \"1\", \"$2\", U&\"d\\0061t\" from t where \"é\" = $1"
+        );
+        assert_hidden("select \"a 'b\" from t where v = 'secret'", "secret");
+        // Unterminated: nothing after its quote is copied.
+        assert_hidden("select \"a 'secret' ", "secret");
+    }
+
+    /// Dollar-quote tags follow the rules of names, non-ASCII letters included.
+    #[test]
+    fn dollar_quotes_with_non_ascii_tags() {
+        assert_eq!(normalize("select $é$hunter2$é$, 1", 200), "select $1, $2");
+        assert_eq!(normalize("select $_é9$ hunter2 $_é9$", 200), "select $1");
+        assert_eq!(normalize("select $é$a$ée$hunter2$é$", 200), "select $1");
+        assert_hidden("select $é$hunter2$é$", "hunter2");
+        // After a literal, a number or a parameter, `$$` starts a string too.
+        assert_eq!(
+            normalize("select 'a'$$hunter2$$, 1$$hunter2$$, $1$$hunter2$$", 200),
+            "select $2$3, $4$5, $1$6"
+        );
+        assert_hidden("select 'a'$$hunter2$$", "hunter2");
+    }
+
+    /// Block comments nest.
+    #[test]
+    fn nested_comments() {
+        assert_eq!(normalize("/* a /* b */ it's */ SELECT 'hunter2'", 200), "SELECT $1");
+        assert_eq!(normalize("select 1 /* /* */ 'x' */ , 2 /*/ x */", 200), "select $1 , $2");
+        assert_hidden("/* a /* b */ it's */ SELECT 'hunter2'", "hunter2");
+        assert_eq!(normalize("select /* /* */ 'x'", 200), "select");
+    }
+
+    /// A `--` comment ends at a carriage return too (then a literal may start on that line).
+    #[test]
+    fn line_comments_end_at_carriage_returns() {
+        assert_eq!(normalize("select 1 -- c\r'a\n hunter2', 2", 200), "select $1 $2, $3");
+        assert_hidden("select 1 -- c\r'a\n hunter2'", "hunter2");
+    }
+
+    /// With standard_conforming_strings off, `\'` escapes a quote in a plain string too; the
+    /// client's setting is unknown here, so no byte that either reading puts in a literal
+    /// comes out.
+    #[test]
+    fn backslashes_in_plain_strings_are_read_both_ways() {
+        assert_eq!(normalize("select 'it\\'s hunter2'", 200), "select $1");
+        assert_hidden("select 'it\\'s hunter2', 1", "hunter2");
+        assert_hidden("select N'it\\'s hunter2', 1", "hunter2");
+        assert_hidden("select 'a\\', 'b', 'hunter2 x', 1", "hunter2");
+        assert_hidden("select 'a\\', $$, 'b', $$ hunter2 $$, 1", "hunter2");
+        // An E string goes on in the next line's string, with its escapes.
+        assert_hidden("select E'a'\n'\\' hunter2'", "hunter2");
+        // A backslash before no quote reads the same both ways.
+        assert_eq!(normalize("select 'a\\b', 'c\\\\', 5 from t", 200), "select $1, $2, $3 from t");
+        // One read as an escape hides the rest: with the setting off, it is all one string.
+        assert_eq!(
+            normalize("select * from f where path = 'C:\\dir\\' and id = 5", 200),
+            "select * from f where path = $1"
+        );
+    }
+
+    /// A number's digits end before `e'`, `x'`..., and before a sign that no digit follows,
+    /// as Postgres' scanner reads them (`1e--` is `1`, `e` and a comment).
+    #[test]
+    fn numbers_end_where_postgres_ends_them() {
+        assert_eq!(normalize("select 1e--'\n, 'hunter2'", 200), "select $1 , $2");
+        assert_hidden("select 1e--'\n, 'hunter2'", "hunter2");
+        assert_eq!(normalize("select 1e'a\\'b', 0x'ff', 1_000, 1.5e-3", 200), "select $1$2, $3$4, $5, $6");
+        assert_hidden("select 1e'\\' hunter2'", "hunter2");
+    }
+
+    /// Texts that differ only in digits inside a quoted name are different statements: the
+    /// first is not recalled for the second.
+    #[test]
+    fn digits_in_quoted_names_are_not_taken_for_numbers() {
+        let (first, second) =
+            (b"select \"a 1\", 5 from t".as_slice(), b"select \"a 2\", 6 from t".as_slice());
+        assert_ne!(super::fingerprint(first), super::fingerprint(second));
+        remembered(first);
+        assert_eq!(remembered(second).0, super::fingerprint(second));
+        // Quoted names without such digits are remembered as before.
+        remembered(b"select \"t\".\"a1\" from \"t\" where \"t\".\"id\" = 5");
+        assert!(remembered(b"select \"t\".\"a1\" from \"t\" where \"t\".\"id\" = 17").1);
+    }
+
+    /// On texts built from pieces of quoted names, strings with backslashes, nested comments
+    /// and dollar quotes: no panic at any length, the fingerprint agrees with the text, and a
+    /// recalled fingerprint is the text's own.
+    #[test]
+    fn fingerprint_agrees_on_quoted_and_escaped_texts() {
+        const PIECES: [&str; 28] = [
+            "select", " ", "\"", "\"a 1\"", "'", "\\", "''", "E'", "$$", "$é$", "/*", "*/", "--", "\n", "\r",
+            "1", "e", "x", "-", ",", "é", "$1", "U&", "\"\"", "'b'", "$q$", "= 2", "N'",
+        ];
+        let pieces: Vec<&[u8]> = PIECES.iter().map(|p| p.as_bytes()).collect();
+        for (k, sql) in crate::testing::texts_from_pieces(&pieces, 20_000, 12, 0x2545_f491_4f6c_dd1d)
+            .into_iter()
+            .enumerate()
+        {
+            let text = super::normalize_bytes(&sql, super::FINGERPRINT_MAX);
+            assert_eq!(
+                super::fingerprint(&sql),
+                fnv(&text),
+                "{:?} -> {text:?}",
+                String::from_utf8_lossy(&sql)
+            );
+            let max = k % (sql.len() + 3);
+            assert!(super::normalize_bytes(&sql, max).len() <= max + 3);
+            let other = crate::testing::other_digits(&sql, k);
+            for t in [&sql, &other] {
+                let (fp, _) = remembered(t);
+                assert_eq!(fp, super::fingerprint(t), "{:?}", String::from_utf8_lossy(t));
+            }
+        }
     }
 }
