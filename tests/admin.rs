@@ -1,6 +1,7 @@
 //! The admin console (database `pgbouncer` / `pgsidecar`) driven with psql and tokio-postgres:
 //! PgBouncer's column names, counts under load, SHOW QUERIES after pgbench, PAUSE/RESUME,
-//! RECONNECT, SHUTDOWN, who may log in, and that no answer carries a password.
+//! RECONNECT, SHUTDOWN, who may log in, and that no answer carries a password; and the check of
+//! a server idle past the check delay.
 
 mod common;
 
@@ -378,6 +379,37 @@ async fn pause_waits_for_active_servers_and_holds_queries_until_resume() {
     let admin = console(&p).await;
     admin.simple_query("RESUME").await.unwrap();
     app.simple_query("select 1").await.unwrap();
+}
+
+/// A server that no client has used yet (opened for PGSIDECAR_MIN_POOL_SIZE) is checked like
+/// any other once it has been idle longer than PGSIDECAR_SERVER_CHECK_DELAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_server_idle_past_the_check_delay_is_checked() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("freshcheck");
+    let p = start(
+        pg,
+        &db,
+        &[
+            ("PGSIDECAR_POOL_SIZE", "2"),
+            ("PGSIDECAR_MIN_POOL_SIZE", "1"),
+            ("PGSIDECAR_SERVER_CHECK_DELAY", "1s"),
+        ],
+    )
+    .await;
+    let pool = p.proxy.upstreams()[0].pool.clone();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pool.stats().idle == 0 {
+        assert!(Instant::now() < deadline, "the minimum was not opened: {:?}", pool.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let c = p.connect(&db).await;
+    c.simple_query("select 1").await.unwrap();
+    c.simple_query("select 1").await.unwrap();
+    let stats = pool.stats();
+    assert_eq!(stats.opened_total, 1, "{stats:?}");
+    assert_eq!(stats.checks_total, 1, "checked once, after its long idle only: {stats:?}");
 }
 
 #[tokio::test]

@@ -279,11 +279,9 @@ impl Pool {
         // One clock read for the lifetime and the idle-check decisions.
         let now = Instant::now();
         let taken = self.take_idle(&mut s, &mut doomed, now);
+        // An idle server is never `fresh` (see `put_back_locked`): the check delay decides.
         let lease = match taken {
-            Some(conn)
-                if conn.fresh
-                    || now.saturating_duration_since(conn.last_used) < self.cfg.server_check_delay =>
-            {
+            Some(conn) if now.saturating_duration_since(conn.last_used) < self.cfg.server_check_delay => {
                 s.active += 1;
                 Some(Lease { conn: Some(conn), pool: self.clone() })
             }
@@ -331,6 +329,7 @@ impl Pool {
                 _ => ticket.await?,
             };
             let conn = lease.conn();
+            // `fresh`: handed over straight from its login, it has not idled at all.
             if conn.fresh || conn.last_used.elapsed() < delay {
                 return Ok(lease);
             }
@@ -523,6 +522,9 @@ impl Pool {
             }
         }
         self.lease_ended(&mut s);
+        // Idle from now on: the check delay applies to it like to any other server, even if no
+        // client has used it yet (opened for PGSIDECAR_MIN_POOL_SIZE, or its waiter left).
+        conn.fresh = false;
         s.idle.push(conn);
     }
 
