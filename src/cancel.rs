@@ -235,6 +235,9 @@ impl Registry {
         };
         let (activity, slot) = activity;
         if let Activity::Active { target, server, secret } = activity {
+            // pgsidecar_cancels_total of the pool that owns the server (a cancel of a waiting
+            // client is counted by its session, once it has left the queue).
+            crate::observe::metrics::cancel_forwarded(&target);
             tokio::spawn(async move {
                 if let Err(e) = send_cancel(&target, server.pid, secret).await {
                     tracing::warn!(error = %e, "cancel_forward_failed");

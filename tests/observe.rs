@@ -220,3 +220,57 @@ async fn slow_query_line_has_no_literals_or_bind_values() {
     assert!(values.contains_key("sample#pgsidecar.clients.waiting"), "{l2met}");
     assert!(values.contains_key("measure#pgsidecar.checkout.wait.p99"), "{l2met}");
 }
+
+/// Polls /metrics (off the runtime's threads) until `f` holds for a scrape, or 8 s pass.
+async fn scrape_until(
+    addr: &str,
+    f: impl Fn(&prometheus_parse::Scrape) -> bool + Send + 'static,
+) -> prometheus_parse::Scrape {
+    let addr = addr.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            let s = scrape(&addr);
+            if f(&s) || Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// pgsidecar_cancels_total counts both kinds of cancel request that take effect: one
+/// forwarded to the server running the query (the usual kind) and one that takes a waiting
+/// client out of the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_of_running_and_waiting_queries_are_counted() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("cancels");
+    let sc = Sidecar::start(&db, &[("PGSIDECAR_POOL_SIZE", "1")]);
+    let connect = || async {
+        let (c, conn) = tokio_postgres::connect(&sc.conn_str(&db), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c
+    };
+    let (running, waiting) = (connect().await, connect().await);
+    let (cancel_running, cancel_waiting) = (running.cancel_token(), waiting.cancel_token());
+    let sleeper = tokio::spawn(async move { running.simple_query("select pg_sleep(20)").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let queued = tokio::spawn(async move { waiting.simple_query("select 1").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel_waiting.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), queued).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(common::code(&e), "57014", "the waiting client left the queue: {e}");
+    cancel_running.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), sleeper).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(common::code(&e), "57014", "the running query was cancelled: {e}");
+
+    let db2 = db.clone();
+    let scraped =
+        scrape_until(&sc.metrics, move |s| gauge(s, "pgsidecar_cancels_total", &db2).unwrap_or(0.0) >= 2.0)
+            .await;
+    assert_eq!(gauge(&scraped, "pgsidecar_cancels_total", &db), Some(2.0));
+    sc.stop();
+}

@@ -30,12 +30,22 @@ fn labels(database: &str, user: &str) -> Vec<Label> {
     vec![Label::new("database", database.to_owned()), Label::new("user", user.to_owned())]
 }
 
-/// Pools whose latency histograms /metrics shows, from their creation on.
-static HISTOGRAM_POOLS: Mutex<Vec<Weak<crate::proxy::Upstream>>> = Mutex::new(Vec::new());
+/// The pools of this process, from their creation on: /metrics shows their latency
+/// histograms, and a forwarded cancel request finds its pool's counters here.
+static POOLS: Mutex<Vec<Weak<crate::proxy::Upstream>>> = Mutex::new(Vec::new());
 
 /// Makes a pool's latency histograms part of /metrics while it exists.
 pub fn register_histograms(upstream: &Arc<crate::proxy::Upstream>) {
-    HISTOGRAM_POOLS.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(upstream));
+    POOLS.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(upstream));
+}
+
+/// Counts a cancel request forwarded to a server of `target` in `pgsidecar_cancels_total` of
+/// the pool that owns the target (the cancel registry knows the server, not the pool).
+pub fn cancel_forwarded(target: &Arc<crate::server::conn::Target>) {
+    let pools = POOLS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(up) = pools.iter().filter_map(Weak::upgrade).find(|u| Arc::ptr_eq(&u.pool.target, target)) {
+        up.counters.cancels.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The whole /metrics text: the exporter's counters and gauges, then the latency histograms.
@@ -45,7 +55,7 @@ pub fn render() -> String {
         out.push('\n');
     }
     let pools: Vec<Arc<crate::proxy::Upstream>> = {
-        let mut reg = HISTOGRAM_POOLS.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reg = POOLS.lock().unwrap_or_else(|p| p.into_inner());
         reg.retain(|w| w.strong_count() > 0);
         reg.iter().filter_map(Weak::upgrade).collect()
     };

@@ -120,7 +120,11 @@ pub struct Counters {
     pub query_us: AtomicU64,
     pub xact_us: AtomicU64,
     pub slow_queries: AtomicU64,
+    /// Cancel requests that took effect: forwarded to the server running the client's query
+    /// (counted by the cancel registry), or taking a waiting client out of the queue (counted
+    /// by the session).
     pub cancels: AtomicU64,
+
     pub errors: [AtomicU64; 4],
     pub query_time: Histogram,
     pub xact_time: Histogram,
