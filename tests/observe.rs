@@ -221,6 +221,13 @@ async fn slow_query_line_has_no_literals_or_bind_values() {
     assert!(values.contains_key("measure#pgsidecar.checkout.wait.p99"), "{l2met}");
 }
 
+/// User + system CPU seconds of a process, from /proc (100 ticks a second on Linux).
+fn cpu_seconds_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
+}
+
 /// Polls /metrics (off the runtime's threads) until `f` holds for a scrape, or 8 s pass.
 async fn scrape_until(
     addr: &str,
@@ -272,5 +279,44 @@ async fn cancels_of_running_and_waiting_queries_are_counted() {
         scrape_until(&sc.metrics, move |s| gauge(s, "pgsidecar_cancels_total", &db2).unwrap_or(0.0) >= 2.0)
             .await;
     assert_eq!(gauge(&scraped, "pgsidecar_cancels_total", &db), Some(2.0));
+    sc.stop();
+}
+
+/// The process' figures are read at scrape time: CPU seconds as /proc has them between two
+/// readings around a scrape, not whole seconds (the sidecar has used well under a second),
+/// and resident memory as the kernel counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_cpu_seconds_are_fractional_and_memory_is_the_kernels_count() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("process");
+    let sc = Sidecar::start(&db, &[]);
+    let (c, conn) = tokio_postgres::connect(&sc.conn_str(&db), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    for i in 0..20 {
+        c.simple_query(&format!("select {i}")).await.unwrap();
+    }
+    let pid = sc.child.id();
+    let before = cpu_seconds_of(pid);
+    let scraped = scrape(&sc.metrics);
+    let after = cpu_seconds_of(pid);
+    let sample = |name: &str| {
+        scraped.samples.iter().find(|s| s.metric == name).map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name}: {:?}", s.value),
+        })
+    };
+    let cpu = sample("pgsidecar_process_cpu_seconds_total").expect("cpu seconds");
+    assert!(before > 0.0 && before <= cpu && cpu <= after, "{before} <= {cpu} <= {after}");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let rss = sample("pgsidecar_process_resident_memory_bytes").expect("resident memory");
+    assert!((rss / (rss_kb * 1024.0) - 1.0).abs() < 0.2, "{rss} bytes against VmRSS {rss_kb} kB");
+    assert!(sample("pgsidecar_process_open_fds").expect("open fds") > 3.0);
     sc.stop();
 }

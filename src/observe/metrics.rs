@@ -48,12 +48,14 @@ pub fn cancel_forwarded(target: &Arc<crate::server::conn::Target>) {
     }
 }
 
-/// The whole /metrics text: the exporter's counters and gauges, then the latency histograms.
+/// The whole /metrics text: the exporter's counters and gauges, then the process' own
+/// figures and the latency histograms.
 pub fn render() -> String {
     let mut out = handle().render();
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
+    render_process(&mut out);
     let pools: Vec<Arc<crate::proxy::Upstream>> = {
         let mut reg = POOLS.lock().unwrap_or_else(|p| p.into_inner());
         reg.retain(|w| w.strong_count() > 0);
@@ -212,43 +214,47 @@ impl PoolGauges {
     }
 }
 
-/// The process' own resident memory, CPU seconds and open file descriptors (Linux /proc).
-struct ProcessGauges {
-    rss: Gauge,
-    cpu: Counter,
-    fds: Gauge,
+/// Clock ticks per second of /proc's CPU times (`sysconf(_SC_CLK_TCK)`, USER_HZ). The kernel
+/// reports 100 on every architecture pgsidecar is built for; nix offers `sysconf` only with a
+/// feature this crate does not enable, and the lints forbid calling libc directly.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+/// The process' own figures, read from Linux /proc at scrape time: resident memory (VmRSS, in
+/// kB, so the page size does not matter), CPU seconds (user + system, fractional) and open file
+/// descriptors. A metrics counter holds whole numbers only, so these are rendered here.
+fn render_process(out: &mut String) {
+    use std::fmt::Write;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(kb) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    {
+        let _ = writeln!(out, "# TYPE pgsidecar_process_resident_memory_bytes gauge");
+        let _ = writeln!(out, "pgsidecar_process_resident_memory_bytes {}\n", kb * 1024);
+    }
+    if let Some(seconds) = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| cpu_seconds(&s)) {
+        let _ = writeln!(out, "# TYPE pgsidecar_process_cpu_seconds_total counter");
+        let _ = writeln!(out, "pgsidecar_process_cpu_seconds_total {seconds}\n");
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let _ = writeln!(out, "# TYPE pgsidecar_process_open_fds gauge");
+        let _ = writeln!(out, "pgsidecar_process_open_fds {}\n", dir.count());
+    }
 }
 
-impl ProcessGauges {
-    fn update(&self) {
-        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-            if let Some(pages) = statm.split_whitespace().nth(1).and_then(|p| p.parse::<f64>().ok()) {
-                self.rss.set(pages * 4096.0);
-            }
-        }
-        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-            // Fields after the parenthesised command name; utime and stime are 14th and 15th.
-            let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-            let f: Vec<&str> = after.split_whitespace().collect();
-            if let (Some(u), Some(s)) = (f.get(11), f.get(12)) {
-                let ticks = u.parse::<u64>().unwrap_or(0) + s.parse::<u64>().unwrap_or(0);
-                self.cpu.absolute(ticks / 100);
-            }
-        }
-        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-            self.fds.set(dir.count() as f64);
-        }
-    }
+/// User + system CPU seconds from the text of /proc/self/stat.
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let after = stat.rsplit_once(')')?.1;
+    let mut f = after.split_whitespace().skip(11);
+    let ticks = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
+    Some(ticks as f64 / CLOCK_TICKS_PER_SECOND)
 }
 
 /// Copies pool state into the exporter every second, until the proxy is gone.
 pub async fn sample(proxy: Weak<Proxy>) {
     let exporter = handle();
-    let process = ProcessGauges {
-        rss: metrics::gauge!("pgsidecar_process_resident_memory_bytes"),
-        cpu: metrics::counter!("pgsidecar_process_cpu_seconds_total"),
-        fds: metrics::gauge!("pgsidecar_process_open_fds"),
-    };
     let pools: Vec<(Arc<crate::proxy::Upstream>, PoolGauges)> = match proxy.upgrade() {
         Some(p) => p
             .upstreams()
@@ -267,7 +273,6 @@ pub async fn sample(proxy: Weak<Proxy>) {
             g.update(&u.pool.stats(), &u.counters);
             g.update_budget(&u.budget);
         }
-        process.update();
         exporter.run_upkeep();
         tick.tick().await;
     }
@@ -298,5 +303,15 @@ pub async fn serve(listener: tokio::net::TcpListener) {
             let _ = sock.write_all(body.as_bytes()).await;
             let _ = sock.shutdown().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_seconds_are_fractional_and_survive_odd_command_names() {
+        let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 500 0 0 0 37 5 0 0 20 0 3 0 100 0 0";
+        assert_eq!(super::cpu_seconds(stat), Some(0.42));
+        assert_eq!(super::cpu_seconds("4242 (x) S 1"), None);
     }
 }
