@@ -320,3 +320,82 @@ async fn process_cpu_seconds_are_fractional_and_memory_is_the_kernels_count() {
     assert!(sample("pgsidecar_process_open_fds").expect("open fds") > 3.0);
     sc.stop();
 }
+/// Waits that end at PGSIDECAR_QUERY_WAIT_TIMEOUT are part of the l2met p99, SHOW STATS and
+/// Prometheus alike, once per client wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_waits_count_in_the_log_show_stats_and_prometheus_alike() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("waitviews");
+    let sc = Sidecar::start(
+        &db,
+        &[
+            ("PGSIDECAR_POOL_SIZE", "1"),
+            ("PGSIDECAR_QUERY_WAIT_TIMEOUT", "500ms"),
+            ("PGSIDECAR_STATS_PERIOD", "1"),
+        ],
+    );
+    let connect = || async {
+        let (c, conn) = tokio_postgres::connect(&sc.conn_str(&db), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c
+    };
+    let holder = connect().await;
+    let others = [connect().await, connect().await, connect().await];
+    let held = tokio::spawn(async move { holder.simple_query("select pg_sleep(2)").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waits: Vec<_> =
+        others.into_iter().map(|c| tokio::spawn(async move { c.simple_query("select 1").await })).collect();
+    for w in waits {
+        let e = w.await.unwrap().expect_err("the wait times out");
+        assert_eq!(common::code(&e), "53300", "{e}");
+    }
+    held.await.unwrap().unwrap();
+    // The period with the timed-out waits shows them in its p99.
+    let line = sc.wait_for_line(
+        |l| {
+            l.contains("event=pool_stats")
+                && l.split(' ')
+                    .find_map(|kv| kv.strip_prefix("measure#pgsidecar.checkout.wait.p99="))
+                    .and_then(|v| v.trim_end_matches("ms").parse::<f64>().ok())
+                    .is_some_and(|ms| ms >= 500.0)
+        },
+        Duration::from_secs(5),
+    );
+    assert!(line.contains("count#pgsidecar.pooler_errors=3"), "{line}");
+    // SHOW STATS: the same total as Prometheus' histogram.
+    let (admin, conn) =
+        tokio_postgres::connect(&sc.conn_str("pgbouncer"), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let stats = |msgs: Vec<tokio_postgres::SimpleQueryMessage>, column: &str| -> i64 {
+        let mut names = Vec::new();
+        for m in msgs {
+            match m {
+                tokio_postgres::SimpleQueryMessage::RowDescription(cols) => {
+                    names = cols.iter().map(|c| c.name().to_owned()).collect()
+                }
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    let i = names.iter().position(|n| n == column).unwrap();
+                    return r.get(i).unwrap().parse().unwrap();
+                }
+                _ => {}
+            }
+        }
+        panic!("no row")
+    };
+    let total = stats(admin.simple_query("SHOW STATS").await.unwrap(), "total_wait_time");
+    assert!(total >= 1_500_000, "total_wait_time {total}");
+    let scraped = scrape(&sc.metrics);
+    let sum = scraped
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "pgsidecar_checkout_wait_seconds_sum" && s.labels.get("database") == Some(db.as_str())
+        })
+        .map(|s| match s.value {
+            prometheus_parse::Value::Untyped(v) | prometheus_parse::Value::Counter(v) => v,
+            ref other => panic!("{other:?}"),
+        });
+    let sum = sum.expect("pgsidecar_checkout_wait_seconds_sum");
+    assert!((sum * 1e6 - total as f64).abs() <= 2.0, "Prometheus {sum} s, SHOW STATS {total} µs");
+    sc.stop();
+}

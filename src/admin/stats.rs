@@ -1,6 +1,7 @@
 //! SHOW STATS: traffic per pool since the proxy started, in PgBouncer's units (bytes and
 //! microseconds). Averages of counts and bytes are per second since the start; averages of
-//! times are per transaction, query or checkout.
+//! times are per transaction, query or client wait. Waits are every client wait, with or
+//! without a server at its end, as in Prometheus.
 
 use super::{Table, Words};
 use crate::proxy::Proxy;
@@ -44,7 +45,7 @@ impl ShowStats {
             let (xacts, queries) = (load(&c.transactions), load(&c.queries));
             let (received, sent) = (load(&c.bytes_from_clients), load(&c.bytes_to_clients));
             let (xact_us, query_us) = (load(&c.xact_us), load(&c.query_us));
-            let waits = up.pool.waits.snapshot();
+            let waits = up.counters.wait_time.snapshot();
             let per = |total: u64, n: u64| total.checked_div(n).unwrap_or(0).to_string();
             t.row(&[
                 up.pool.database.clone(),

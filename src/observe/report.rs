@@ -36,7 +36,8 @@ fn l2met_line(up: &Upstream, r: &mut PoolReport, source: &str) -> String {
     let (queries, transactions) = (c.queries.load(Ordering::Relaxed), c.transactions.load(Ordering::Relaxed));
     let slow = c.slow_queries.load(Ordering::Relaxed);
     let errors: u64 = c.errors.iter().map(|e| e.load(Ordering::Relaxed)).sum();
-    let (waits, qt, xt) = (up.pool.waits.snapshot(), c.query_time.snapshot(), c.xact_time.snapshot());
+    // Every client wait, with or without a server at its end: what Prometheus shows too.
+    let (waits, qt, xt) = (c.wait_time.snapshot(), c.query_time.snapshot(), c.xact_time.snapshot());
     let (dw, dq, dx) = (waits.since(&r.waits), qt.since(&r.query_time), xt.since(&r.xact_time));
     let mut line = String::with_capacity(512);
     let _ = write!(line, "level=info event=pool_stats source={source} database={}", up.pool.database);
@@ -99,14 +100,14 @@ fn saturation(up: &Upstream, r: &mut PoolReport) {
         return;
     }
     let since = *r.waiting_since.get_or_insert_with(|| {
-        r.window_waits = up.pool.waits.snapshot();
+        r.window_waits = up.counters.wait_time.snapshot();
         now
     });
     if r.warned || now.duration_since(since) < SATURATED_AFTER {
         return;
     }
     r.warned = true;
-    let p99 = up.pool.waits.snapshot().since(&r.window_waits).quantile(0.99);
+    let p99 = up.counters.wait_time.snapshot().since(&r.window_waits).quantile(0.99);
     let sizing = up.sizing.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let limit = sizing.as_ref().and_then(|z| z.limit).map_or("unknown".to_owned(), |l| l.to_string());
     let top: Vec<String> = up

@@ -128,8 +128,11 @@ pub struct Counters {
     pub errors: [AtomicU64; 4],
     pub query_time: Histogram,
     pub xact_time: Histogram,
-    /// Checkout waits, whether they ended with a server or not.
+    /// Checkout waits, once per client wait, whether it ended with a server, a time-out, a
+    /// cancel or the client leaving: what Prometheus, the l2met lines, the saturation warning
+    /// and SHOW STATS show.
     pub wait_time: Histogram,
+
     statements: Mutex<HashMap<u64, QueryTotals, Prehashed>>,
     /// Raw text hash -> fingerprint, for texts that came with a Parse: drivers send the same
     /// parameterized text again and again, and hashing it raw is cheaper than normalizing it.

@@ -145,8 +145,11 @@ pub struct PoolStats {
 
 pub struct Pool {
     pub database: String,
-    /// How long checkouts waited for a server.
+    /// How long checkouts that got a server waited, once per ticket (a retry after a failed
+    /// check is one more). The demo reads it; the reports, SHOW STATS and Prometheus read
+    /// the upstream's `counters.wait_time`, once per client wait, failed waits included.
     pub waits: crate::observe::histogram::Histogram,
+
     pub target: Arc<Target>,
     cfg: PoolConfig,
     state: Mutex<State>,
