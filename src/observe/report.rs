@@ -3,6 +3,7 @@
 
 use crate::observe::histogram::Snapshot;
 use crate::proxy::{Proxy, Upstream};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -10,7 +11,6 @@ use std::time::{Duration, Instant};
 
 /// Clients waiting continuously this long make a saturation warning.
 const SATURATED_AFTER: Duration = Duration::from_secs(5);
-
 #[derive(Default)]
 struct PoolReport {
     queries: u64,
@@ -23,6 +23,8 @@ struct PoolReport {
     waiting_since: Option<Instant>,
     warned: bool,
     window_waits: Snapshot,
+    /// Calls and total time by statement fingerprint when clients began to wait.
+    window_statements: HashMap<u64, (u64, Duration)>,
 }
 
 fn ms(d: Duration) -> String {
@@ -99,33 +101,31 @@ fn saturation(up: &Upstream, r: &mut PoolReport) {
         r.warned = false;
         return;
     }
-    let since = *r.waiting_since.get_or_insert_with(|| {
-        r.window_waits = up.counters.wait_time.snapshot();
-        now
-    });
+    let since = match r.waiting_since {
+        Some(since) => since,
+        None => {
+            start_window(up, r);
+            *r.waiting_since.insert(now)
+        }
+    };
     if r.warned || now.duration_since(since) < SATURATED_AFTER {
         return;
     }
     r.warned = true;
     let p99 = up.counters.wait_time.snapshot().since(&r.window_waits).quantile(0.99);
-    let sizing = up.sizing.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let limit = sizing.as_ref().and_then(|z| z.limit).map_or("unknown".to_owned(), |l| l.to_string());
-    let top: Vec<String> = up
-        .counters
-        .top_statements(3)
+    let limit = up
+        .sizing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|z| z.limit)
+        .map_or("unknown".to_owned(), |l| l.to_string());
+    let top: Vec<String> = top_in_window(up, r, 3)
         .into_iter()
-        .map(|(fp, t)| {
-            format!("{fp:016x}")
-                + &format!(" ({} calls, {:.0}ms total)", t.calls, t.total.as_secs_f64() * 1000.0)
+        .map(|(fp, calls, total)| {
+            format!("{fp:016x} ({calls} calls, {:.0}ms total)", total.as_secs_f64() * 1000.0)
         })
         .collect();
-    let advice = match sizing.and_then(|z| z.limit.map(|l| (l, z.reserved, z.processes))) {
-        Some((l, reserved, processes)) if (s.max_size as u32) * processes + reserved < l => format!(
-            "raise PGSIDECAR_POOL_SIZE (the database allows {} more connections for {processes} sidecars), or shorten the transactions holding servers",
-            l - reserved - (s.max_size as u32) * processes
-        ),
-        _ => "the pool already uses its share of the database's limit: shorten transactions (see the statements below and SHOW QUERIES), or move to a plan with more connections".to_owned(),
-    };
     tracing::warn!(
         database = %up.pool.database,
         pool_size = s.max_size,
@@ -134,9 +134,75 @@ fn saturation(up: &Upstream, r: &mut PoolReport) {
         wait_p99_ms = p99.as_secs_f64() * 1000.0,
         db_limit = %limit,
         top_statements = %top.join(", "),
-        advice = %advice,
+        advice = %advice(up, s.max_size),
         "pool_saturated"
     );
+}
+
+/// Clients began to wait: what the warning will compare with.
+fn start_window(up: &Upstream, r: &mut PoolReport) {
+    r.window_waits = up.counters.wait_time.snapshot();
+    r.window_statements = up.counters.statement_times();
+}
+
+/// The `n` statements that took the most server time since [`start_window`] (among those that
+/// finished meanwhile), largest first: fingerprint, calls and time in the window.
+fn top_in_window(up: &Upstream, r: &PoolReport, n: usize) -> Vec<(u64, u64, Duration)> {
+    let mut v: Vec<(u64, u64, Duration)> = up
+        .counters
+        .statement_times()
+        .into_iter()
+        .filter_map(|(fp, (calls, total))| {
+            let (calls0, total0) = match r.window_statements.get(&fp) {
+                // Fewer calls than before: forgotten and remembered again meanwhile.
+                Some(&(c, t)) if c <= calls => (c, t),
+                _ => (0, Duration::ZERO),
+            };
+            let took = total.saturating_sub(total0);
+            (calls > calls0).then_some((fp, calls - calls0, took))
+        })
+        .collect();
+    v.sort_by_key(|&(fp, _, took)| (std::cmp::Reverse(took), fp));
+    v.truncate(n);
+    v
+}
+
+/// What to change, worded from what is known of the pool's size: the shared budget's last
+/// round (the live sidecars and their shares), else the startup sizing (the database's limit
+/// and PGSIDECAR_PROCESSES), else nothing of the database's limit.
+fn advice(up: &Upstream, pool_size: usize) -> String {
+    let b = &up.budget;
+    let sidecars = b.sidecars.load(Ordering::Relaxed);
+    if sidecars > 0 {
+        let (budget, share, others) = (
+            b.limit.load(Ordering::Relaxed),
+            b.share.load(Ordering::Relaxed),
+            b.others.load(Ordering::Relaxed),
+        );
+        let known = format!(
+            "{budget} connections after the reserve for {sidecars} sidecars, {others} more held by other clients"
+        );
+        return if (pool_size as u64) < share {
+            format!(
+                "the shared budget lets this sidecar hold {pool_size} of its fair share of {share} ({known}): the other sidecars still hold the rest and give it up as their transactions end, so the pool grows at the next rounds (PGSIDECAR_BUDGET_PERIOD); if the waits go on, shorten the transactions holding servers (see the statements below and SHOW QUERIES)"
+            )
+        } else {
+            format!(
+                "the pool has its fair share of the shared budget, {share} ({known}), and a larger PGSIDECAR_POOL_SIZE would not be used: shorten transactions (see the statements below and SHOW QUERIES), run fewer sidecars, or move to a plan with more connections"
+            )
+        };
+    }
+    let sizing = up.sizing.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match sizing.and_then(|z| z.limit.map(|l| (l, z.reserved, z.processes))) {
+        Some((l, reserved, processes)) if (pool_size as u32) * processes + reserved < l => format!(
+            "raise PGSIDECAR_POOL_SIZE (the database allows {} more connections for {processes} sidecars, as PGSIDECAR_PROCESSES says), or shorten the transactions holding servers",
+            l - reserved - (pool_size as u32) * processes
+        ),
+        Some((l, _, processes)) => format!(
+            "the pool already uses its share of the database's limit ({l} connections for {processes} sidecars, as PGSIDECAR_PROCESSES says): shorten transactions (see the statements below and SHOW QUERIES), or move to a plan with more connections"
+        ),
+        None => "the database's connection limit is not known here (a fixed PGSIDECAR_POOL_SIZE, or the database could not be asked): raise PGSIDECAR_POOL_SIZE if the database has connections to spare, else shorten transactions (see the statements below and SHOW QUERIES)".to_owned(),
+    }
 }
 
 /// Runs the reports until the proxy is gone.
@@ -168,5 +234,76 @@ pub async fn run(proxy: Weak<Proxy>, period: Option<Duration>, source: String) {
         if due {
             last_l2met = Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::sizing::{LimitSource, Sizing};
+    use std::collections::BTreeMap;
+
+    /// A proxy in front of a database that is never contacted.
+    fn proxy() -> Arc<Proxy> {
+        let mut env = BTreeMap::new();
+        env.insert(
+            "DATABASE_URL".to_owned(),
+            "postgres://app:pw@127.0.0.1:1/appdb?sslmode=disable".to_owned(),
+        );
+        Proxy::new(crate::config::Config::load(&BTreeMap::new(), &env).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_warning_names_the_statements_that_ran_while_clients_waited() {
+        let p = proxy();
+        let up = &p.upstreams()[0];
+        let c = &up.counters;
+        c.statement(1, || "all-time top".into(), Duration::from_secs(100), 1);
+        c.statement(2, || "before and during".into(), Duration::from_secs(1), 1);
+        let mut r = PoolReport::default();
+        start_window(up, &mut r);
+        c.statement(2, || unreachable!(), Duration::from_secs(3), 1);
+        c.statement(3, || "during".into(), Duration::from_secs(2), 1);
+        c.statement(3, || unreachable!(), Duration::from_secs(2), 1);
+        let top = top_in_window(up, &r, 3);
+        assert_eq!(top, [(3, 2, Duration::from_secs(4)), (2, 1, Duration::from_secs(3))]);
+    }
+
+    #[test]
+    fn the_advice_follows_what_is_known_of_the_pool_size() {
+        let p = proxy();
+        let up = &p.upstreams()[0];
+        // Sized at startup for one sidecar: 100 connections, 10 reserved.
+        *up.sizing.lock().unwrap() = Some(Sizing {
+            db: None,
+            plan: None,
+            limit: Some(100),
+            source: LimitSource::Database,
+            reserved: 10,
+            processes: 1,
+            pool_size: 90,
+        });
+        let a = advice(up, 30);
+        assert!(a.starts_with("raise PGSIDECAR_POOL_SIZE") && a.contains("60 more"), "{a}");
+        // The shared budget found four sidecars: a larger pool is not the answer.
+        let b = &up.budget;
+        b.limit.store(90, Ordering::Relaxed);
+        b.sidecars.store(4, Ordering::Relaxed);
+        b.share.store(21, Ordering::Relaxed);
+        b.others.store(2, Ordering::Relaxed);
+        let a = advice(up, 21);
+        assert!(
+            !a.contains("raise PGSIDECAR_POOL_SIZE") && a.contains("fair share of the shared budget, 21"),
+            "{a}"
+        );
+        assert!(a.contains("4 sidecars"), "{a}");
+        // Below its share, the peers still hold the rest.
+        let a = advice(up, 12);
+        assert!(!a.contains("raise PGSIDECAR_POOL_SIZE") && a.contains("12 of its fair share of 21"), "{a}");
+        assert!(a.contains("other sidecars still hold the rest"), "{a}");
+        // A fixed pool size: the limit is not known.
+        b.sidecars.store(0, Ordering::Relaxed);
+        *up.sizing.lock().unwrap() = None;
+        assert!(advice(up, 12).contains("not known"));
     }
 }

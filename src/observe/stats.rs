@@ -216,6 +216,13 @@ impl Counters {
         );
     }
 
+    /// Calls and total time of every remembered statement, by fingerprint: subtracted from a
+    /// later reading, what ran in between.
+    pub fn statement_times(&self) -> HashMap<u64, (u64, Duration)> {
+        let map = self.statements.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, t)| (*k, (t.calls, t.total))).collect()
+    }
+
     /// Statements by total time, largest first.
     pub fn top_statements(&self, n: usize) -> Vec<(u64, QueryTotals)> {
         let map = self.statements.lock().unwrap_or_else(|p| p.into_inner());
