@@ -162,16 +162,17 @@ impl Drop for Registration {
 }
 
 impl Registry {
-    /// Issues a key for `slot`. `pid` is fixed in session mode (the server's real process id)
-    /// and random otherwise. A slot has one registration at a time: drop the previous one
-    /// before registering a slot again.
+    /// Issues a key for `slot`. `pid` is the server's real process id in session mode when
+    /// no other client holds it (two upstreams may have backends with the same pid), and
+    /// random otherwise. A slot has one registration at a time: drop the previous one before
+    /// registering a slot again.
     pub fn register(self: &Arc<Self>, fixed_pid: Option<i32>, slot: Arc<CancelSlot>) -> Registration {
         let mut rng = rand::rng();
         let secret: i32 = rng.random();
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let pid = match fixed_pid {
-            Some(pid) => pid,
-            None => loop {
+            Some(pid) if !map.contains_key(&pid) => pid,
+            _ => loop {
                 let pid = rng.random_range(1..i32::MAX);
                 if !map.contains_key(&pid) {
                     break pid;
@@ -273,5 +274,43 @@ mod tests {
     #[test]
     fn a_slot_fits_a_256_byte_chunk() {
         assert!(std::mem::size_of::<super::CancelSlot>() + 16 <= 248);
+    }
+
+    /// Two session-mode clients whose servers (on two upstreams) share a process id: each
+    /// keeps a key of its own, and the first stays registered when the second leaves.
+    #[test]
+    fn a_server_pid_taken_by_another_client_gets_a_key_of_its_own() {
+        use super::{Activity, CancelSlot, ClientInfo, Registry};
+        let slot = || {
+            let info = ClientInfo {
+                user: "app".into(),
+                database: "appdb".into(),
+                peer: "127.0.0.1:40000".parse().unwrap(),
+                connected_at: std::time::SystemTime::now(),
+                tls: false,
+            };
+            CancelSlot::new(info, "web.1")
+        };
+        let registry = std::sync::Arc::new(Registry::default());
+        let a = registry.register(Some(4242), slot());
+        let b = registry.register(Some(4242), slot());
+        assert_eq!(a.pid, 4242);
+        assert_ne!(b.pid, 4242, "the pid is taken: a random one instead");
+        drop(b);
+        let left = registry.snapshot();
+        assert_eq!(left.len(), 1);
+        assert!(left[0].pid == 4242 && std::sync::Arc::ptr_eq(&left[0].info, &a.slot));
+        // A's key still reaches A: a cancel while it waits wakes it.
+        a.slot.set(Activity::Waiting { since: quanta::Instant::now() });
+        let woken = a.slot.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        registry.cancel(4242, a.secret);
+        assert!(futures_poll_ready(woken.as_mut()), "A's cancel reached A");
+    }
+
+    fn futures_poll_ready<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
+        let waker = std::task::Waker::noop();
+        f.poll(&mut std::task::Context::from_waker(waker)).is_ready()
     }
 }
