@@ -4,25 +4,58 @@
 //! Each sidecar keeps one coordination connection whose `application_name` is
 //! `pgsidecar:<id>:<claim>`, where the claim is the most server connections it may hold. The
 //! connection (and so the registration) vanishes when the sidecar or its dyno dies. Every
-//! period, under a transaction-level advisory lock that serializes the sidecars, each one
-//! reads the limit, the other sidecars' claims and the connections nobody claims, computes
-//! its fair share of what is left, and publishes its new claim. A sidecar never claims more
-//! than is free right now: while a newcomer arrives, the others shrink at their next period
-//! (idle servers first, active transactions never cut) and the newcomer grows into the room
-//! they leave, so the sum of the claims stays within the limit.
+//! statement it sends starts with a comment listing the process ids of the sidecar's server
+//! connections, so `pg_stat_activity.query` of a coordination connection tells the other
+//! sidecars which backends are that sidecar's: a server's own `application_name` is its
+//! client's, and says nothing.
+//!
+//! Every period each sidecar reads the limit, every client backend and the other sidecars'
+//! claims, counts as "others" the backends that are neither a coordination connection nor a
+//! listed server of a sidecar (consoles, one-off dynos, other apps), computes its fair share
+//! of what is left, and publishes its new claim. Publishing is a compare-and-set under a
+//! transaction-level advisory lock, inside one statement message: the claim is set only if
+//! the other sidecars' claims are still those the decision was made from, and no lock is
+//! ever held while waiting for the network, so a sidecar that vanishes mid-round holds up
+//! nobody. A sidecar never claims more than is free right now: while a newcomer arrives, the
+//! others shrink at their next period (idle servers first, active transactions never cut) and
+//! the newcomer grows into the room they leave, so the sum of the claims, the coordination
+//! connections and the others, as each round sees them, stays within the limit minus the
+//! reserve (a newcomer's own coordination connection aside until the others' next round: the
+//! reserve absorbs it).
+//!
+//! A server a sidecar opened since its last listing counts as an other for its peers until
+//! its next round: the errors of this count go towards too many others, never too few.
 
-use crate::config::sizing::{self, DbLimits};
+use crate::cancel::Activity;
+use crate::config::sizing;
 use crate::proxy::Upstream;
 use crate::server::conn::ServerConn;
 use crate::server::ServerError;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// Prefix of coordination connections' application_name.
 pub const TAG: &str = "pgsidecar:";
-/// Advisory lock key serializing budget rounds ("pgsc" in ASCII).
+/// Start of the comment listing a sidecar's server process ids, at the head of every
+/// statement of its coordination connection.
+const SERVERS: &str = "/*pgsidecar servers:";
+/// Advisory lock key serializing the sidecars' publishing ("pgsc" in ASCII).
 const LOCK_KEY: i64 = 0x7067_7363;
+/// The longest a round may take (connecting aside, which PGSIDECAR_SERVER_CONNECT_TIMEOUT
+/// bounds); a round past it fails and the last claim stays.
+pub const ROUND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Compare-and-set attempts per round, when peers publish in between.
+const ATTEMPTS: u32 = 4;
+/// The pool size until a round has succeeded: within the smallest default reserve (3), so a
+/// sidecar whose first round failed cannot take what its peers were promised.
+pub const START_SIZE: usize = 2;
+
+/// Settings of the coordination connection: bounded waits, and the backend of a sidecar whose
+/// dyno vanished without a reset (with its registration) gone within about a minute.
+const SESSION_SQL: &str = "SET lock_timeout = '2s'; SET statement_timeout = '4s'; \
+     SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3";
 
 /// What one round saw and decided; exported as metrics and shown in the admin console.
 #[derive(Debug, Default)]
@@ -32,6 +65,45 @@ pub struct BudgetState {
     pub share: AtomicU64,
     pub claim: AtomicU64,
     pub others: AtomicU64,
+    /// Rounds finished, successful or not.
+    pub rounds: AtomicU64,
+    /// Rounds that failed (the last claim stayed).
+    pub failed: AtomicU64,
+    /// The budget task sizes this pool: RELOAD must not.
+    pub running: AtomicBool,
+    /// Asks the task for a round now (RELOAD).
+    pub wake: tokio::sync::Notify,
+    /// Woken at the end of every round.
+    done: tokio::sync::Notify,
+}
+
+impl BudgetState {
+    /// Resolves once a round has finished, successful or not.
+    pub async fn first_round(&self) {
+        loop {
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.rounds.load(Ordering::Acquire) > 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn finished(&self, ok: bool) {
+        if !ok {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.rounds.fetch_add(1, Ordering::Release);
+        self.done.notify_waiters();
+    }
+}
+
+/// The pool size before the first successful round: the static share, at most [`START_SIZE`].
+pub fn start_size(upstream: &Upstream) -> usize {
+    let sizing = upstream.sizing.lock().unwrap_or_else(|p| p.into_inner());
+    sizing.as_ref().map_or(START_SIZE, |s| s.pool_size.min(START_SIZE))
 }
 
 /// Inputs of one round.
@@ -40,7 +112,8 @@ pub struct Round {
     /// Connections the database allows this role (after superuser reservations).
     pub limit: u32,
     pub reserved: u32,
-    /// Claims of the other live sidecars.
+    /// What each other live sidecar may hold: its claim, or the servers it holds if more,
+    /// at most the limit.
     pub peer_claims: Vec<u32>,
     /// Client backends that belong to no sidecar (consoles, one-off dynos, other apps).
     pub others: u32,
@@ -59,10 +132,10 @@ pub struct Decision {
 /// the unclaimed connections; never more than is free given the peers' claims, and never
 /// below what this sidecar holds up to its share (it shrinks by releasing, not by cutting).
 pub fn decide(r: &Round) -> Decision {
-    let sidecars = r.peer_claims.len() as u32 + 1;
+    let sidecars = u32::try_from(r.peer_claims.len()).unwrap_or(u32::MAX).saturating_add(1);
     let budget = r.limit.saturating_sub(r.reserved).saturating_sub(sidecars).saturating_sub(r.others);
     let share = (budget / sidecars).max(1);
-    let peers: u32 = r.peer_claims.iter().sum();
+    let peers = r.peer_claims.iter().fold(0u32, |sum, &c| sum.saturating_add(c));
     let free = budget.saturating_sub(peers);
     // Never more than is free now, even if that is nothing: the peers shrink next round.
     let claim = share.min(free);
@@ -72,66 +145,322 @@ pub fn decide(r: &Round) -> Decision {
 fn parse_tag(app: &str) -> Option<(&str, u32)> {
     let rest = app.strip_prefix(TAG)?;
     let (id, claim) = rest.split_once(':')?;
-    Some((id, claim.parse().ok()?))
+    if claim.is_empty() || !claim.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Digits beyond u32 (a hostile or broken name) claim everything; capped by the caller.
+    Some((id, claim.parse().unwrap_or(u32::MAX)))
 }
 
-const ROUND_SQL: &str = "SELECT pg_catalog.current_setting('max_connections')::int, \
-     pg_catalog.current_setting('superuser_reserved_connections')::int, \
-     (SELECT rolconnlimit FROM pg_catalog.pg_roles WHERE rolname = current_user), \
-     (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend'), \
-     (SELECT coalesce(string_agg(application_name, ','), '') FROM pg_catalog.pg_stat_activity \
-      WHERE backend_type = 'client backend' AND application_name LIKE 'pgsidecar:%' AND pid <> pg_catalog.pg_backend_pid())";
+/// The comment that starts each statement of the coordination connection: the server
+/// process ids, ascending, each as its distance from the previous one in base 36, each
+/// followed by a comma (so a list cut short by `track_activity_query_size` loses only whole
+/// entries).
+fn servers_note(pids: &[i32]) -> String {
+    let mut pids: Vec<i64> = pids.iter().filter(|&&p| p > 0).map(|&p| i64::from(p)).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let mut note = String::with_capacity(SERVERS.len() + 4 * pids.len() + 3);
+    note.push_str(SERVERS);
+    let mut prev = 0;
+    for p in pids {
+        push_base36(&mut note, (p - prev) as u64);
+        note.push(',');
+        prev = p;
+    }
+    note.push_str("*/ ");
+    note
+}
 
-/// One round on the coordination connection; returns the decision. A session-level advisory
-/// lock serializes the sidecars' rounds; it is released at the end, or with the connection if
-/// the sidecar dies mid-round.
+fn push_base36(out: &mut String, mut n: u64) {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut buf = [0u8; 16];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[(n % 36) as usize];
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(buf[i..].iter().map(|&b| b as char));
+}
+
+/// The server process ids a coordination connection's last statement listed; nothing when it
+/// lists none, and only the entries before the first malformed one.
+fn parse_servers(query: &str) -> Vec<i32> {
+    let Some(rest) = query.strip_prefix(SERVERS) else { return Vec::new() };
+    let mut pids = Vec::new();
+    let mut pid: i64 = 0;
+    let mut entries = rest.split(',');
+    // The piece after the last comma is the end of the comment, or an entry cut short.
+    let _ = entries.next_back();
+    for entry in entries {
+        let delta = match u32::from_str_radix(entry, 36) {
+            Ok(d) if !entry.starts_with('+') => i64::from(d),
+            _ => break,
+        };
+        pid += delta;
+        match i32::try_from(pid) {
+            Ok(p) if p > 0 => pids.push(p),
+            _ => break,
+        }
+    }
+    pids
+}
+
+/// One client backend as the round sees it in `pg_stat_activity`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub pid: i32,
+    pub application_name: Option<String>,
+    /// `backend_start`, in microseconds.
+    pub started: Option<i64>,
+    /// `query`, for coordination connections only.
+    pub query: Option<String>,
+    /// `query_start`, in microseconds.
+    pub query_started: Option<i64>,
+}
+
+/// Who holds the client backends (this sidecar's coordination connection excluded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Per other sidecar: the larger of its claim and the servers it listed that are still
+    /// its own, at most `limit`.
+    pub peer_claims: Vec<u32>,
+    /// Backends that are neither a coordination connection nor a server of a sidecar.
+    pub others: u32,
+    /// Backends found by pid as this sidecar's servers.
+    pub mine: u32,
+}
+
+/// Sorts the backends: coordination connections (by their tag), the `held` servers of this
+/// sidecar's pool (found by pid in `mine`, or not), servers a peer listed (if the backend
+/// started before the peer's listing), and the rest, the others. A server a peer opened after its last listing counts as an other until
+/// its next round: too many others, never too few.
+pub fn tally(backends: &[Backend], mine: &[i32], held: u32, limit: u32) -> Tally {
+    struct Peer {
+        claim: u32,
+        listed_at: Option<i64>,
+        held: u32,
+    }
+    let mut peers: Vec<Peer> = Vec::new();
+    let mut coordination: HashSet<i32> = HashSet::new();
+    let mut owner: HashMap<i32, usize> = mine.iter().filter(|&&p| p > 0).map(|&p| (p, usize::MAX)).collect();
+    for b in backends {
+        let Some((_, claim)) = b.application_name.as_deref().and_then(parse_tag) else { continue };
+        if !coordination.insert(b.pid) {
+            continue;
+        }
+        let index = peers.len();
+        peers.push(Peer { claim, listed_at: b.query_started, held: 0 });
+        for pid in parse_servers(b.query.as_deref().unwrap_or("")) {
+            owner.entry(pid).or_insert(index);
+        }
+    }
+    let (mut others, mut own) = (0u32, 0u32);
+    for b in backends {
+        if coordination.contains(&b.pid) {
+            continue;
+        }
+        match owner.get(&b.pid) {
+            Some(&usize::MAX) => own = own.saturating_add(1),
+            Some(&i) if matches!((b.started, peers[i].listed_at), (Some(s), Some(l)) if s <= l) => {
+                peers[i].held = peers[i].held.saturating_add(1);
+            }
+            _ => others = others.saturating_add(1),
+        }
+    }
+    let peer_claims = peers.iter().map(|p| p.claim.max(p.held).min(limit)).collect();
+    // This sidecar holds `held` servers: those not found by pid (between two clients, say)
+    // were counted above, and backends found by pid beyond `held` are closing, yet still there.
+    let others = others.saturating_add(own).saturating_sub(held);
+    Tally { peer_claims, others, mine: own }
+}
+
+/// This sidecar's servers it has seen (process id and `backend_start`), kept while the same
+/// backend lives: a server seen once is listed in every later round, even when it is between
+/// two clients (neither idle nor held by one) at the instant of a round, as busy servers often
+/// are. Returns the list to publish.
+fn remember(known: &mut HashMap<i32, i64>, seen: &[i32], backends: &[Backend]) -> Vec<i32> {
+    let alive: HashMap<i32, i64> = backends.iter().filter_map(|b| Some((b.pid, b.started?))).collect();
+    known.retain(|pid, started| alive.get(pid) == Some(started));
+    for pid in seen {
+        if let Some(&started) = alive.get(pid) {
+            known.insert(*pid, started);
+        }
+    }
+    let mut pids: Vec<i32> = known.keys().copied().chain(seen.iter().copied()).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// The fingerprint of the other sidecars' tags; publishing compares it under the lock.
+const FINGERPRINT_SQL: &str = "SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.textsend(\
+     coalesce(pg_catalog.string_agg(pid || '=' || application_name, ',' ORDER BY pid), ''))), 'hex') \
+     FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend' \
+     AND application_name LIKE 'pgsidecar:%' AND pid <> pg_catalog.pg_backend_pid()";
+
+/// The limits and the fingerprint (one row), then every other client backend (one row each).
+fn read_sql() -> String {
+    format!(
+        "SELECT pg_catalog.current_setting('max_connections')::int, \
+         pg_catalog.current_setting('superuser_reserved_connections')::int, \
+         (SELECT rolconnlimit FROM pg_catalog.pg_roles WHERE rolname = current_user), ({FINGERPRINT_SQL}); \
+         SELECT pid, application_name, (extract(epoch FROM backend_start) * 1000000)::int8, \
+         CASE WHEN application_name LIKE 'pgsidecar:%' THEN query END, \
+         (extract(epoch FROM query_start) * 1000000)::int8 \
+         FROM pg_catalog.pg_stat_activity \
+         WHERE backend_type = 'client backend' AND pid <> pg_catalog.pg_backend_pid()"
+    )
+}
+
+/// Sets `name` as application_name if the other sidecars' tags still have `fingerprint`,
+/// under the lock; the row says whether it did.
+fn publish_sql(fingerprint: &str, name: &str) -> String {
+    format!(
+        "SELECT pg_catalog.pg_advisory_xact_lock({LOCK_KEY}); \
+         SELECT s.same, pg_catalog.set_config('application_name', \
+         CASE WHEN s.same THEN '{name}' ELSE pg_catalog.current_setting('application_name') END, false) \
+         FROM (SELECT ({FINGERPRINT_SQL}) = '{fingerprint}' AS same) s"
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("other sidecars published their claims during each of {ATTEMPTS} attempts")]
+    Contended,
+    #[error("the round took longer than {ROUND_TIMEOUT:?}")]
+    Timeout,
+}
+
+impl RoundError {
+    /// Whether the coordination connection is still in a known state.
+    fn keeps_connection(&self) -> bool {
+        matches!(self, RoundError::Contended | RoundError::Server(ServerError::Postgres { .. }))
+    }
+}
+
+fn bad(what: &str) -> ServerError {
+    ServerError::Protocol(format!("unexpected budget answer: {what}"))
+}
+
+fn num(row: &[Option<String>], i: usize) -> Option<i64> {
+    row.get(i)?.as_deref()?.parse().ok()
+}
+
+/// One round on the coordination connection: read, decide, publish if no peer published in
+/// between (else again, up to [`ATTEMPTS`] times). `seen` are server pids of this sidecar
+/// found just now, `known` those of earlier rounds; `held` the servers its pool holds (open
+/// ones, not those still connecting), `open` with those connecting.
 async fn round(
     conn: &mut ServerConn,
     id: &str,
-    open: u32,
+    seen: &[i32],
+    known: &mut HashMap<i32, i64>,
+    (held, open): (u32, u32),
     reserved: Option<u32>,
-) -> Result<(Decision, Round), ServerError> {
+) -> Result<(Decision, Round), RoundError> {
+    let mut listed: Vec<i32> = known.keys().copied().chain(seen.iter().copied()).collect();
     let mut reported = Vec::new();
-    conn.exec(&format!("SELECT pg_catalog.pg_advisory_lock({LOCK_KEY})"), &mut reported).await?;
-    let result = round_locked(conn, id, open, reserved).await;
-    let unlocked =
-        conn.exec(&format!("SELECT pg_catalog.pg_advisory_unlock({LOCK_KEY})"), &mut reported).await;
-    let r = result?;
-    unlocked?;
-    Ok(r)
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(rand::random_range(5..50))).await;
+        }
+        let rows = conn.exec(&format!("{}{}", servers_note(&listed), read_sql()), &mut reported).await?;
+        let (first, backends) = rows.split_first().ok_or_else(|| bad("no rows"))?;
+        let max_connections =
+            num(first, 0).and_then(|n| u32::try_from(n).ok()).ok_or_else(|| bad("limit"))?;
+        let superuser_reserved =
+            num(first, 1).and_then(|n| u32::try_from(n).ok()).ok_or_else(|| bad("reserved"))?;
+        let role_limit = num(first, 2).and_then(|n| u32::try_from(n).ok());
+        let fingerprint = first.get(3).cloned().flatten().ok_or_else(|| bad("fingerprint"))?;
+        if fingerprint.is_empty() || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad("fingerprint").into());
+        }
+        let backends: Vec<Backend> = backends
+            .iter()
+            .filter_map(|row| {
+                Some(Backend {
+                    pid: i32::try_from(num(row, 0)?).ok()?,
+                    application_name: row.get(1).cloned().flatten(),
+                    started: num(row, 2),
+                    query: row.get(3).cloned().flatten(),
+                    query_started: num(row, 4),
+                })
+            })
+            .collect();
+        listed = remember(known, seen, &backends);
+        let usable = max_connections.saturating_sub(superuser_reserved);
+        let limit = role_limit.map_or(usable, |r| r.min(usable));
+        let reserved = reserved.unwrap_or_else(|| sizing::default_reserve(limit));
+        let t = tally(&backends, &listed, held, limit);
+        let r = Round { limit, reserved, peer_claims: t.peer_claims, others: t.others, open };
+        let d = decide(&r);
+        // Servers above a shrinking claim close only as they are released: claim them until then.
+        let name = format!("{TAG}{id}:{}", d.claim.max(open));
+        let publish = format!("{}{}", servers_note(&listed), publish_sql(&fingerprint, &name));
+        let rows = conn.exec(&publish, &mut reported).await?;
+        match rows.last().and_then(|r| r.first().cloned().flatten()).as_deref() {
+            Some("t") => return Ok((d, r)),
+            Some("f") => continue,
+            _ => return Err(bad("publish").into()),
+        }
+    }
+    Err(RoundError::Contended)
 }
 
-async fn round_locked(
-    conn: &mut ServerConn,
+/// This sidecar's server pids for `upstream`: idle ones from the pool, active ones from the
+/// clients holding them. A server on its way between two clients is missed: [`remember`]
+/// keeps it listed once it has been seen.
+fn own_servers(upstream: &Upstream, proxy: &crate::proxy::Proxy) -> Vec<i32> {
+    let mut pids: Vec<i32> = upstream.pool.idle_servers().iter().map(|s| s.pid).collect();
+    for c in proxy.cancels.snapshot() {
+        if let Activity::Active { target, server, .. } = &c.activity {
+            if Arc::ptr_eq(target, &upstream.pool.target) {
+                pids.push(server.pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Connects (and sets up) the coordination connection if it is not open, then runs a round.
+async fn connect_and_round(
+    upstream: &Upstream,
+    proxy: &crate::proxy::Proxy,
+    conn: &mut Option<ServerConn>,
+    sampled: &mut HashSet<i32>,
+    known: &mut HashMap<i32, i64>,
     id: &str,
-    open: u32,
     reserved: Option<u32>,
-) -> Result<(Decision, Round), ServerError> {
-    let mut reported = Vec::new();
-    let rows = conn.exec(ROUND_SQL, &mut reported).await?;
-    let row = rows.first().ok_or_else(|| ServerError::Protocol("empty budget answer".into()))?;
-    let limits =
-        sizing::parse_limits(row).ok_or_else(|| ServerError::Protocol("bad budget answer".into()))?;
-    let tags = row.get(4).cloned().flatten().unwrap_or_default();
-    let peer_claims: Vec<u32> = tags.split(',').filter_map(parse_tag).map(|(_, c)| c).collect();
-    let DbLimits { max_connections, superuser_reserved, role_limit, in_use } = limits;
-    let usable = max_connections.saturating_sub(superuser_reserved);
-    let limit = role_limit.map_or(usable, |r| r.min(usable));
-    let reserved = reserved.unwrap_or_else(|| sizing::default_reserve(limit));
-    let sidecar_backends = peer_claims.len() as u32 + 1;
-    let claimed: u32 = peer_claims.iter().sum::<u32>() + open;
-    // Client backends beyond the sidecars' coordination connections and claimed servers.
-    let others = in_use.saturating_sub(sidecar_backends).saturating_sub(claimed);
-    let r = Round { limit, reserved, peer_claims, others, open };
-    let d = decide(&r);
-    // Servers above a shrinking claim close only as they are released: claim them until then.
-    let publish =
-        format!("SELECT pg_catalog.set_config('application_name', '{TAG}{id}:{}', false)", d.claim.max(open));
-    conn.exec(&publish, &mut reported).await?;
-    Ok((d, r))
+) -> Result<(Decision, Round), RoundError> {
+    let c = match conn {
+        Some(c) => c,
+        None => {
+            let mut c = ServerConn::connect(&upstream.pool.target).await?;
+            tokio::time::timeout(ROUND_TIMEOUT, c.exec(SESSION_SQL, &mut Vec::new()))
+                .await
+                .map_err(|_| RoundError::Timeout)??;
+            conn.insert(c)
+        }
+    };
+    sampled.extend(own_servers(upstream, proxy));
+    let seen: Vec<i32> = sampled.drain().collect();
+    let s = upstream.pool.stats();
+    let held = u32::try_from(s.active + s.idle).unwrap_or(u32::MAX);
+    let open = held.saturating_add(u32::try_from(s.connecting).unwrap_or(u32::MAX));
+    tokio::time::timeout(ROUND_TIMEOUT, round(c, id, &seen, known, (held, open), reserved))
+        .await
+        .map_err(|_| RoundError::Timeout)?
 }
 
-/// Runs budget rounds for one upstream every `period` until the proxy is gone.
+/// Runs budget rounds for one upstream every `period` (and when RELOAD asks) until the proxy
+/// is gone. A failed round keeps the last claim.
 pub async fn run(
     upstream: Arc<Upstream>,
     proxy: Weak<crate::proxy::Proxy>,
@@ -141,27 +470,29 @@ pub async fn run(
     let id = format!("{:08x}", rand::random::<u32>());
     let state = &upstream.budget;
     let mut conn: Option<ServerConn> = None;
-    let mut last = Decision { share: 0, claim: 0 };
+    let (mut sampled, mut known) = (HashSet::new(), HashMap::new());
+    let mut last: Option<Decision> = None;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Between rounds, this sidecar's servers are looked for now and then: a busy one is often
+    // between two clients at any one instant, and a server never seen is listed for no peer.
+    let mut sample = tokio::time::interval((period / 20).max(Duration::from_millis(25)));
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        tick.tick().await;
-        if proxy.strong_count() == 0 {
-            return;
-        }
-        if conn.is_none() {
-            match ServerConn::connect(&upstream.pool.target).await {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    tracing::warn!(database = %upstream.pool.database, error = %e, "budget_connect_failed");
-                    continue;
-                }
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.wake.notified() => {}
+            _ = sample.tick() => {
+                let Some(p) = proxy.upgrade() else { return };
+                sampled.extend(own_servers(&upstream, &p));
+                continue;
             }
         }
-        let Some(c) = conn.as_mut() else { continue };
-        let s = upstream.pool.stats();
-        let open = (s.active + s.idle + s.connecting) as u32;
-        match round(c, &id, open, reserved).await {
+        let Some(p) = proxy.upgrade() else { return };
+        let outcome =
+            connect_and_round(&upstream, &p, &mut conn, &mut sampled, &mut known, &id, reserved).await;
+        drop(p);
+        match outcome {
             Ok((d, r)) => {
                 upstream.pool.set_max_size(d.claim as usize);
                 state.limit.store(u64::from(r.limit.saturating_sub(r.reserved)), Ordering::Relaxed);
@@ -169,7 +500,7 @@ pub async fn run(
                 state.share.store(u64::from(d.share), Ordering::Relaxed);
                 state.claim.store(u64::from(d.claim), Ordering::Relaxed);
                 state.others.store(u64::from(r.others), Ordering::Relaxed);
-                if d != last {
+                if last != Some(d) {
                     tracing::info!(
                         database = %upstream.pool.database,
                         budget = r.limit.saturating_sub(r.reserved),
@@ -177,15 +508,24 @@ pub async fn run(
                         others = r.others,
                         share = d.share,
                         pool_size = d.claim,
-                        open,
+                        open = r.open,
                         "budget_changed"
                     );
-                    last = d;
+                    last = Some(d);
                 }
+                state.finished(true);
             }
             Err(e) => {
-                tracing::warn!(database = %upstream.pool.database, error = %e, "budget_round_failed");
-                conn = None;
+                tracing::warn!(
+                    database = %upstream.pool.database,
+                    error = %e,
+                    pool_size = upstream.pool.stats().max_size,
+                    "budget_round_failed"
+                );
+                if !e.keeps_connection() {
+                    conn = None;
+                }
+                state.finished(false);
             }
         }
     }
@@ -228,5 +568,141 @@ mod tests {
         assert_eq!(parse_tag("pgsidecar:ab12cd34:7"), Some(("ab12cd34", 7)));
         assert_eq!(parse_tag("psql"), None);
         assert_eq!(parse_tag("pgsidecar:x:notanumber"), None);
+    }
+
+    #[test]
+    fn huge_claims_neither_panic_nor_wrap() {
+        // Any session may name itself so: the sum must saturate, not overflow.
+        let d = round(37, &[u32::MAX, u32::MAX, 5], 0, 0);
+        assert_eq!(d.claim, 0);
+        let d = round(37, &[u32::MAX, 1], 0, 3);
+        assert_eq!(d, Decision { share: 10, claim: 3 }, "what it holds, up to its share, and no more");
+        assert_eq!(parse_tag("pgsidecar:x:4294967295"), Some(("x", u32::MAX)));
+        assert_eq!(parse_tag("pgsidecar:x:99999999999999999999999"), Some(("x", u32::MAX)));
+        for bad in ["pgsidecar:x:", "pgsidecar:x:-1", "pgsidecar:x:+3", "pgsidecar:x: 3", "pgsidecar:x"] {
+            assert_eq!(parse_tag(bad), None, "{bad}");
+        }
+    }
+
+    fn coordination(pid: i32, claim: &str, servers: &[i32], at: i64) -> Backend {
+        Backend {
+            pid,
+            application_name: Some(format!("{TAG}{pid:x}:{claim}")),
+            started: Some(0),
+            query: Some(format!("{}SELECT 1", servers_note(servers))),
+            query_started: Some(at),
+        }
+    }
+
+    fn plain(pid: i32, app: &str, started: i64) -> Backend {
+        Backend { pid, application_name: Some(app.into()), started: Some(started), ..Default::default() }
+    }
+
+    #[test]
+    fn hostile_names_are_capped_at_the_limit() {
+        let backends = vec![
+            plain(10, "pgsidecar:a:4294967295", 1),
+            plain(11, "pgsidecar:b:99999999999999", 1),
+            plain(12, "pgsidecar:c:-5", 1),
+            plain(13, "pgsidecar:", 1),
+            Backend {
+                pid: 14,
+                application_name: Some("pgsidecar:d:3".into()),
+                query: Some("/*pgsidecar servers:zzzzzzzzzzzzzzz,1,*/".into()),
+                ..Default::default()
+            },
+        ];
+        let t = tally(&backends, &[], 0, 37);
+        assert_eq!(t.peer_claims, vec![37, 37, 3]);
+        assert_eq!(t.others, 2, "malformed tags are ordinary connections");
+        let d =
+            decide(&Round { limit: 37, reserved: 4, peer_claims: t.peer_claims, others: t.others, open: 0 });
+        assert_eq!(d.claim, 0);
+    }
+
+    #[test]
+    fn server_lists_round_trip_and_survive_truncation() {
+        let pids = [4_194_304, 17, 18, 950, 17, 0, -3, 2_000_000];
+        let note = servers_note(&pids);
+        assert!(note.starts_with(SERVERS) && note.ends_with("*/ "), "{note}");
+        assert_eq!(parse_servers(&format!("{note}SELECT 1")), vec![17, 18, 950, 2_000_000, 4_194_304]);
+        // track_activity_query_size cuts the text anywhere: only whole entries count.
+        for cut in SERVERS.len()..note.len() {
+            let seen = parse_servers(&note[..cut]);
+            assert!([17, 18, 950, 2_000_000, 4_194_304].starts_with(&seen), "{cut}: {seen:?}");
+        }
+        assert_eq!(parse_servers("SELECT 1 /*pgsidecar servers:1,*/"), Vec::<i32>::new());
+        assert_eq!(parse_servers("/*pgsidecar servers:"), Vec::<i32>::new());
+        assert_eq!(parse_servers("/*pgsidecar servers:zzzzzz,1,"), Vec::<i32>::new(), "past i32");
+        assert_eq!(parse_servers("/*pgsidecar servers:zik0zj,zik0zj,"), vec![i32::MAX]);
+        assert_eq!(parse_servers("/*pgsidecar servers:5,-1,6,"), vec![5]);
+    }
+
+    /// The review's example: usable 37, reserve 4, two idle sidecars and 20 console
+    /// connections. Each sidecar's rounds must count the consoles as others however much the
+    /// other claims, so that a burst to both claims fits: claims + 2 + 20 <= 33.
+    #[test]
+    fn unused_claims_do_not_hide_other_connections() {
+        let consoles: Vec<Backend> = (100..120).map(|pid| plain(pid, "psql", 5)).collect();
+        let mut claims = [0u32, 0];
+        for _ in 0..6 {
+            for me in 0..2 {
+                let peer = 1 - me;
+                let mut backends = consoles.clone();
+                // The peer's coordination connection; it holds no server (idle).
+                backends.push(coordination(1 + peer as i32, &claims[peer].to_string(), &[], 10));
+                let t = tally(&backends, &[], 0, 37);
+                assert_eq!(t.others, 20);
+                let d = decide(&Round {
+                    limit: 37,
+                    reserved: 4,
+                    peer_claims: t.peer_claims,
+                    others: t.others,
+                    open: 0,
+                });
+                claims[me] = d.claim;
+            }
+        }
+        assert!(claims[0] + claims[1] + 2 + 20 <= 33, "{claims:?}");
+        assert_eq!(claims, [5, 5], "(33 - 2 - 20) / 2");
+    }
+
+    #[test]
+    fn listed_servers_are_their_sidecars_not_others() {
+        // A peer claiming 5 that holds 4 listed servers; this sidecar holds 2; a console.
+        let mut backends = vec![coordination(1, "5", &[20, 21, 22, 23], 100)];
+        backends.extend([20, 21, 22, 23].map(|pid| plain(pid, "puma", 50)));
+        backends.extend([30, 31].map(|pid| plain(pid, "sidekiq", 50)));
+        backends.push(plain(40, "psql", 50));
+        let t = tally(&backends, &[30, 31], 2, 37);
+        assert_eq!(t, Tally { peer_claims: vec![5], others: 1, mine: 2 });
+        // Its pool holds a third server it has not seen yet (between two clients).
+        backends.push(plain(32, "sidekiq", 60));
+        assert_eq!(tally(&backends, &[30, 31], 3, 37).others, 1);
+        backends.pop();
+        // Or it has closed one of the two, whose backend has not quite gone yet.
+        assert_eq!(tally(&backends, &[30, 31], 1, 37).others, 2);
+        // A listed pid that now belongs to a backend started after the listing (pid reuse)
+        // is an other; so is a server the peer opened after it.
+        backends[1].started = Some(150);
+        backends.push(plain(24, "puma", 120));
+        let t = tally(&backends, &[30, 31], 2, 37);
+        assert_eq!((t.others, t.mine), (3, 2));
+        // A peer holding more listed servers than it claims counts for what it holds.
+        let mut backends = vec![coordination(1, "2", &[20, 21, 22, 23], 100)];
+        backends.extend([20, 21, 22, 23].map(|pid| plain(pid, "puma", 50)));
+        assert_eq!(tally(&backends, &[], 0, 37).peer_claims, vec![4]);
+    }
+
+    #[test]
+    fn servers_seen_once_stay_listed_while_they_live() {
+        let mut known = HashMap::new();
+        let backends = [plain(20, "puma", 5), plain(21, "puma", 6), plain(22, "puma", 7)];
+        assert_eq!(remember(&mut known, &[20, 21, 99], &backends), vec![20, 21, 99]);
+        // 21 is between two clients this time: still listed. 99 never was a backend.
+        assert_eq!(remember(&mut known, &[20, 22], &backends), vec![20, 21, 22]);
+        // 20 closed; 21's pid now belongs to a newer backend (not this sidecar's server).
+        let backends = [plain(21, "psql", 50), plain(22, "puma", 7)];
+        assert_eq!(remember(&mut known, &[], &backends), vec![22]);
     }
 }

@@ -167,25 +167,29 @@ impl Proxy {
         }
     }
 
-    /// Starts the cross-dyno budget rounds for every auto-sized pool (the first round runs
-    /// before this returns, so no server is opened beyond the share).
+    /// Starts the cross-dyno budget rounds for every auto-sized pool. Until its first round
+    /// has published a claim a pool holds at most [`crate::budget::START_SIZE`] servers (its
+    /// peers have not counted it); this returns once every first round has ended, successful
+    /// or not, so no server is opened beyond the share.
     pub async fn start_budget(self: &Arc<Self>) {
         let cfg = &self.config.pool.sizing;
         let (true, Some(period)) = (cfg.auto, cfg.budget_period) else { return };
         for up in &self.upstreams {
+            up.pool.set_max_size(crate::budget::start_size(up));
+            up.budget.running.store(true, Ordering::Release);
             tokio::spawn(crate::budget::run(up.clone(), Arc::downgrade(self), period, cfg.reserved));
-            let deadline = tokio::time::Instant::now() + period.min(std::time::Duration::from_secs(5));
-            while up.budget.claim.load(std::sync::atomic::Ordering::Relaxed) == 0
-                && tokio::time::Instant::now() < deadline
-            {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
+        }
+        // A round is bounded (connecting by its own timeout): this bound is only a backstop.
+        let limit = self.config.pool.connect_timeout + crate::budget::ROUND_TIMEOUT + Duration::from_secs(1);
+        for up in &self.upstreams {
+            let _ = tokio::time::timeout(limit, up.budget.first_round()).await;
         }
     }
 
     /// Sizes every pool whose size is `auto` from its database's connection limit (or the
     /// plan's), and logs every input with the result. Pools keep their fallback size when
-    /// neither is known.
+    /// neither is known. A pool the shared budget sizes keeps its claim (RELOAD): a round is
+    /// run now instead.
     pub async fn size_pools(&self) {
         let cfg = &self.config.pool.sizing;
         if !cfg.auto {
@@ -197,8 +201,13 @@ impl Proxy {
                 Ok((limits, _)) => (Some(limits), None),
                 Err(e) => (None, Some(e)),
             };
-            let s = sizing::compute(db, cfg.plan.clone(), cfg.reserved, cfg.processes);
-            up.pool.set_max_size(s.pool_size);
+            let mut s = sizing::compute(db, cfg.plan.clone(), cfg.reserved, cfg.processes);
+            if up.budget.running.load(Ordering::Acquire) {
+                s.pool_size = up.pool.stats().max_size;
+                up.budget.wake.notify_one();
+            } else {
+                up.pool.set_max_size(s.pool_size);
+            }
             log_sizing(&up.var, &up.pool.database, &s, error.as_ref());
             *up.sizing.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
         }

@@ -1,11 +1,14 @@
 //! RELOAD: size the pools again from the databases' connection limits (PGSIDECAR_POOL_SIZE
-//! auto), as at start. Settings are read once at start: changing any other needs a restart,
-//! which the answer's NOTICE says.
+//! auto), as at start. With the shared budget on, a pool keeps its claim and a budget round
+//! runs at once instead: the static share would overrun the peers' claims until the next
+//! round. Settings are read once at start: changing any other needs a restart, which the
+//! answer's NOTICE says.
 
 use super::Words;
 use crate::proxy::Proxy;
 use crate::wire::messages::{self, PgError};
 use bytes::BytesMut;
+use std::sync::atomic::Ordering;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reload;
@@ -19,7 +22,10 @@ impl Reload {
     pub async fn execute(&self, proxy: &Proxy) -> BytesMut {
         proxy.size_pools().await;
         let mut buf = BytesMut::new();
-        let what = if proxy.config.pool.sizing.auto {
+        let budget = proxy.upstreams().iter().any(|u| u.budget.running.load(Ordering::Acquire));
+        let what = if budget {
+            "pool sizes follow the shared connection budget: a budget round was started"
+        } else if proxy.config.pool.sizing.auto {
             "pool sizes were computed again from the databases' connection limits"
         } else {
             "nothing to reload: PGSIDECAR_POOL_SIZE is fixed"
