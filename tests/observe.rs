@@ -320,8 +320,9 @@ async fn process_cpu_seconds_are_fractional_and_memory_is_the_kernels_count() {
     assert!(sample("pgsidecar_process_open_fds").expect("open fds") > 3.0);
     sc.stop();
 }
+
 /// Waits that end at PGSIDECAR_QUERY_WAIT_TIMEOUT are part of the l2met p99, SHOW STATS and
-/// Prometheus alike, once per client wait.
+/// Prometheus alike, once per client wait, and SHOW STATS' averages are per stats period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_out_waits_count_in_the_log_show_stats_and_prometheus_alike() {
     let pg = TestPg::shared();
@@ -341,28 +342,6 @@ async fn timed_out_waits_count_in_the_log_show_stats_and_prometheus_alike() {
     };
     let holder = connect().await;
     let others = [connect().await, connect().await, connect().await];
-    let held = tokio::spawn(async move { holder.simple_query("select pg_sleep(2)").await.map(|_| ()) });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let waits: Vec<_> =
-        others.into_iter().map(|c| tokio::spawn(async move { c.simple_query("select 1").await })).collect();
-    for w in waits {
-        let e = w.await.unwrap().expect_err("the wait times out");
-        assert_eq!(common::code(&e), "53300", "{e}");
-    }
-    held.await.unwrap().unwrap();
-    // The period with the timed-out waits shows them in its p99.
-    let line = sc.wait_for_line(
-        |l| {
-            l.contains("event=pool_stats")
-                && l.split(' ')
-                    .find_map(|kv| kv.strip_prefix("measure#pgsidecar.checkout.wait.p99="))
-                    .and_then(|v| v.trim_end_matches("ms").parse::<f64>().ok())
-                    .is_some_and(|ms| ms >= 500.0)
-        },
-        Duration::from_secs(5),
-    );
-    assert!(line.contains("count#pgsidecar.pooler_errors=3"), "{line}");
-    // SHOW STATS: the same total as Prometheus' histogram.
     let (admin, conn) =
         tokio_postgres::connect(&sc.conn_str("pgbouncer"), tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
@@ -382,6 +361,40 @@ async fn timed_out_waits_count_in_the_log_show_stats_and_prometheus_alike() {
         }
         panic!("no row")
     };
+    let held = tokio::spawn(async move { holder.simple_query("select pg_sleep(2)").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waits: Vec<_> =
+        others.into_iter().map(|c| tokio::spawn(async move { c.simple_query("select 1").await })).collect();
+    for w in waits {
+        let e = w.await.unwrap().expect_err("the wait times out");
+        assert_eq!(common::code(&e), "53300", "{e}");
+    }
+    // SHOW STATS' avg_wait_time is over one stats period (1 s here): the period that ended
+    // the timed-out waits shows them (with the holder's wait of nothing, at most), and a
+    // later, quiet period shows none; a lifetime average would stay up.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let (mut best, mut quiet) = (0, false);
+    while !quiet {
+        assert!(Instant::now() < deadline, "avg_wait_time peaked at {best} µs and never went back to 0");
+        let avg = stats(admin.simple_query("SHOW STATS").await.unwrap(), "avg_wait_time");
+        best = best.max(avg);
+        quiet = best >= 100_000 && avg == 0;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    held.await.unwrap().unwrap();
+    // The period with the timed-out waits shows them in its p99.
+    let line = sc.wait_for_line(
+        |l| {
+            l.contains("event=pool_stats")
+                && l.split(' ')
+                    .find_map(|kv| kv.strip_prefix("measure#pgsidecar.checkout.wait.p99="))
+                    .and_then(|v| v.trim_end_matches("ms").parse::<f64>().ok())
+                    .is_some_and(|ms| ms >= 500.0)
+        },
+        Duration::from_secs(5),
+    );
+    assert!(line.contains("count#pgsidecar.pooler_errors=3"), "{line}");
+    // SHOW STATS: the same total as Prometheus' histogram.
     let total = stats(admin.simple_query("SHOW STATS").await.unwrap(), "total_wait_time");
     assert!(total >= 1_500_000, "total_wait_time {total}");
     let scraped = scrape(&sc.metrics);

@@ -1,7 +1,8 @@
-//! SHOW STATS: traffic per pool since the proxy started, in PgBouncer's units (bytes and
-//! microseconds). Averages of counts and bytes are per second since the start; averages of
-//! times are per transaction, query or client wait. Waits are every client wait, with or
-//! without a server at its end, as in Prometheus.
+//! SHOW STATS: traffic per pool, in PgBouncer's units (bytes and microseconds). The `total_*`
+//! columns count since the proxy started; the `avg_*` columns are PgBouncer's, over the last
+//! complete stats period (PGSIDECAR_STATS_PERIOD, 60 s when that is 0; zero until the first
+//! period ends): counts and bytes per second, times per transaction, query or client wait.
+//! Waits are every client wait, with or without a server at its end, as in Prometheus.
 
 use super::{Table, Words};
 use crate::proxy::Proxy;
@@ -37,32 +38,27 @@ impl ShowStats {
     }
 
     pub fn execute(&self, proxy: &Proxy) -> BytesMut {
-        let uptime = proxy.started.elapsed().as_secs().max(1);
         let mut t = Table::new(&COLUMNS);
         for up in proxy.upstreams() {
             let c = &up.counters;
             let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-            let (xacts, queries) = (load(&c.transactions), load(&c.queries));
-            let (received, sent) = (load(&c.bytes_from_clients), load(&c.bytes_to_clients));
-            let (xact_us, query_us) = (load(&c.xact_us), load(&c.query_us));
-            let waits = up.counters.wait_time.snapshot();
-            let per = |total: u64, n: u64| total.checked_div(n).unwrap_or(0).to_string();
+            let avg = c.period_averages();
             t.row(&[
                 up.pool.database.clone(),
-                xacts.to_string(),
-                queries.to_string(),
-                received.to_string(),
-                sent.to_string(),
-                xact_us.to_string(),
-                query_us.to_string(),
-                waits.sum_us.to_string(),
-                per(xacts, uptime),
-                per(queries, uptime),
-                per(received, uptime),
-                per(sent, uptime),
-                per(xact_us, xacts),
-                per(query_us, queries),
-                per(waits.sum_us, waits.count()),
+                load(&c.transactions).to_string(),
+                load(&c.queries).to_string(),
+                load(&c.bytes_from_clients).to_string(),
+                load(&c.bytes_to_clients).to_string(),
+                load(&c.xact_us).to_string(),
+                load(&c.query_us).to_string(),
+                c.wait_time.snapshot().sum_us.to_string(),
+                avg.xact_count.to_string(),
+                avg.query_count.to_string(),
+                avg.recv.to_string(),
+                avg.sent.to_string(),
+                avg.xact_time.to_string(),
+                avg.query_time.to_string(),
+                avg.wait_time.to_string(),
             ]);
         }
         t.finish()

@@ -119,7 +119,6 @@ async fn show_commands_answer_with_pgbouncer_columns() {
     let stats = run(&p, "show stats").await;
     assert_eq!(value(&stats, 0, "total_xact_count"), "2");
     assert_eq!(value(&stats, 0, "total_xact_time"), "6000");
-    assert_eq!(value(&stats, 0, "avg_xact_time"), "3000");
     assert_eq!(value(&stats, 0, "avg_query_time"), "0");
 
     let dbs = run(&p, "SHOW DATABASES").await;
@@ -141,6 +140,43 @@ async fn show_commands_answer_with_pgbouncer_columns() {
     let help = run(&p, "SHOW HELP").await;
     assert!(help.notices[0].contains("Console usage") && help.notices[0].contains("RECONNECT"));
     assert_eq!(help.tag, "SHOW");
+}
+
+/// The `avg_*` columns are PgBouncer's: over the last complete stats period, not since the
+/// start; counts and bytes per second, times per transaction, query or client wait.
+#[tokio::test]
+async fn show_stats_averages_are_per_stats_period() {
+    let p = proxy(&[]);
+    let c = &p.upstreams()[0].counters;
+    let t0 = std::time::Instant::now();
+    c.end_period(t0);
+    // A busy first period: 4 transactions of 10 ms in 2 s, 2 waits of 1 ms and 3 ms.
+    for _ in 0..4 {
+        c.transaction(Duration::from_millis(10));
+    }
+    c.bytes_from_clients.fetch_add(4000, std::sync::atomic::Ordering::Relaxed);
+    c.wait_time.record(Duration::from_millis(1));
+    c.wait_time.record(Duration::from_millis(3));
+    let stats = run(&p, "SHOW STATS").await;
+    assert_eq!(value(&stats, 0, "avg_xact_count"), "0", "no period has ended yet");
+    c.end_period(t0 + Duration::from_secs(2));
+    let stats = run(&p, "SHOW STATS").await;
+    assert_eq!(value(&stats, 0, "avg_xact_count"), "2");
+    assert_eq!(value(&stats, 0, "avg_recv"), "2000");
+    assert_eq!(value(&stats, 0, "avg_xact_time"), "10000");
+    assert_eq!(value(&stats, 0, "avg_wait_time"), "2000");
+    // A quiet second period of 1 s with one short transaction and one long wait.
+    c.transaction(Duration::from_millis(2));
+    c.wait_time.record(Duration::from_millis(500));
+    c.end_period(t0 + Duration::from_secs(3));
+    let stats = run(&p, "SHOW STATS").await;
+    assert_eq!(value(&stats, 0, "total_xact_count"), "5");
+    assert_eq!(value(&stats, 0, "total_xact_time"), "42000");
+    assert_eq!(value(&stats, 0, "total_wait_time"), "504000");
+    assert_eq!(value(&stats, 0, "avg_xact_count"), "1");
+    assert_eq!(value(&stats, 0, "avg_recv"), "0");
+    assert_eq!(value(&stats, 0, "avg_xact_time"), "2000");
+    assert_eq!(value(&stats, 0, "avg_wait_time"), "500000");
 }
 
 #[tokio::test]

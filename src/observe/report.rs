@@ -1,5 +1,6 @@
 //! Periodic reports in the log: l2met lines for Heroku log drains (one per pool every
-//! PGSIDECAR_STATS_PERIOD seconds), and a saturation diagnosis when clients keep waiting.
+//! PGSIDECAR_STATS_PERIOD seconds), and a saturation diagnosis when clients keep waiting. The
+//! same loop ends SHOW STATS' averaging periods.
 
 use crate::observe::histogram::Snapshot;
 use crate::proxy::{Proxy, Upstream};
@@ -11,6 +12,10 @@ use std::time::{Duration, Instant};
 
 /// Clients waiting continuously this long make a saturation warning.
 const SATURATED_AFTER: Duration = Duration::from_secs(5);
+/// SHOW STATS' averaging period when PGSIDECAR_STATS_PERIOD is 0 (no l2met lines): PgBouncer's
+/// default stats_period.
+const DEFAULT_AVERAGES_PERIOD: Duration = Duration::from_secs(60);
+
 #[derive(Default)]
 struct PoolReport {
     queries: u64,
@@ -212,10 +217,12 @@ pub async fn run(proxy: Weak<Proxy>, period: Option<Duration>, source: String) {
         None => return,
     };
     let mut reports: Vec<PoolReport> = pools.iter().map(|_| PoolReport::default()).collect();
+    let every = period.unwrap_or(DEFAULT_AVERAGES_PERIOD);
+    let mut last_period = Instant::now();
     for (u, r) in pools.iter().zip(reports.iter_mut()) {
         l2met_line(u, r, &source); // baseline
+        u.counters.end_period(last_period);
     }
-    let mut last_l2met = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -223,16 +230,20 @@ pub async fn run(proxy: Weak<Proxy>, period: Option<Duration>, source: String) {
         if proxy.strong_count() == 0 {
             return;
         }
-        let due = period.is_some_and(|p| last_l2met.elapsed() >= p);
+        let now = Instant::now();
+        let due = now.duration_since(last_period) >= every;
         for (u, r) in pools.iter().zip(reports.iter_mut()) {
             saturation(u, r);
             if due {
-                let line = l2met_line(u, r, &source);
-                crate::logging::raw_line(tracing::Level::INFO, &line);
+                u.counters.end_period(now);
+                if period.is_some() {
+                    let line = l2met_line(u, r, &source);
+                    crate::logging::raw_line(tracing::Level::INFO, &line);
+                }
             }
         }
         if due {
-            last_l2met = Instant::now();
+            last_period = now;
         }
     }
 }

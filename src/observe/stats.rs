@@ -124,7 +124,6 @@ pub struct Counters {
     /// (counted by the cancel registry), or taking a waiting client out of the queue (counted
     /// by the session).
     pub cancels: AtomicU64,
-
     pub errors: [AtomicU64; 4],
     pub query_time: Histogram,
     pub xact_time: Histogram,
@@ -132,14 +131,93 @@ pub struct Counters {
     /// cancel or the client leaving: what Prometheus, the l2met lines, the saturation warning
     /// and SHOW STATS show.
     pub wait_time: Histogram,
-
     statements: Mutex<HashMap<u64, QueryTotals, Prehashed>>,
     /// Raw text hash -> fingerprint, for texts that came with a Parse: drivers send the same
     /// parameterized text again and again, and hashing it raw is cheaper than normalizing it.
     parsed: Mutex<HashMap<u64, u64, Prehashed>>,
+    /// SHOW STATS' averages, per stats period.
+    period: Mutex<Period>,
+}
+
+/// The `avg_*` columns of SHOW STATS, as PgBouncer computes them: over the last complete
+/// stats period, counts and bytes per second, times per transaction, query or wait (µs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeriodAverages {
+    pub xact_count: u64,
+    pub query_count: u64,
+    pub recv: u64,
+    pub sent: u64,
+    pub xact_time: u64,
+    pub query_time: u64,
+    pub wait_time: u64,
+}
+
+/// Totals at the start of the current stats period.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    xacts: u64,
+    queries: u64,
+    recv: u64,
+    sent: u64,
+    xact_us: u64,
+    query_us: u64,
+    waits: u64,
+    wait_us: u64,
+}
+
+#[derive(Debug, Default)]
+struct Period {
+    start: Option<(std::time::Instant, Totals)>,
+    last: PeriodAverages,
 }
 
 impl Counters {
+    fn totals(&self) -> Totals {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let waits = self.wait_time.snapshot();
+        Totals {
+            xacts: load(&self.transactions),
+            queries: load(&self.queries),
+            recv: load(&self.bytes_from_clients),
+            sent: load(&self.bytes_to_clients),
+            xact_us: load(&self.xact_us),
+            query_us: load(&self.query_us),
+            waits: waits.count(),
+            wait_us: waits.sum_us,
+        }
+    }
+
+    /// Ends the current stats period at `now`: its averages become what SHOW STATS shows, and
+    /// a new period starts. The first call only starts one (the averages stay zero until a
+    /// period is complete, as in PgBouncer).
+    pub fn end_period(&self, now: std::time::Instant) {
+        let totals = self.totals();
+        let mut p = self.period.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((start, base)) = p.start {
+            let us = now.saturating_duration_since(start).as_micros().max(1);
+            let per_second =
+                |now: u64, then: u64| (u128::from(now.saturating_sub(then)) * 1_000_000 / us) as u64;
+            let per = |total: u64, then: u64, n: u64, n_then: u64| {
+                total.saturating_sub(then).checked_div(n.saturating_sub(n_then)).unwrap_or(0)
+            };
+            p.last = PeriodAverages {
+                xact_count: per_second(totals.xacts, base.xacts),
+                query_count: per_second(totals.queries, base.queries),
+                recv: per_second(totals.recv, base.recv),
+                sent: per_second(totals.sent, base.sent),
+                xact_time: per(totals.xact_us, base.xact_us, totals.xacts, base.xacts),
+                query_time: per(totals.query_us, base.query_us, totals.queries, base.queries),
+                wait_time: per(totals.wait_us, base.wait_us, totals.waits, base.waits),
+            };
+        }
+        p.start = Some((now, totals));
+    }
+
+    /// The averages of the last complete stats period (all zero before the first ends).
+    pub fn period_averages(&self) -> PeriodAverages {
+        self.period.lock().unwrap_or_else(|p| p.into_inner()).last
+    }
+
     pub fn error(&self, kind: PoolerError) {
         self.errors[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
