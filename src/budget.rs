@@ -25,6 +25,11 @@
 //!
 //! A server a sidecar opened since its last listing counts as an other for its peers until
 //! its next round: the errors of this count go towards too many others, never too few.
+//!
+//! A failed round keeps the last claim while the coordination connection stays; a round that
+//! loses it (its claim is no longer published, and peers count only the servers this sidecar
+//! holds) shrinks the pool to [`START_SIZE`] (or less, if it was less) until a round succeeds
+//! again.
 
 use crate::cancel::Activity;
 use crate::config::sizing;
@@ -48,9 +53,24 @@ const LOCK_KEY: i64 = 0x7067_7363;
 pub const ROUND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Compare-and-set attempts per round, when peers publish in between.
 const ATTEMPTS: u32 = 4;
-/// The pool size until a round has succeeded: within the smallest default reserve (3), so a
-/// sidecar whose first round failed cannot take what its peers were promised.
+/// The pool size until a round has succeeded, and again after the coordination connection
+/// (and with it the published claim) is lost until a round succeeds anew: within the smallest
+/// default reserve (3), so a sidecar without a published claim cannot take what its peers were
+/// promised.
 pub const START_SIZE: usize = 2;
+
+/// The longest a first round can take: connecting, setting up the session, and the round.
+/// Start-up waits this long at most (plus a margin) for the first rounds.
+pub fn worst_first_round(connect_timeout: Duration) -> Duration {
+    connect_timeout + ROUND_TIMEOUT + ROUND_TIMEOUT
+}
+
+/// The pool size while no claim is published (the coordination connection was lost): the
+/// last size if smaller, else [`START_SIZE`]. Peers count only the servers this sidecar
+/// holds; shrinking closes idle servers and lets active ones finish.
+pub fn unpublished_size(current: usize) -> usize {
+    current.min(START_SIZE)
+}
 
 /// Settings of the coordination connection: bounded waits, and the backend of a sidecar whose
 /// dyno vanished without a reset (with its registration) gone within about a minute.
@@ -67,7 +87,8 @@ pub struct BudgetState {
     pub others: AtomicU64,
     /// Rounds finished, successful or not.
     pub rounds: AtomicU64,
-    /// Rounds that failed (the last claim stayed).
+    /// Rounds that failed (the last claim stayed, or the pool shrank to [`START_SIZE`] with the
+    /// coordination connection lost).
     pub failed: AtomicU64,
     /// The budget task sizes this pool: RELOAD must not.
     pub running: AtomicBool,
@@ -297,9 +318,10 @@ fn remember(known: &mut HashMap<i32, i64>, seen: &[i32], backends: &[Backend]) -
     pids
 }
 
-/// The fingerprint of the other sidecars' tags; publishing compares it under the lock.
-const FINGERPRINT_SQL: &str = "SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.textsend(\
-     coalesce(pg_catalog.string_agg(pid || '=' || application_name, ',' ORDER BY pid), ''))), 'hex') \
+/// The fingerprint of the other sidecars' tags; publishing compares it under the lock. md5 is
+/// only a change detector here, and exists in every PostgreSQL version (sha256 needs 11).
+const FINGERPRINT_SQL: &str = "SELECT pg_catalog.md5(\
+     coalesce(pg_catalog.string_agg(pid || '=' || application_name, ',' ORDER BY pid), '')) \
      FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend' \
      AND application_name LIKE 'pgsidecar:%' AND pid <> pg_catalog.pg_backend_pid()";
 
@@ -355,14 +377,15 @@ fn num(row: &[Option<String>], i: usize) -> Option<i64> {
 
 /// One round on the coordination connection: read, decide, publish if no peer published in
 /// between (else again, up to [`ATTEMPTS`] times). `seen` are server pids of this sidecar
-/// found just now, `known` those of earlier rounds; `held` the servers its pool holds (open
-/// ones, not those still connecting), `open` with those connecting.
+/// found just now, `known` those of earlier rounds; `counts` gives, at each attempt, the
+/// servers its pool holds (open ones, not those still connecting) and those with the ones
+/// connecting.
 async fn round(
     conn: &mut ServerConn,
     id: &str,
     seen: &[i32],
     known: &mut HashMap<i32, i64>,
-    (held, open): (u32, u32),
+    counts: impl Fn() -> (u32, u32),
     reserved: Option<u32>,
 ) -> Result<(Decision, Round), RoundError> {
     let mut listed: Vec<i32> = known.keys().copied().chain(seen.iter().copied()).collect();
@@ -371,6 +394,9 @@ async fn round(
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(rand::random_range(5..50))).await;
         }
+        // Sampled per attempt, just before the read: the pool may have opened or closed
+        // servers during the previous attempt.
+        let (held, open) = counts();
         let rows = conn.exec(&format!("{}{}", servers_note(&listed), read_sql()), &mut reported).await?;
         let (first, backends) = rows.split_first().ok_or_else(|| bad("no rows"))?;
         let max_connections =
@@ -451,16 +477,20 @@ async fn connect_and_round(
     };
     sampled.extend(own_servers(upstream, proxy));
     let seen: Vec<i32> = sampled.drain().collect();
-    let s = upstream.pool.stats();
-    let held = u32::try_from(s.active + s.idle).unwrap_or(u32::MAX);
-    let open = held.saturating_add(u32::try_from(s.connecting).unwrap_or(u32::MAX));
-    tokio::time::timeout(ROUND_TIMEOUT, round(c, id, &seen, known, (held, open), reserved))
+    let counts = || {
+        let s = upstream.pool.stats();
+        let held = u32::try_from(s.active + s.idle).unwrap_or(u32::MAX);
+        (held, held.saturating_add(u32::try_from(s.connecting).unwrap_or(u32::MAX)))
+    };
+    tokio::time::timeout(ROUND_TIMEOUT, round(c, id, &seen, known, counts, reserved))
         .await
         .map_err(|_| RoundError::Timeout)?
 }
 
 /// Runs budget rounds for one upstream every `period` (and when RELOAD asks) until the proxy
-/// is gone. A failed round keeps the last claim.
+/// is gone. A failed round keeps the last claim, unless it lost the coordination connection:
+/// the claim is unpublished then, and the pool shrinks to [`unpublished_size`] until a round
+/// succeeds again.
 pub async fn run(
     upstream: Arc<Upstream>,
     proxy: Weak<crate::proxy::Proxy>,
@@ -516,15 +546,23 @@ pub async fn run(
                 state.finished(true);
             }
             Err(e) => {
-                tracing::warn!(
-                    database = %upstream.pool.database,
-                    error = %e,
-                    pool_size = upstream.pool.stats().max_size,
-                    "budget_round_failed"
-                );
                 if !e.keeps_connection() {
                     conn = None;
                 }
+                // Without the connection (lost now, or never set up) no claim is published:
+                // peers count only the servers this sidecar holds, and may take the rest.
+                let lost = conn.is_none();
+                if lost {
+                    upstream.pool.set_max_size(unpublished_size(upstream.pool.stats().max_size));
+                    last = None;
+                }
+                tracing::warn!(
+                    database = %upstream.pool.database,
+                    error = %e,
+                    coordination_connection = if lost { "lost" } else { "kept" },
+                    pool_size = upstream.pool.stats().max_size,
+                    "budget_round_failed"
+                );
                 state.finished(false);
             }
         }
@@ -596,6 +634,14 @@ mod tests {
 
     fn plain(pid: i32, app: &str, started: i64) -> Backend {
         Backend { pid, application_name: Some(app.into()), started: Some(started), ..Default::default() }
+    }
+
+    #[test]
+    fn without_a_published_claim_the_pool_is_small() {
+        assert_eq!(unpublished_size(31), START_SIZE);
+        assert_eq!(unpublished_size(START_SIZE), START_SIZE);
+        assert_eq!(unpublished_size(1), 1, "never grows");
+        assert_eq!(unpublished_size(0), 0);
     }
 
     #[test]

@@ -179,35 +179,43 @@ impl Proxy {
             up.budget.running.store(true, Ordering::Release);
             tokio::spawn(crate::budget::run(up.clone(), Arc::downgrade(self), period, cfg.reserved));
         }
-        // A round is bounded (connecting by its own timeout): this bound is only a backstop.
-        let limit = self.config.pool.connect_timeout + crate::budget::ROUND_TIMEOUT + Duration::from_secs(1);
+        // A round is bounded (connecting, the session's set-up and the round each by their own
+        // timeout): this bound, past the worst first round, is only a backstop.
+        let worst = self.upstreams.iter().map(|u| u.pool.target.connect_timeout).max().unwrap_or_default();
+        let deadline =
+            tokio::time::Instant::now() + crate::budget::worst_first_round(worst) + Duration::from_secs(2);
         for up in &self.upstreams {
-            let _ = tokio::time::timeout(limit, up.budget.first_round()).await;
+            let _ = tokio::time::timeout_at(deadline, up.budget.first_round()).await;
         }
     }
 
     /// Sizes every pool whose size is `auto` from its database's connection limit (or the
     /// plan's), and logs every input with the result. Pools keep their fallback size when
     /// neither is known. A pool the shared budget sizes keeps its claim (RELOAD): a round is
-    /// run now instead.
+    /// run now instead, and no probe connection is opened (the round would count it as an
+    /// other, and shrink the claim for a period).
     pub async fn size_pools(&self) {
         let cfg = &self.config.pool.sizing;
         if !cfg.auto {
             return;
         }
         for up in &self.upstreams {
+            if up.budget.running.load(Ordering::Acquire) {
+                let pool_size = up.pool.stats().max_size;
+                if let Some(s) = up.sizing.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                    s.pool_size = pool_size;
+                }
+                up.budget.wake.notify_one();
+                tracing::info!(var = %up.var, database = %up.pool.database, pool_size, "budget_round_requested");
+                continue;
+            }
             let probe = probe_limits(&up.pool.target).await;
             let (db, error) = match probe {
                 Ok((limits, _)) => (Some(limits), None),
                 Err(e) => (None, Some(e)),
             };
-            let mut s = sizing::compute(db, cfg.plan.clone(), cfg.reserved, cfg.processes);
-            if up.budget.running.load(Ordering::Acquire) {
-                s.pool_size = up.pool.stats().max_size;
-                up.budget.wake.notify_one();
-            } else {
-                up.pool.set_max_size(s.pool_size);
-            }
+            let s = sizing::compute(db, cfg.plan.clone(), cfg.reserved, cfg.processes);
+            up.pool.set_max_size(s.pool_size);
             log_sizing(&up.var, &up.pool.database, &s, error.as_ref());
             *up.sizing.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
         }

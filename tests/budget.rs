@@ -93,6 +93,8 @@ fn sidecars_share_the_database_and_never_exceed_it() {
     // 40 - 3 superuser-reserved = 37 usable; reserve max(3, 10%) = 4.
     let ceiling = 37 - 4;
     let stop = Arc::new(AtomicBool::new(false));
+    // A sampler, every 50 ms: it can miss a short peak, so it may pass when the limit was
+    // overrun for an instant; it never fails on a peak that did not happen.
     let max_seen = Arc::new(AtomicI64::new(0));
     let watcher = {
         let (stop, max_seen) = (stop.clone(), max_seen.clone());
@@ -258,14 +260,22 @@ fn consoles_count_as_others_however_much_the_sidecars_claim() {
     });
     let watcher = rt.block_on(direct(&pg, &db, "watcher"));
     let sidecars: Vec<Sidecar> = (0..2).map(|n| sidecar(&pg, &db, dir.path(), n)).collect();
-    // Several rounds (1 s each) with both sidecars idle.
-    std::thread::sleep(Duration::from_secs(5));
+    // Both idle, they settle at (33 - 2 coordination - 20 others) / 2 = 5 each: the first one
+    // claims what is free while alone and gives it up once it sees the second. Claims that
+    // hid the consoles (the bug) settle higher and never get here.
+    rt.block_on(until("both sidecars at their share, 5", Duration::from_secs(30), async || {
+        let mut claims = published_claims(&watcher).await;
+        claims.sort_unstable();
+        claims == [5, 5]
+    }));
     let claims = rt.block_on(published_claims(&watcher));
-    assert_eq!(claims.len(), 2, "{claims:?}");
     let total = claims.iter().sum::<u32>() + 2 + 20;
     assert!(total <= 33, "claims {claims:?} + 2 coordination + 20 consoles = {total} > 37 - 4");
     // A burst to both claims fits.
     let stop = Arc::new(AtomicBool::new(false));
+    // A sampler, every 20 ms: it can miss a short peak (it then passes although the limit was
+    // overrun for an instant), never report one that did not happen. The check that cannot
+    // miss is pgbench's: no client got "too many clients".
     let max_seen = Arc::new(AtomicI64::new(0));
     let counting = {
         let (stop, max_seen) = (stop.clone(), max_seen.clone());
@@ -299,7 +309,7 @@ fn consoles_count_as_others_however_much_the_sidecars_claim() {
 
 /// A session that holds the budget's lock and never lets go (a peer gone without a reset, as
 /// the database sees it): start-up still ends once the first round has failed, with a small
-/// pool rather than the whole database; rounds fail in bounded time while it lasts, keeping
+/// pool rather than the whole database; rounds fail while it lasts (lock_timeout), keeping
 /// the last claim; they succeed again once it is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_lock_holder_stalls_no_round() {
@@ -311,15 +321,19 @@ async fn a_stuck_lock_holder_stalls_no_round() {
     p.proxy.size_pools().await;
     let up = p.proxy.upstreams()[0].clone();
     assert_eq!(up.pool.stats().max_size, 33, "the static share before the budget starts");
-    let started = Instant::now();
-    p.proxy.start_budget().await;
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(4), "start-up took {took:?}");
+    // Start-up ends at all (30 s is only a bound on the test, far past the backstop), with a
+    // small pool: no round can publish a claim while the lock is held.
+    tokio::time::timeout(Duration::from_secs(30), p.proxy.start_budget())
+        .await
+        .expect("start-up ends while the lock is held");
     assert_eq!(up.pool.stats().max_size, pgsidecar::budget::START_SIZE, "no claim yet: a small pool");
-    assert!(up.budget.failed.load(Ordering::Relaxed) >= 1);
+    until("a failed round", Duration::from_secs(30), async || up.budget.failed.load(Ordering::Relaxed) >= 1)
+        .await;
+    assert_eq!(up.pool.stats().max_size, pgsidecar::budget::START_SIZE, "still no claim");
+    assert_eq!(published_claims(&holder).await, Vec::<u32>::new());
     // The holder goes: the next round publishes a claim and the pool grows to it.
     holder.execute("select pg_advisory_unlock($1)", &[&LOCK_KEY]).await.unwrap();
-    until("a claim after the lock is free", Duration::from_secs(5), async || {
+    until("a claim after the lock is free", Duration::from_secs(30), async || {
         published_claims(&holder).await.len() == 1 && up.pool.stats().max_size > 2
     })
     .await;
@@ -327,7 +341,7 @@ async fn a_stuck_lock_holder_stalls_no_round() {
     // Held again: the rounds fail within their bound and the claim stays.
     holder.execute("select pg_advisory_lock($1)", &[&LOCK_KEY]).await.unwrap();
     let failed = up.budget.failed.load(Ordering::Relaxed);
-    until("a failed round", Duration::from_secs(5), async || {
+    until("a failed round", Duration::from_secs(30), async || {
         up.budget.failed.load(Ordering::Relaxed) > failed
     })
     .await;
@@ -336,7 +350,7 @@ async fn a_stuck_lock_holder_stalls_no_round() {
 }
 
 /// Sessions named like sidecars with absurd claims: the rounds go on (no overflow), start-up
-/// does not wait for a claim above zero, and the sidecar grows once they are gone.
+/// ends on a first round that claims zero, and the sidecar grows once they are gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absurd_claims_of_other_sessions_neither_stop_the_rounds_nor_delay_start_up() {
     let pg = TestPg::start(PgOptions { max_connections: 40, tls: false });
@@ -345,25 +359,44 @@ async fn absurd_claims_of_other_sessions_neither_stop_the_rounds_nor_delay_start
         direct(&pg, &db, "pgsidecar:rogue1:4294967295").await,
         direct(&pg, &db, "pgsidecar:rogue2:4294967295").await,
     ];
-    let p = in_process(&pg, &db, "10s").await;
+    // A period longer than the test: after the first round, only RELOAD runs one.
+    let p = in_process(&pg, &db, "1h").await;
     p.proxy.size_pools().await;
     let up = p.proxy.upstreams()[0].clone();
-    let started = Instant::now();
-    p.proxy.start_budget().await;
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(3), "a claim of zero is an answer: start-up took {took:?}");
+    tokio::time::timeout(Duration::from_secs(30), p.proxy.start_budget())
+        .await
+        .expect("start-up ends on a claim of zero");
+    assert_eq!(up.budget.rounds.load(Ordering::Relaxed), 1, "start-up waited for the first round only");
+    assert_eq!(up.budget.failed.load(Ordering::Relaxed), 0, "a claim of zero is an answer");
     assert_eq!(up.pool.stats().max_size, 0, "no room while the others claim it all");
-    assert_eq!(up.budget.failed.load(Ordering::Relaxed), 0);
     let watcher = direct(&pg, &db, "watcher").await;
     drop(rogues);
-    // RELOAD asks for a round now (the period is 10 s): the sidecar takes what is free.
+    until("the absurd claims gone from the database", Duration::from_secs(30), async || {
+        let rows = watcher
+            .query("select 1 from pg_stat_activity where application_name like 'pgsidecar:rogue%'", &[])
+            .await
+            .unwrap();
+        rows.is_empty()
+    })
+    .await;
+    // RELOAD asks for a round now (none would come otherwise): it takes what is free.
     let admin = p.connect("pgsidecar").await;
     admin.simple_query("RELOAD").await.unwrap();
-    until("the pool grows once the absurd claims are gone", Duration::from_secs(5), async || {
+    until("the pool grows once the absurd claims are gone", Duration::from_secs(30), async || {
         up.pool.stats().max_size > 20
     })
     .await;
     assert_eq!(published_claims(&watcher).await, vec![up.pool.stats().max_size as u32]);
+}
+
+/// Connections the server has logged (log_connections) to `db`.
+fn authorized(pg: &TestPg, db: &str) -> usize {
+    let log = std::fs::read_to_string(pg.log_path()).unwrap();
+    let prefix = format!("connection authorized: user={SCRAM_USER} database=");
+    log.lines()
+        .filter_map(|l| l.split_once(&prefix)?.1.split_whitespace().next())
+        .filter(|name| *name == db)
+        .count()
 }
 
 /// RELOAD with the shared budget on keeps the budget's claim: the static share (the whole
@@ -372,20 +405,95 @@ async fn absurd_claims_of_other_sessions_neither_stop_the_rounds_nor_delay_start
 async fn reload_keeps_the_budget_claim() {
     let pg = TestPg::start(PgOptions { max_connections: 40, tls: false });
     let db = pg.create_db("budget_reload");
+    // The server logs every connection from now on: RELOAD must open none.
+    pg.sql("postgres", "alter system set log_connections = on");
+    pg.sql("postgres", "select pg_reload_conf()");
     // A peer claiming 20: 33 - 2 coordination connections = 31; 31 - 20 = 11 are free.
     let peer = direct(&pg, &db, "pgsidecar:peer0001:20").await;
+    until("log_connections on", Duration::from_secs(30), async || {
+        let c = direct(&pg, &db, "check").await;
+        c.query_one("show log_connections", &[]).await.unwrap().get::<_, String>(0) == "on"
+    })
+    .await;
     let p = in_process(&pg, &db, "1s").await;
     p.proxy.size_pools().await;
     p.proxy.start_budget().await;
     let up = p.proxy.upstreams()[0].clone();
-    // (A round may still see size_pools' probe connection as an other: 10.)
-    until("the claim", Duration::from_secs(5), async || up.pool.stats().max_size == 11).await;
+    // (The first round may still see the start-up probe connection as an other: 10.)
+    until("the claim", Duration::from_secs(30), async || up.pool.stats().max_size == 11).await;
     let admin = p.connect("pgsidecar").await;
+    let connections = authorized(&pg, &db);
+    assert!(connections >= 2, "the server logs connections (the check's, the coordination one)");
     for _ in 0..3 {
         admin.simple_query("RELOAD").await.unwrap();
+        assert_eq!(authorized(&pg, &db), connections, "RELOAD opened no connection");
         assert_eq!(up.pool.stats().max_size, 11, "RELOAD kept the claim");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(up.pool.stats().max_size, 11, "and the round it ran agrees");
+        // Rounds run one after another: of two that end after RELOAD answered, the second
+        // started after it. RELOAD opened no probe connection for it to count as an other.
+        let rounds = up.budget.rounds.load(Ordering::Acquire);
+        until("a round started after RELOAD", Duration::from_secs(30), async || {
+            up.budget.rounds.load(Ordering::Acquire) >= rounds + 2
+        })
+        .await;
+        assert_eq!(up.budget.failed.load(Ordering::Relaxed), 0);
+        assert_eq!(up.pool.stats().max_size, 11, "and the rounds since agree");
     }
     assert_eq!(published_claims(&peer).await, vec![11]);
+}
+
+/// The coordination connection is killed: its claim is no longer published, so peers count
+/// only the servers this sidecar holds and may take the rest. The next round fails and shrinks
+/// the pool to START_SIZE (active servers are not cut) until a round publishes a claim again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_coordination_connection_shrinks_the_pool_until_a_claim_is_published() {
+    use pgsidecar::budget::START_SIZE;
+    let pg = TestPg::start(PgOptions { max_connections: 40, tls: false });
+    let db = pg.create_db("budget_lost");
+    let watcher = direct(&pg, &db, "watcher").await;
+    // Only the first round and the ones the test asks for.
+    let p = in_process(&pg, &db, "1h").await;
+    p.proxy.size_pools().await;
+    p.proxy.start_budget().await;
+    let up = p.proxy.upstreams()[0].clone();
+    let claim = up.pool.stats().max_size;
+    assert!(claim > 20, "alone with a watcher: about 37 - 4 - 2, got {claim}");
+    assert_eq!(up.budget.failed.load(Ordering::Relaxed), 0);
+    // Three clients in a transaction each hold a server.
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let c = p.connect(&db).await;
+        c.batch_execute("begin; select 1").await.unwrap();
+        clients.push(c);
+    }
+    assert_eq!(up.pool.stats().active, 3);
+    let killed = watcher
+        .query(
+            "select pg_terminate_backend(pid) from pg_stat_activity where application_name ~ '^pgsidecar:[0-9a-f]{8}:'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(killed.len(), 1);
+    until("the coordination backend gone", Duration::from_secs(30), async || {
+        published_claims(&watcher).await.is_empty()
+    })
+    .await;
+    let failed = up.budget.failed.load(Ordering::Acquire);
+    up.budget.wake.notify_one();
+    until("a failed round", Duration::from_secs(30), async || {
+        up.budget.failed.load(Ordering::Acquire) > failed
+    })
+    .await;
+    assert_eq!(up.pool.stats().max_size, START_SIZE, "no claim published: a small pool");
+    assert_eq!(up.pool.stats().active, 3, "active servers are not cut");
+    for c in &clients {
+        c.batch_execute("select 1; commit").await.unwrap();
+    }
+    // The next round connects again and publishes a claim: the pool grows to it.
+    up.budget.wake.notify_one();
+    until("a claim again", Duration::from_secs(30), async || {
+        published_claims(&watcher).await.len() == 1 && up.pool.stats().max_size > START_SIZE
+    })
+    .await;
+    assert_eq!(published_claims(&watcher).await, vec![up.pool.stats().max_size as u32]);
 }

@@ -1,8 +1,9 @@
 //! RELOAD: size the pools again from the databases' connection limits (PGSIDECAR_POOL_SIZE
 //! auto), as at start. With the shared budget on, a pool keeps its claim and a budget round
-//! runs at once instead: the static share would overrun the peers' claims until the next
-//! round. Settings are read once at start: changing any other needs a restart, which the
-//! answer's NOTICE says.
+//! runs at once instead, which reads the limit itself: the static share would overrun the
+//! peers' claims until the next round, and a probe connection would count as an other in the
+//! round it wakes. Settings are read once at start: changing any other needs a restart, which
+//! the answer's NOTICE says.
 
 use super::Words;
 use crate::proxy::Proxy;
