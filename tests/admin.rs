@@ -1,7 +1,7 @@
 //! The admin console (database `pgbouncer` / `pgsidecar`) driven with psql and tokio-postgres:
-//! PgBouncer's column names, counts under load, SHOW QUERIES after pgbench, PAUSE/RESUME,
-//! RECONNECT, SHUTDOWN, who may log in, and that no answer carries a password; and the check of
-//! a server idle past the check delay.
+//! PgBouncer's column names, counts under load, SHOW QUERIES after pgbench, PAUSE/RESUME (and
+//! the servers PAUSE closes, counted in pg_stat_activity), RECONNECT, SHUTDOWN, who may log in,
+//! and that no answer carries a password; and the check of a server idle past the check delay.
 
 mod common;
 
@@ -379,6 +379,65 @@ async fn pause_waits_for_active_servers_and_holds_queries_until_resume() {
     let admin = console(&p).await;
     admin.simple_query("RESUME").await.unwrap();
     app.simple_query("select 1").await.unwrap();
+}
+
+/// Polls until Postgres shows `n` server connections to `db` (a closed server's backend exits
+/// a moment after its Terminate), or fails the test after 5 s.
+async fn until_servers(db: &str, n: i64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let db = db.to_owned();
+        let count =
+            tokio::task::spawn_blocking(move || proxy::server_count(TestPg::shared(), &db)).await.unwrap();
+        if count == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {count} server connections, {n} expected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// PAUSE is PgBouncer's, for a database restart: it closes the idle servers at once, the busy
+/// ones as their transactions end, answers once no server connection is left, and opens none
+/// while paused (not even for PGSIDECAR_MIN_POOL_SIZE); RESUME opens new ones on demand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_closes_every_server_connection_and_resume_opens_new_ones() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("adminpauseclose");
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "3"), ("PGSIDECAR_MIN_POOL_SIZE", "2")]).await;
+    let pool = p.proxy.upstreams()[0].pool.clone();
+    let (a, b) = (p.connect(&db).await, p.connect(&db).await);
+    a.simple_query("begin; select 1").await.unwrap();
+    b.simple_query("select 1").await.unwrap();
+    until_servers(&db, 2, "one server in a transaction, one idle").await;
+
+    let admin = console(&p).await;
+    let pause = tokio::spawn(async move { admin.simple_query("PAUSE").await.map(|_| admin) });
+    until_servers(&db, 1, "PAUSE closes the idle server at once").await;
+    assert!(!pause.is_finished(), "PAUSE returned while a transaction held a server");
+    a.simple_query("commit").await.unwrap();
+    let admin =
+        tokio::time::timeout(Duration::from_secs(5), pause).await.expect("PAUSE returns").unwrap().unwrap();
+    let stats = pool.stats();
+    assert_eq!((stats.active, stats.idle, stats.connecting), (0, 0, 0), "{stats:?}");
+    until_servers(&db, 0, "no server connection once PAUSE has answered").await;
+    // The minimum pool size is not kept while paused (maintenance runs every second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(pool.stats().opened_total, stats.opened_total, "a server was opened while paused");
+    assert_eq!(proxy::server_count(pg, &db), 0);
+
+    let query = tokio::spawn(async move { b.simple_query("select 'after resume'").await.map(|_| b) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!query.is_finished(), "a query ran while the pool was paused");
+    admin.simple_query("RESUME").await.unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(5), query)
+        .await
+        .expect("runs after RESUME")
+        .unwrap()
+        .unwrap();
+    a.simple_query("select 1").await.unwrap();
+    b.simple_query("select 1").await.unwrap();
+    until_servers(&db, 2, "new servers after RESUME, up to the minimum").await;
 }
 
 /// A server that no client has used yet (opened for PGSIDECAR_MIN_POOL_SIZE) is checked like

@@ -1,7 +1,9 @@
-//! PAUSE [db]: stop handing out servers (new checkouts wait in the queue) and answer once no
-//! server of the pool, or of any pool, is out to a client. Clients in session mode or pinned
-//! to a server keep theirs until they leave, so PAUSE waits for them; cancel it (Ctrl-C) to
-//! stop waiting: the pools stay paused until RESUME.
+//! PAUSE [db]: what PgBouncer's PAUSE does, for a database restart. Stop handing out servers
+//! (new checkouts wait in the queue), close the idle servers, close every server as its client
+//! gives it back, and answer once the pool, or every pool, holds no server connection. Clients
+//! in session mode or pinned to a server keep theirs until they leave, so PAUSE waits for
+//! them; cancel it (Ctrl-C) to stop waiting: the pools stay paused (and go on closing servers
+//! as they come back) until RESUME, which opens new connections as clients need them.
 
 use super::{done, pools_named, Words};
 use crate::proxy::Proxy;
@@ -23,9 +25,10 @@ impl Pause {
         // Pause every pool first, then wait: a pool must not keep serving while another drains.
         for up in &pools {
             up.pool.pause();
+            up.pool.disconnect_for_pause();
         }
         for up in &pools {
-            up.pool.until_drained().await;
+            up.pool.until_disconnected().await;
         }
         Ok(done("PAUSE"))
     }

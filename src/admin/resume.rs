@@ -1,5 +1,6 @@
 //! RESUME [db]: hand servers out again; clients queued while paused get them in the order
-//! they arrived. Resuming a pool that is not paused does nothing.
+//! they arrived, on new connections (PAUSE closed the old ones), opened as for any waiting
+//! client. Resuming a pool that is not paused does nothing.
 
 use super::{done, pools_named, Words};
 use crate::proxy::Proxy;

@@ -68,10 +68,12 @@ pub enum CloseReason {
     Reconnect,
     /// An idle server failed its check before being handed out (PGSIDECAR_SERVER_CHECK_DELAY).
     CheckFailed,
+    /// PAUSE in the admin console: idle servers, and servers given back while paused.
+    Pause,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::IdleTimeout,
         CloseReason::Lifetime,
         CloseReason::Broken,
@@ -80,6 +82,7 @@ impl CloseReason {
         CloseReason::Shutdown,
         CloseReason::Reconnect,
         CloseReason::CheckFailed,
+        CloseReason::Pause,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +95,7 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::Reconnect => "reconnect",
             CloseReason::CheckFailed => "check_failed",
+            CloseReason::Pause => "pause",
         }
     }
 }

@@ -10,9 +10,9 @@
 //! (a task that runs while anyone waits) serves them all, where a timer per waiter would be
 //! registered and removed once per queued checkout.
 //!
-//! The admin console can pause a pool (checkouts queue up, servers go idle as they come
-//! back) and start a new generation (RECONNECT: every older server is closed once idle):
-//! see [`control`].
+//! The admin console can pause a pool (checkouts queue up; PAUSE then closes every server
+//! once idle, see [`Pool::disconnect_for_pause`]) and start a new generation (RECONNECT:
+//! every older server is closed once idle): see [`control`].
 //!
 //! Connections move between the idle list, tickets and leases as boxes: a lease is two
 //! pointers, so the futures of the clients that hold one stay small, and a hand-over moves no
@@ -104,8 +104,11 @@ struct State {
     max_size: usize,
     login_params: Option<Arc<BTreeMap<String, String>>>,
     closed: bool,
-    /// PAUSE: no server is handed out until RESUME.
+    /// PAUSE: no server is handed out or opened until RESUME, and servers given back are
+    /// closed.
     paused: bool,
+    /// Connections being closed by [`Pool::close_counted`]: PAUSE answers once none is left.
+    closing: usize,
     /// The task that ends waits at PGSIDECAR_QUERY_WAIT_TIMEOUT is running.
     expiry_running: bool,
     /// Servers opened in an older generation are closed instead of reused (RECONNECT).
@@ -149,11 +152,11 @@ pub struct Pool {
     /// check is one more). The demo reads it; the reports, SHOW STATS and Prometheus read
     /// the upstream's `counters.wait_time`, once per client wait, failed waits included.
     pub waits: crate::observe::histogram::Histogram,
-
     pub target: Arc<Target>,
     cfg: PoolConfig,
     state: Mutex<State>,
-    /// Woken when the last leased server comes back while the pool is paused.
+    /// Woken while the pool is paused and no server is out on a lease, whenever a server
+    /// comes back, a connect ends or a close is done.
     drained: tokio::sync::Notify,
     checks: std::sync::atomic::AtomicU64,
 }
@@ -182,6 +185,7 @@ impl Pool {
                 login_params: None,
                 closed: false,
                 paused: false,
+                closing: 0,
                 expiry_running: false,
                 generation: 0,
                 opened_total: 0,
@@ -432,8 +436,73 @@ impl Pool {
     /// One fewer server out on a lease; wakes a PAUSE waiting for the last one.
     fn lease_ended(&self, s: &mut State) {
         s.active -= 1;
+        self.wake_pause(s);
+    }
+
+    /// Wakes a PAUSE waiting for the servers to be back or closed, when none is out.
+    fn wake_pause(&self, s: &State) {
         if s.paused && s.active == 0 {
             self.drained.notify_waiters();
+        }
+    }
+
+    /// Closes connections whose closing was counted in `closing` (under the lock, with the
+    /// state change that doomed them), and counts them out once their sockets are shut.
+    fn close_counted(self: &Arc<Self>, conns: Vec<Box<ServerConn>>) {
+        let n = conns.len();
+        if n == 0 {
+            return;
+        }
+        let pool = self.clone();
+        let done = move || {
+            let mut s = pool.lock();
+            s.closing -= n;
+            pool.wake_pause(&s);
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(async move {
+                for c in conns {
+                    c.close().await;
+                }
+                done();
+            });
+        } else {
+            drop(conns);
+            done();
+        }
+    }
+
+    /// PAUSE as PgBouncer does it, on a paused pool: closes the idle servers now; servers
+    /// given back while paused are closed as they come back, and none is opened until RESUME.
+    /// [`Pool::until_disconnected`] tells when no server connection is left.
+    pub fn disconnect_for_pause(self: &Arc<Self>) {
+        let doomed = {
+            let mut s = self.lock();
+            if !s.paused {
+                return;
+            }
+            let doomed = std::mem::take(&mut s.idle);
+            s.note_closed(CloseReason::Pause, doomed.len());
+            s.closing += doomed.len();
+            doomed
+        };
+        self.close_counted(doomed);
+    }
+
+    /// Resolves once the pool holds no server connection: none out on a lease, idle, being
+    /// opened or being closed (after [`Pool::disconnect_for_pause`]); or once it is resumed.
+    pub async fn until_disconnected(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let s = self.lock();
+                if !s.paused || (s.total() == 0 && s.closing == 0) {
+                    return;
+                }
+            }
+            notified.await;
         }
     }
 
@@ -488,6 +557,7 @@ impl Pool {
                     w.mailbox.deliver(Err(e.clone()));
                 }
                 self.spawn_connects(&mut s);
+                self.wake_pause(&s);
             }
         }
     }
@@ -502,6 +572,8 @@ impl Pool {
         let now = Instant::now();
         let reason = if s.closed {
             Some(CloseReason::Shutdown)
+        } else if s.paused {
+            Some(CloseReason::Pause)
         } else if conn.generation != s.generation {
             Some(CloseReason::Reconnect)
         } else if self.expired(&conn, now) {
@@ -510,11 +582,12 @@ impl Pool {
             (s.total() > s.max_size).then_some(CloseReason::Shrink)
         };
         if let Some(reason) = reason {
+            s.closing += 1;
             self.lease_ended(&mut s);
             s.note_closed(reason, 1);
             self.spawn_connects(&mut s);
             drop(s);
-            close_all(vec![conn]);
+            self.close_counted(vec![conn]);
             return;
         }
         conn.last_used = now;
@@ -532,8 +605,10 @@ impl Pool {
     }
 
     /// A leased connection that cannot be reused: forget it and replace it if needed.
-    fn discard(self: &Arc<Self>, reason: CloseReason) {
+    /// `closing` is 1 when the caller then closes it with [`Pool::close_counted`].
+    fn discard(self: &Arc<Self>, reason: CloseReason, closing: usize) {
         let mut s = self.lock();
+        s.closing += closing;
         self.lease_ended(&mut s);
         s.note_closed(reason, 1);
         self.spawn_connects(&mut s);
@@ -581,7 +656,7 @@ impl Pool {
                     i += 1;
                 }
             }
-            while !s.closed && s.total() < min && s.connecting < self.cfg.connect_parallelism {
+            while !s.closed && !s.paused && s.total() < min && s.connecting < self.cfg.connect_parallelism {
                 self.spawn_connect(&mut s);
             }
         }
@@ -723,8 +798,8 @@ impl Lease {
     /// [`Lease::close`], counted under `reason`.
     pub fn close_because(mut self, reason: CloseReason) {
         if let Some(conn) = self.conn.take() {
-            self.pool.discard(reason);
-            close_all(vec![conn]);
+            self.pool.discard(reason, 1);
+            self.pool.close_counted(vec![conn]);
         }
     }
 }
@@ -732,7 +807,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.conn.take().is_some() {
-            self.pool.discard(CloseReason::Broken);
+            self.pool.discard(CloseReason::Broken, 0);
         }
     }
 }
