@@ -440,6 +440,31 @@ async fn pause_closes_every_server_connection_and_resume_opens_new_ones() {
     until_servers(&db, 2, "new servers after RESUME, up to the minimum").await;
 }
 
+/// RESUME from another console ends a PAUSE still waiting for a server to come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_ends_a_pause_that_still_waits() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("adminpauseresume");
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "1")]).await;
+    let pool = p.proxy.upstreams()[0].pool.clone();
+    let a = p.connect(&db).await;
+    a.simple_query("begin; select 1").await.unwrap();
+    let admin = console(&p).await;
+    let pause = tokio::spawn(async move { admin.simple_query("PAUSE").await.map(|_| ()) });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pool.is_paused() {
+        assert!(Instant::now() < deadline, "PAUSE did not pause the pool");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    console(&p).await.simple_query("RESUME").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), pause)
+        .await
+        .expect("PAUSE answers once RESUME has run, with the transaction still open")
+        .unwrap()
+        .unwrap();
+    a.simple_query("commit").await.unwrap();
+}
+
 /// A server that no client has used yet (opened for PGSIDECAR_MIN_POOL_SIZE) is checked like
 /// any other once it has been idle longer than PGSIDECAR_SERVER_CHECK_DELAY.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

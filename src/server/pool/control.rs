@@ -7,23 +7,11 @@ use crate::server::conn::ServerInfo;
 use std::sync::Arc;
 
 impl Pool {
-    /// Stops handing out servers: checkouts wait in the queue until [`Pool::resume`], and
-    /// servers coming back stay idle. [`Pool::until_drained`] tells when the last one is back.
+    /// Stops handing out servers: checkouts wait in the queue until [`Pool::resume`]. With
+    /// [`Pool::disconnect_for_pause`] (PAUSE) servers are also closed, idle ones at once and
+    /// the others as they come back.
     pub fn pause(&self) {
         self.lock().paused = true;
-    }
-
-    /// Resolves once no server of this pool is out on a lease (after [`Pool::pause`]).
-    pub async fn until_drained(&self) {
-        loop {
-            let notified = self.drained.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.lock().active == 0 {
-                return;
-            }
-            notified.await;
-        }
     }
 
     /// Hands servers out again: queued clients get idle servers, then new ones, oldest first.
@@ -32,6 +20,8 @@ impl Pool {
         {
             let mut s = self.lock();
             s.paused = false;
+            // A PAUSE still waiting for the last connection to close is over.
+            self.drained.notify_waiters();
             while !s.waiters.is_empty() {
                 let Some(conn) = self.take_idle(&mut s, &mut doomed, quanta::Instant::now()) else {
                     break;
