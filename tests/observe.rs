@@ -292,10 +292,15 @@ async fn process_cpu_seconds_are_fractional_and_memory_is_the_kernels_count() {
     let sc = Sidecar::start(&db, &[]);
     let (c, conn) = tokio_postgres::connect(&sc.conn_str(&db), tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
-    for i in 0..20 {
-        c.simple_query(&format!("select {i}")).await.unwrap();
-    }
     let pid = sc.child.id();
+    // Queries until the kernel has counted a first tick of CPU for the sidecar (well under a
+    // second: a whole-seconds counter would still read 0).
+    let mut i = 0u64;
+    while cpu_seconds_of(pid) == 0.0 {
+        assert!(i < 100_000, "no CPU tick counted after {i} queries");
+        c.simple_query(&format!("select {i}")).await.unwrap();
+        i += 1;
+    }
     let before = cpu_seconds_of(pid);
     let scraped = scrape(&sc.metrics);
     let after = cpu_seconds_of(pid);
