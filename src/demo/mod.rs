@@ -184,11 +184,11 @@ async fn demo(db: &TempDb, duration: Duration) -> Result<(), String> {
     let tty = std::io::stdout().is_terminal();
     let mut peak = Peak { waiting: 0, active: 0, saturated_ticks: 0, ticks: 0 };
     let mut tick = tokio::time::interval(Duration::from_millis(if tty { 250 } else { 1000 }));
-    let mut last = pool.waits.snapshot();
+    let mut last = up.counters.wait_time.snapshot();
     while started.elapsed() < duration {
         tick.tick().await;
         let st = pool.stats();
-        let now = pool.waits.snapshot();
+        let now = up.counters.wait_time.snapshot();
         let window = now.since(&last);
         last = now;
         peak.waiting = peak.waiting.max(st.waiting);
@@ -224,7 +224,7 @@ async fn demo(db: &TempDb, duration: Duration) -> Result<(), String> {
     if tty {
         println!();
     }
-    let waits = pool.waits.snapshot();
+    let waits = up.counters.wait_time.snapshot();
     let st = pool.stats();
     let tx = counters.transactions.load(Ordering::Relaxed);
     println!("\nsummary");

@@ -148,10 +148,6 @@ pub struct PoolStats {
 
 pub struct Pool {
     pub database: String,
-    /// How long checkouts that got a server waited, once per ticket (a retry after a failed
-    /// check is one more). The demo reads it; the reports, SHOW STATS and Prometheus read
-    /// the upstream's `counters.wait_time`, once per client wait, failed waits included.
-    pub waits: crate::observe::histogram::Histogram,
     pub target: Arc<Target>,
     cfg: PoolConfig,
     state: Mutex<State>,
@@ -172,7 +168,6 @@ impl Pool {
         let max_size = cfg.size;
         Arc::new(Pool {
             database,
-            waits: Default::default(),
             target,
             cfg,
             state: Mutex::new(State {
@@ -257,7 +252,7 @@ impl Pool {
             s.active += 1;
             drop(s);
             close_all(doomed);
-            return Ticket { pool: self.clone(), since, inner: TicketState::Ready(Some(conn)) };
+            return Ticket { pool: self.clone(), inner: TicketState::Ready(Some(conn)) };
         }
         let id = s.next_waiter;
         s.next_waiter += 1;
@@ -271,7 +266,7 @@ impl Pool {
         self.spawn_connects(&mut s);
         drop(s);
         close_all(doomed);
-        Ticket { pool: self.clone(), since, inner: TicketState::Waiting { id, mailbox: mailbox.clone() } }
+        Ticket { pool: self.clone(), inner: TicketState::Waiting { id, mailbox: mailbox.clone() } }
     }
 
     /// A server at once when one is idle and needs no check (the common case while the pool
@@ -300,9 +295,6 @@ impl Pool {
         };
         drop(s);
         close_all(doomed);
-        if lease.is_some() {
-            self.waits.record(Duration::ZERO);
-        }
         lease
     }
 
@@ -730,7 +722,6 @@ enum TicketState {
 /// A place in a pool's queue. Resolves to a [`Lease`]; dropping it leaves the queue.
 pub struct Ticket {
     pool: Arc<Pool>,
-    since: Instant,
     inner: TicketState,
 }
 
@@ -749,9 +740,6 @@ impl Future for Ticket {
             TicketState::Done => panic!("ticket polled after completion"),
         };
         this.inner = TicketState::Done;
-        if result.is_ok() {
-            this.pool.waits.record(this.since.elapsed());
-        }
         Poll::Ready(result.map(|conn| Lease { conn: Some(conn), pool: this.pool.clone() }))
     }
 }
