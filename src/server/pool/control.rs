@@ -14,6 +14,40 @@ impl Pool {
         self.lock().paused = true;
     }
 
+    /// PAUSE as PgBouncer does it, on a paused pool: closes the idle servers now; servers
+    /// given back while paused are closed as they come back, and none is opened until RESUME.
+    /// [`Pool::until_disconnected`] tells when no server connection is left.
+    pub fn disconnect_for_pause(self: &Arc<Self>) {
+        let doomed = {
+            let mut s = self.lock();
+            if !s.paused {
+                return;
+            }
+            let doomed = std::mem::take(&mut s.idle);
+            s.note_closed(CloseReason::Pause, doomed.len());
+            s.closing += doomed.len();
+            doomed
+        };
+        self.close_counted(doomed);
+    }
+
+    /// Resolves once the pool holds no server connection: none out on a lease, idle, being
+    /// opened or being closed (after [`Pool::disconnect_for_pause`]); or once it is resumed.
+    pub async fn until_disconnected(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let s = self.lock();
+                if !s.paused || (s.total() == 0 && s.closing == 0) {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Hands servers out again: queued clients get idle servers, then new ones, oldest first.
     pub fn resume(self: &Arc<Self>) {
         let mut doomed = Vec::new();
