@@ -551,7 +551,13 @@ impl Pool {
         conn.last_used = now;
         if !s.paused {
             match Self::hand_over(&mut s, conn) {
-                None => return,
+                None => {
+                    // A connect that just ended here (or a server some waiter did not need)
+                    // leaves room for the next connect while more clients wait than connects
+                    // are under way: growth must not stall at the first batch.
+                    self.spawn_connects(&mut s);
+                    return;
+                }
                 Some(back) => conn = back,
             }
         }
