@@ -109,13 +109,16 @@ fn poll_read_half<S: AsyncRead + Unpin>(
     // it at every request would allocate twice per transaction.
     if h.rbuf.capacity() - h.rbuf.len() < MIN_READ_ROOM {
         if h.limit > 4 * READ_CHUNK && h.limit > h.rbuf.len() {
-            // A large message is being read whole: make room for all of it, once.
-            crate::wire::frame::reserve_exact(h.rbuf, h.limit);
+            // A large message is being read whole: room grows with what arrives of it.
+            crate::wire::frame::grow_toward(h.rbuf, h.limit, READ_CHUNK);
         } else {
             h.rbuf.reserve(READ_CHUNK);
         }
     }
-    poll_read_buf(Pin::new(&mut *h.io), cx, h.rbuf)
+    // A read takes no more than the limit leaves room for, whatever capacity an earlier large
+    // message left: what is buffered stays within the limit (plus one chunk).
+    let room = h.limit.saturating_sub(h.rbuf.len()).max(READ_CHUNK);
+    poll_read_buf(Pin::new(&mut *h.io), cx, &mut bytes::BufMut::limit(&mut *h.rbuf, room))
 }
 
 /// Writes whatever is pending to both sides and reads from both, without blocking one side

@@ -14,7 +14,7 @@ use std::cell::RefCell;
 /// Spares kept per thread, of each kind.
 const MAX_SPARES: usize = 128;
 /// Buffers larger than this are freed rather than kept.
-const MAX_SPARE_CAPACITY: usize = 16 * 1024;
+pub const MAX_SPARE_CAPACITY: usize = 16 * 1024;
 
 thread_local! {
     static BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
@@ -28,10 +28,12 @@ pub fn buffer() -> BytesMut {
 
 /// Gives back an empty buffer (anything it holds is dropped).
 pub fn give_buffer(mut buf: BytesMut) {
-    if buf.capacity() == 0 || buf.capacity() > MAX_SPARE_CAPACITY {
+    buf.clear();
+    // A buffer that carried a large message keeps its whole allocation, even where its
+    // capacity (counted from what was consumed) looks small: such a buffer is freed.
+    if buf.capacity() == 0 || crate::wire::frame::shrink_empty(&mut buf, MAX_SPARE_CAPACITY) {
         return;
     }
-    buf.clear();
     BUFFERS.with(|b| {
         let mut b = b.borrow_mut();
         if b.len() < MAX_SPARES {
@@ -73,6 +75,13 @@ mod tests {
         assert_eq!(again.as_ptr(), ptr, "the spare was not reused");
         give_buffer(BytesMut::with_capacity(MAX_SPARE_CAPACITY + 1));
         assert_eq!(buffer().capacity(), 0, "an oversized buffer was kept");
+        // One whose large front was consumed looks small, yet holds its whole allocation.
+        let mut big = BytesMut::with_capacity(1 << 20);
+        big.extend_from_slice(&[7; (1 << 20) - 100]);
+        let _ = big.split_to(big.len());
+        assert!(big.capacity() <= MAX_SPARE_CAPACITY);
+        give_buffer(big);
+        assert_eq!(buffer().capacity(), 0, "a buffer holding 1 MiB was kept");
         for _ in 0..MAX_SPARES + 10 {
             give_buffer(BytesMut::with_capacity(64));
         }

@@ -18,6 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
+/// Largest read buffer an idle server connection keeps (see [`ServerConn::trim`]).
+const KEEP_READ_BUFFER: usize = 64 * 1024;
+
 /// Largest message the proxy reads whole from a server during login and internal queries.
 const MAX_CONTROL_MESSAGE: usize = 1 << 20;
 
@@ -406,6 +409,12 @@ impl ServerConn {
             let _ = self.io.shutdown().await;
         })
         .await;
+    }
+
+    /// Frees the read buffer's allocation when a large message left it big: an idle server
+    /// keeps a small one.
+    pub fn trim(&mut self) {
+        crate::wire::frame::shrink_empty(&mut self.rbuf, KEEP_READ_BUFFER);
     }
 
     /// Whether the idle connection has been closed or has sent something unasked (a FATAL

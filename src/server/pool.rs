@@ -549,6 +549,7 @@ impl Pool {
             return;
         }
         conn.last_used = now;
+        conn.trim();
         if !s.paused {
             match Self::hand_over(&mut s, conn) {
                 None => {

@@ -66,20 +66,45 @@ fn printable(tag: u8) -> String {
 
 /// Splits one whole message off the front of `buf` without copying.
 ///
-/// `Ok(None)` when the message is not complete yet; capacity for the whole message is
-/// reserved (exactly, see [`reserve_exact`]), which the length check in [`Header::parse`]
-/// bounds.
+/// `Ok(None)` when the message is not complete yet; room for more of it is made as it
+/// arrives ([`grow_toward`]), within the length [`Header::parse`] checked.
 pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<(u8, BytesMut)>, FrameError> {
     let Some(header) = Header::parse(buf, max)? else {
         return Ok(None);
     };
     if buf.len() < header.total_len() {
-        reserve_exact(buf, header.total_len());
+        grow_toward(buf, header.total_len(), 8 * 1024);
         return Ok(None);
     }
     let mut frame = buf.split_to(header.total_len());
     frame.advance(HEADER_LEN);
     Ok(Some((header.tag, frame)))
+}
+
+/// Makes room in `buf` for the next read of a message of `total` bytes, as its bytes arrive:
+/// nothing while at least `chunk` bytes (or what the message still lacks) fit; otherwise the
+/// capacity doubles (at least to one `chunk` past what is held), up to `total` exactly. Memory
+/// follows the bytes a peer has sent, not the length its header claims, and a message of n
+/// bytes costs about log2(n / chunk) copies.
+pub fn grow_toward(buf: &mut BytesMut, total: usize, chunk: usize) {
+    let len = buf.len();
+    let wanted = chunk.min(total.saturating_sub(len)).max(1);
+    if buf.capacity() - len >= wanted {
+        return;
+    }
+    reserve_exact(buf, total.min((buf.capacity() * 2).max(len + chunk)).max(len + 1));
+}
+
+/// Frees the allocation of an empty `buf` when it is larger than `keep` bytes (a large
+/// message passed through it), so that a connection's buffers shrink back after one. The
+/// allocation is measured whole: `capacity` alone shrinks as a buffer's front is consumed.
+/// Returns whether it did.
+pub fn shrink_empty(buf: &mut BytesMut, keep: usize) -> bool {
+    if !buf.is_empty() || !(buf.capacity() > keep || buf.try_reclaim(keep + 1)) {
+        return false;
+    }
+    *buf = BytesMut::new();
+    true
 }
 
 /// Makes room for `total` bytes in `buf` without allocating more than that.

@@ -178,3 +178,45 @@ fn reader_splits_empty_and_named_strings_and_rejects_a_missing_terminator() {
     assert!(r.cstr_bytes().is_err(), "no terminator after x");
     assert!(Reader::new(b"", "Bind").cstr_bytes().is_err());
 }
+
+/// Room for a message that arrives in pieces grows with what has arrived, never past the
+/// message, and never to the length its header claims before the bytes come.
+#[test]
+fn room_grows_with_the_bytes_that_arrive() {
+    use crate::wire::frame::grow_toward;
+    let total = 1 << 20;
+    let mut buf = BytesMut::new();
+    buf.put_slice(b"Q\x00\x10\x00\x00");
+    grow_toward(&mut buf, total, 1024);
+    assert!(buf.capacity() < 4096, "{} reserved for 5 bytes of a 1 MiB message", buf.capacity());
+    let mut copies = 0;
+    while buf.len() < total {
+        let before = buf.capacity();
+        grow_toward(&mut buf, total, 1024);
+        copies += usize::from(buf.capacity() != before);
+        assert!(buf.capacity() <= total && buf.capacity() > buf.len());
+        let n = (buf.capacity() - buf.len()).min(3000);
+        buf.put_bytes(b'x', n);
+    }
+    assert!(copies <= 12, "{copies} reallocations for 1 MiB");
+    assert_eq!(buf.capacity(), total);
+}
+
+/// A buffer that carried a large message is freed once empty, even when its front was
+/// consumed (its capacity then looks small while the allocation is whole).
+#[test]
+fn an_empty_buffer_a_large_message_grew_is_freed() {
+    use crate::wire::frame::shrink_empty;
+    let mut buf = BytesMut::with_capacity(1 << 20);
+    buf.put_bytes(b'x', 1 << 20);
+    let _ = buf.split_to(1 << 20); // consumed, as a relay does
+    assert!(buf.is_empty() && buf.capacity() < 4096);
+    assert!(shrink_empty(&mut buf, 64 * 1024));
+    assert_eq!(buf.capacity(), 0);
+    // Small buffers and buffers still holding bytes are kept.
+    let mut small = BytesMut::with_capacity(8192);
+    assert!(!shrink_empty(&mut small, 64 * 1024));
+    let mut full = BytesMut::with_capacity(1 << 20);
+    full.put_u8(1);
+    assert!(!shrink_empty(&mut full, 64 * 1024));
+}
