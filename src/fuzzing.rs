@@ -10,7 +10,7 @@
 
 use crate::auth::scram;
 use crate::client::handshake::{self, Admitted, StartupStep};
-use crate::client::relay::{Relay, Statements, READ_HIGH, WRITE_HIGH};
+use crate::client::relay::{Relay, Statements, Stop, READ_HIGH, WRITE_HIGH};
 use crate::client::timing::Timing;
 use crate::prepared::{self, ClientStatements, ServerStatements};
 use crate::proxy::Proxy;
@@ -676,7 +676,7 @@ impl Framing {
 /// The relay's handling of an authenticated client's messages (and the answers of a server
 /// that is simulated by the input), without sockets.
 ///
-/// `data[0]`: bit 0 transaction mode (tracking), bit 1 prepared-statement rewriting, bit 2
+/// `data[0]`: bit 0 transaction mode, bit 1 prepared-statement rewriting, bit 2
 /// pinned, bits 3-4 the server's statement cache size (1 to 4, so evictions happen), bit 5
 /// prepares unnamed statements too;
 /// `data[1]` the maximum message size. Then operations, each a kind byte:
@@ -693,8 +693,8 @@ impl Framing {
 pub fn post_auth(data: &[u8]) {
     let mut input = Input(data);
     let flags = input.u8();
-    let tracking = flags & 1 != 0;
-    let rewrite = tracking && flags & 2 != 0;
+    let transaction = flags & 1 != 0;
+    let rewrite = transaction && flags & 2 != 0;
     let unnamed = rewrite && flags & 32 != 0;
     let pinned = flags & 4 != 0;
     let capacity = usize::from(flags >> 3 & 3) + 1;
@@ -703,7 +703,7 @@ pub fn post_auth(data: &[u8]) {
         m => HEADER_LEN + usize::from(m) * 4,
     };
 
-    let mut relay = Relay::new(tracking);
+    let mut relay = Relay::new();
     let mut timing = Timing::default();
     let mut client = ClientStatements::default();
     let mut server = ServerStatements::new(capacity);
@@ -778,12 +778,25 @@ pub fn post_auth(data: &[u8]) {
         };
         if to_client_side {
             match relay.client_to_server(&mut c_in, &mut to_server, &mut to_client, max, &mut st) {
-                Ok(()) => {
-                    // Unless the server side is full or the client said goodbye, what is left
-                    // is an incomplete message.
-                    if !relay.terminated && to_server.len() < WRITE_HIGH {
-                        if let Ok(Some(h)) = Header::parse(&c_in, max) {
-                            assert!(c_in.len() < h.total_len(), "a whole message left unread");
+                Ok(stop) => {
+                    // Progress: it stops on its output only when that is full; otherwise, unless
+                    // the client said goodbye or the answers owed are at their cap, what is
+                    // left is an incomplete message, and the session may read more of it.
+                    match stop {
+                        Stop::Output => {
+                            assert!(to_server.len() >= WRITE_HIGH, "stopped on an output with room")
+                        }
+                        Stop::Rest => panic!("only the server's answers bring the relay to rest"),
+                        Stop::Input => {
+                            if !relay.terminated && !relay.answers_capped() {
+                                if let Ok(Some(h)) = Header::parse(&c_in, max) {
+                                    assert!(c_in.len() < h.total_len(), "a whole message left unread");
+                                    assert!(
+                                        c_in.len() < relay.client_read_limit(),
+                                        "a message that cannot be read whole"
+                                    );
+                                }
+                            }
                         }
                     }
                     assert!(relay.client_read_limit() <= READ_HIGH.max(max));
@@ -791,7 +804,21 @@ pub fn post_auth(data: &[u8]) {
                 Err(_) => client_done = true,
             }
         } else {
-            server_done = relay.server_to_client(&mut s_in, &mut to_client, max, &mut st).is_err();
+            match relay.server_to_client(&mut s_in, &mut to_client, max, &mut st) {
+                Ok(Stop::Output) => assert!(to_client.len() >= WRITE_HIGH, "stopped on an output with room"),
+                Ok(Stop::Rest) => assert!(relay.at_rest()),
+                Ok(Stop::Input) => {
+                    // Whatever is left needs more bytes before anything of it can move.
+                    if let Ok(Some(h)) = Header::parse(&s_in, crate::client::relay::MAX_STREAMED) {
+                        assert!(s_in.len() < h.total_len(), "a whole server message left unread");
+                        assert!(
+                            s_in.len() < relay.server_read_limit(),
+                            "a message that cannot be read whole"
+                        );
+                    }
+                }
+                Err(_) => server_done = true,
+            }
         }
         // One step adds at most one message (up to `max`) and what the proxy writes on its own
         // for it: rewritten names, a Parse for a statement the server lacks, Closes of evicted

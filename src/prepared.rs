@@ -327,6 +327,11 @@ impl ClientStatements {
             m.clear();
         }
     }
+
+    /// Every name and its statement (the client's map is left as it is).
+    pub fn into_entries(self) -> impl Iterator<Item = (Vec<u8>, Arc<Statement>)> {
+        self.map.into_iter().flat_map(|m| m.into_iter())
+    }
 }
 
 /// The proxy-wide statements one server holds, least recently used first out.

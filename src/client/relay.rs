@@ -40,6 +40,28 @@ const FLUSH: &[u8] = b"H\0\0\0\x04";
 pub const MAX_EXPECTED: usize = 4096;
 const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
 
+/// Why [`Relay::client_to_server`] or [`Relay::server_to_client`] stopped moving messages:
+/// the session waits on a socket only when neither direction can move anything more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The input holds nothing more that can move now: a message is incomplete, or nothing
+    /// more may be sent until the server answers. Only a read can change that.
+    Input,
+    /// The output reached [`WRITE_HIGH`]: more moves once it has been written out, and the
+    /// input may hold whole messages meanwhile.
+    Output,
+    /// A ReadyForQuery left the server at rest (server to client only): what follows it in
+    /// the input was not looked at.
+    Rest,
+}
+
+/// Whether a client message of type `tag` is read whole before it moves on: Query, Parse and
+/// Bind for their text (timing, slow-query log), Describe and Close for statement names.
+/// Other messages stream through in pieces.
+pub fn read_whole(tag: u8) -> bool {
+    matches!(tag, tag::QUERY | tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE)
+}
+
 /// Settings the server reports that follow the client (re-applied on another server).
 pub const TRACKED_REPORTED: &[&str] = &[
     "client_encoding",
@@ -161,21 +183,6 @@ fn scan_facts(text: &[u8]) -> u8 {
         facts |= CALLS_SET_CONFIG;
     }
     facts
-}
-
-/// Records a statement's text for timing outside transaction mode (where the relay reads
-/// nothing else of these messages): a Parse's statement, a Bind's (whose text the following
-/// Execute runs).
-fn note_text(t: u8, body: &[u8], st: &mut Statements<'_>) -> Result<(), FrameError> {
-    match t {
-        tag::PARSE => {
-            let (name, query) = prepared::parse_texts(body)?;
-            st.timing.parse(name, query);
-        }
-        tag::BIND => st.timing.bind(prepared::bind_parts(body)?.statement),
-        _ => {}
-    }
-    Ok(())
 }
 
 /// Byte classes for [`mentions_session_state`]: 0 not a letter, 1 a letter, 2 a letter that
@@ -317,8 +324,10 @@ enum Undo {
     Nothing,
     /// The client's Parse created this name.
     Created(Vec<u8>),
-    /// The client's Close removed this name.
+    /// The client's Close (or DEALLOCATE) removed this name.
     Removed(Vec<u8>, Arc<Statement>),
+    /// The client's DEALLOCATE ALL removed these.
+    Cleared(ClientStatements),
 }
 
 /// An entry of the queue of expected answers: three bytes with no destructor, as one is
@@ -393,7 +402,7 @@ enum Payload {
     /// A Close the proxy sends for a statement the server's cache evicted.
     Close(Arc<str>),
     Local(Bytes, Undo),
-    LocalQuery(&'static str),
+    LocalQuery(&'static str, Undo),
 }
 
 /// Named-statement state the relay works on: the client's names and the server's cache.
@@ -438,8 +447,6 @@ pub struct Relay {
     pub state_hint: Option<Bytes>,
     /// Custom (dotted) setting names the client's statements set or reset.
     pub custom_names: Vec<String>,
-    /// Record expected responses (transaction mode).
-    tracking: bool,
     expect: Queue,
     /// The data of the entries of `expect` that have some, in the same order.
     payloads: VecDeque<Payload>,
@@ -454,10 +461,9 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(tracking: bool) -> Relay {
+    pub fn new() -> Relay {
         let mut relay = Relay::default();
         relay.status = b'I';
-        relay.tracking = tracking;
         relay.expect.items = SPARE_QUEUES.with(|q| q.borrow_mut().pop()).unwrap_or_default();
         relay
     }
@@ -475,6 +481,12 @@ impl Relay {
             && self.s2c_remaining == 0
             && self.expect.is_empty()
             && !self.client_skip
+    }
+
+    /// The client has as many answers owed as it may ([`MAX_EXPECTED`]): it is not read
+    /// further until the server answers some.
+    pub fn answers_capped(&self) -> bool {
+        self.expect.len() >= MAX_EXPECTED
     }
 
     /// Bytes of a server message already being forwarded that are still to come: the next
@@ -523,7 +535,7 @@ impl Relay {
                 Some((Expect { kind: Kind::LocalParse, .. }, None)) => {
                     to_client.extend_from_slice(PARSE_COMPLETE)
                 }
-                Some((_, Some(Payload::LocalQuery(command)))) => {
+                Some((_, Some(Payload::LocalQuery(command, _)))) => {
                     messages::command_complete(to_client, command);
                     messages::ready_for_query(to_client, self.status);
                 }
@@ -552,9 +564,7 @@ impl Relay {
     }
 
     fn expect_server(&mut self, kind: Kind) {
-        if self.tracking {
-            self.push(kind, false, None);
-        }
+        self.push(kind, false, None);
     }
 
     /// Queues Close for statements the server's cache evicted, answers dropped.
@@ -624,7 +634,7 @@ impl Relay {
         to_client: &mut BytesMut,
         max: usize,
         st: &mut Statements<'_>,
-    ) -> Result<(), FrameError> {
+    ) -> Result<Stop, FrameError> {
         loop {
             if self.c2s_remaining > 0 {
                 let n = self.c2s_remaining.min(input.len());
@@ -632,12 +642,15 @@ impl Relay {
                 input.advance(n);
                 self.c2s_remaining -= n;
                 if self.c2s_remaining > 0 {
-                    return Ok(());
+                    return Ok(if to_server.len() >= WRITE_HIGH { Stop::Output } else { Stop::Input });
                 }
             }
             self.emit_local(to_client);
-            if to_server.len() >= WRITE_HIGH || self.terminated {
-                return Ok(());
+            if self.terminated {
+                return Ok(Stop::Input);
+            }
+            if to_server.len() >= WRITE_HIGH {
+                return Ok(Stop::Output);
             }
             if self.expect.len() >= MAX_EXPECTED {
                 // Answers owed are capped: the client is not read further until the server
@@ -647,11 +660,11 @@ impl Relay {
                     to_server.extend_from_slice(FLUSH);
                     self.flush_asked = true;
                 }
-                return Ok(());
+                return Ok(Stop::Input);
             }
             self.flush_asked = false;
             let Some(h) = Header::parse(input, max)? else {
-                return Ok(());
+                return Ok(Stop::Input);
             };
             if !crate::wire::is_frontend_tag(h.tag) {
                 // Postgres would end the session; the proxy does so without involving a server.
@@ -660,7 +673,7 @@ impl Relay {
             if h.tag == tag::TERMINATE {
                 input.advance(h.total_len().min(input.len()));
                 self.terminated = true;
-                return Ok(());
+                return Ok(Stop::Input);
             }
             if self.client_skip {
                 // After an error the proxy raised itself, Postgres would ignore everything up
@@ -668,7 +681,7 @@ impl Relay {
                 if h.tag != tag::SYNC {
                     if input.len() < h.total_len() {
                         self.c2s_need = h.total_len();
-                        return Ok(());
+                        return Ok(Stop::Input);
                     }
                     self.c2s_need = 0;
                     input.advance(h.total_len());
@@ -676,11 +689,7 @@ impl Relay {
                 }
                 self.client_skip = false;
             }
-            // Query, Parse and Bind are read whole for their text (timing, slow-query log);
-            // in transaction mode Describe and Close too, for statement names.
-            let whole = matches!(h.tag, tag::QUERY | tag::PARSE | tag::BIND)
-                || (self.tracking && matches!(h.tag, tag::DESCRIBE | tag::CLOSE));
-            if !whole {
+            if !read_whole(h.tag) {
                 match h.tag {
                     tag::FUNCTION_CALL => {
                         self.outstanding += 1;
@@ -712,7 +721,7 @@ impl Relay {
             }
             if input.len() < h.total_len() {
                 self.c2s_need = h.total_len();
-                return Ok(());
+                return Ok(Stop::Input);
             }
             self.c2s_need = 0;
             let total = h.total_len();
@@ -724,16 +733,7 @@ impl Relay {
             }
             // Read in place (a split would take a reference to the read buffer per message).
             let msg = &input[..total];
-            let result = if self.tracking {
-                self.tracked_message(h.tag, msg, to_server, st)
-            } else {
-                let noted = note_text(h.tag, &msg[HEADER_LEN..], st);
-                if noted.is_ok() {
-                    self.in_batch = true;
-                    to_server.extend_from_slice(msg);
-                }
-                noted
-            };
+            let result = self.tracked_message(h.tag, msg, to_server, st);
             input.advance(total);
             result?;
         }
@@ -743,12 +743,6 @@ impl Relay {
     /// custom settings, and answered here when it deallocates statements the proxy manages.
     fn query(&mut self, msg: Bytes, out: &mut BytesMut, st: &mut Statements<'_>) {
         let text_end = msg.len().saturating_sub(1).max(HEADER_LEN);
-        if !self.tracking {
-            self.outstanding += 1;
-            st.timing.query(Some(msg.slice(HEADER_LEN..text_end)), None);
-            out.extend_from_slice(&msg);
-            return;
-        }
         let body = &msg[HEADER_LEN..];
         let (fingerprint, facts) = text_facts(&msg[HEADER_LEN..text_end]);
         if facts & MENTIONS_SESSION_STATE != 0 {
@@ -765,14 +759,18 @@ impl Relay {
             st.client.remove(b"");
         }
         if st.rewrite {
+            // Answered here; what each took away comes back if an earlier error in the same
+            // pipeline makes Postgres skip it (see `on_error`).
             match prepared::sql_command(body) {
-                Some(SqlCommand::Deallocate(name)) if st.client.remove(name.as_bytes()) => {
-                    self.push(Kind::LocalQuery, false, Some(Payload::LocalQuery("DEALLOCATE")));
+                Some(SqlCommand::Deallocate(name)) if st.client.contains(name.as_bytes()) => {
+                    let stmt = st.client.take(name.as_bytes()).expect("looked up above");
+                    let undo = Undo::Removed(name.as_bytes().to_vec(), stmt);
+                    self.push(Kind::LocalQuery, false, Some(Payload::LocalQuery("DEALLOCATE", undo)));
                     return;
                 }
                 Some(SqlCommand::DeallocateAll) if !st.pinned => {
-                    st.client.clear();
-                    self.push(Kind::LocalQuery, false, Some(Payload::LocalQuery("DEALLOCATE ALL")));
+                    let undo = Undo::Cleared(std::mem::take(st.client));
+                    self.push(Kind::LocalQuery, false, Some(Payload::LocalQuery("DEALLOCATE ALL", undo)));
                     return;
                 }
                 Some(SqlCommand::DiscardAll | SqlCommand::DeallocateAll) => st.client.clear(),
@@ -785,8 +783,7 @@ impl Relay {
         out.extend_from_slice(&msg);
     }
 
-    /// A whole Parse, Bind, Describe or Close in transaction mode (read in place). The timing
-    /// calls `note_text` makes outside transaction mode are made here, on what is read anyway.
+    /// A whole Parse, Bind, Describe or Close (read in place).
     fn tracked_message(
         &mut self,
         t: u8,
@@ -943,7 +940,7 @@ impl Relay {
         out: &mut BytesMut,
         max: usize,
         st: &mut Statements<'_>,
-    ) -> Result<(), FrameError> {
+    ) -> Result<Stop, FrameError> {
         loop {
             if self.s2c_remaining > 0 {
                 let n = self.s2c_remaining.min(input.len());
@@ -951,17 +948,17 @@ impl Relay {
                 input.advance(n);
                 self.s2c_remaining -= n;
                 if self.s2c_remaining > 0 {
-                    return Ok(());
+                    return Ok(if out.len() >= WRITE_HIGH { Stop::Output } else { Stop::Input });
                 }
             }
             self.emit_local(out);
             if out.len() >= WRITE_HIGH {
-                return Ok(());
+                return Ok(Stop::Output);
             }
             // Results stream through whatever their size; only messages read whole below
             // are held to `max`.
             let Some(h) = Header::parse(input, MAX_STREAMED)? else {
-                return Ok(());
+                return Ok(Stop::Input);
             };
             let inspect = matches!(
                 h.tag,
@@ -974,9 +971,7 @@ impl Relay {
                     | b'3'
             );
             if !inspect {
-                if self.tracking || h.tag == tag::COPY_IN_RESPONSE {
-                    self.complete_streamed(h.tag);
-                }
+                self.complete_streamed(h.tag);
                 if matches!(h.tag, b'I' | b's') {
                     st.timing.complete(None);
                 }
@@ -988,7 +983,7 @@ impl Relay {
             }
             if input.len() < h.total_len() {
                 self.s2c_need = h.total_len();
-                return Ok(());
+                return Ok(Stop::Input);
             }
             self.s2c_need = 0;
             // Read in place (a split would share the buffer: a reference count per message).
@@ -1003,9 +998,7 @@ impl Relay {
                     self.status = parse_ready_for_query(body)?;
                     st.timing.ready(self.status);
                     self.outstanding = self.outstanding.saturating_sub(1);
-                    if self.tracking {
-                        self.complete(|k| matches!(k, Kind::Sync | Kind::Query));
-                    }
+                    self.complete(|k| matches!(k, Kind::Sync | Kind::Query));
                     at_rest = self.at_rest();
                 }
                 tag::PARAMETER_STATUS => self.reported.push(parse_parameter_status(body)?),
@@ -1018,7 +1011,7 @@ impl Relay {
                     if t == b"DISCARD ALL" || t == b"DEALLOCATE ALL" {
                         st.server.clear();
                     }
-                    if self.tracking && self.head_is(|k| matches!(k, Kind::Execute)) {
+                    if self.head_is(|k| matches!(k, Kind::Execute)) {
                         self.complete(|_| true);
                     }
                 }
@@ -1034,15 +1027,11 @@ impl Relay {
                         // DDL changed a statement's result: prepare every statement afresh.
                         st.server.invalidate_all();
                     }
-                    if self.tracking {
-                        self.on_error(st);
-                    }
+                    self.on_error(st);
                 }
                 _ => {
                     // ParseComplete, BindComplete, CloseComplete.
-                    if self.tracking {
-                        forward = !self.complete(|_| true);
-                    }
+                    forward = !self.complete(|_| true);
                 }
             }
             if forward {
@@ -1051,7 +1040,7 @@ impl Relay {
             input.advance(total);
             self.emit_local(out);
             if at_rest {
-                return Ok(());
+                return Ok(Stop::Rest);
             }
         }
     }
@@ -1077,10 +1066,7 @@ impl Relay {
     /// Completion of the head by a streamed (not inspected) message.
     fn complete_streamed(&mut self, t: u8) {
         match t {
-            tag::COPY_IN_RESPONSE
-                if self.copy_syncs > 0
-                    && (!self.tracking || self.head_is(|k| matches!(k, Kind::Execute))) =>
-            {
+            tag::COPY_IN_RESPONSE if self.copy_syncs > 0 && self.head_is(|k| matches!(k, Kind::Execute)) => {
                 // The Syncs queued behind this Execute reach the server during COPY and are
                 // ignored there: no ReadyForQuery will answer them.
                 let mut drop = self.copy_syncs;
@@ -1118,12 +1104,23 @@ impl Relay {
             return; // a simple query ends with ReadyForQuery regardless
         }
         // Only entries with something to take back are kept: for the usual failed Bind or
-        // Execute nothing is, and nothing is allocated or scanned.
+        // Execute nothing is, and nothing is allocated or scanned. A simple query (or function
+        // call) pipelined before the Sync is skipped by Postgres too: no ReadyForQuery answers
+        // it.
         let mut skipped = Vec::new();
+        let mut queries = 0;
         while self.expect.front().is_some_and(|e| e.kind != Kind::Sync) {
-            if let Some(entry @ ((_, Some(_)) | (Expect { kind: Kind::LocalParse, .. }, None))) = self.pop() {
-                skipped.push(entry);
+            match self.pop() {
+                Some(entry @ ((_, Some(_)) | (Expect { kind: Kind::LocalParse, .. }, None))) => {
+                    skipped.push(entry)
+                }
+                Some((Expect { kind: Kind::Query, .. }, None)) => queries += 1,
+                _ => {}
             }
+        }
+        if queries > 0 {
+            self.outstanding = self.outstanding.saturating_sub(queries);
+            st.timing.skip_queries();
         }
         if skipped.is_empty() {
             return;
@@ -1144,8 +1141,21 @@ impl Relay {
                 (Expect { kind: Kind::LocalParse, .. }, _) if !later.touch(b"") => {
                     st.client.remove(b"");
                 }
-                (_, Some(Payload::Local(_, Undo::Removed(name, stmt)))) if !later.touch(&name) => {
+                (
+                    _,
+                    Some(
+                        Payload::Local(_, Undo::Removed(name, stmt))
+                        | Payload::LocalQuery(_, Undo::Removed(name, stmt)),
+                    ),
+                ) if !later.touch(&name) => {
                     st.client.insert(name, stmt);
+                }
+                (_, Some(Payload::LocalQuery(_, Undo::Cleared(all)))) => {
+                    for (name, stmt) in all.into_entries() {
+                        if !later.touch(&name) {
+                            st.client.insert(name, stmt);
+                        }
+                    }
                 }
                 _ => {}
             }

@@ -4,7 +4,7 @@
 use super::handshake::Login;
 use super::io::{poll_io, Half, IoError};
 use super::params::{self, Settings};
-use super::relay::{Relay, Statements, READ_HIGH, TRACKED_REPORTED, WRITE_HIGH};
+use super::relay::{read_whole, Relay, Statements, Stop, READ_HIGH, TRACKED_REPORTED, WRITE_HIGH};
 use crate::cancel::{Activity, CancelSlot, ClientInfo, Registration};
 use crate::config::PoolMode;
 use crate::observe::stats::PoolerError;
@@ -503,7 +503,7 @@ impl Session {
                     return Local::NeedServer;
                 }
                 while self.crbuf.len() < h.total_len() {
-                    self.crbuf.reserve(h.total_len() - self.crbuf.len());
+                    crate::wire::frame::grow_toward(&mut self.crbuf, h.total_len(), IDLE_READ);
                     match self.client.read_buf(&mut self.crbuf).await {
                         Ok(0) | Err(_) => return Local::End,
                         Ok(n) => self.received(n),
@@ -580,14 +580,24 @@ impl Session {
             }
         }
         loop {
+            // A request is ready once its first message is whole, when the relay reads that
+            // kind of message whole (a Query, a Parse, a Bind): with only part of it here, a
+            // server taken for it could only be given back unused, and the part read again.
             // The error is turned into its (boxed) answer before the await, so that neither it
             // nor the parse result is kept in this future, which is where idle clients wait.
+            let mut need = 0;
             let invalid = match Header::parse(&self.crbuf, self.max_message()) {
                 Ok(Some(h)) if h.tag == tag::TERMINATE => return Request::Terminate,
                 Ok(Some(h)) if !crate::wire::is_frontend_tag(h.tag) => {
                     Some(crate::wire::frame::FrameError::UnknownType(h.tag))
                 }
-                Ok(Some(_)) => return Request::Message,
+                Ok(Some(h)) if !read_whole(h.tag) || self.crbuf.len() >= h.total_len() => {
+                    return Request::Message
+                }
+                Ok(Some(h)) => {
+                    need = h.total_len();
+                    None
+                }
                 Ok(None) => None,
                 Err(e) => Some(e),
             };
@@ -605,7 +615,12 @@ impl Session {
                 }
                 self.crbuf = super::reuse::buffer();
             }
-            self.crbuf.reserve(IDLE_READ);
+            if need > 0 {
+                // Room grows with the bytes that arrive, not with the length the header claims.
+                crate::wire::frame::grow_toward(&mut self.crbuf, need, IDLE_READ);
+            } else {
+                self.crbuf.reserve(IDLE_READ);
+            }
             match self.client.read_buf(&mut self.crbuf).await {
                 Ok(0) | Err(_) => return Request::Gone,
                 Ok(n) => self.received(n),
@@ -777,7 +792,10 @@ impl Session {
     /// Serves the client with a server attached until it can be released (transaction
     /// mode) or either side leaves.
     async fn attached(&mut self, mut lease: Lease) -> Flow {
-        let mut relay = Relay::new(self.mode == PoolMode::Transaction);
+        // Expected answers are followed in both modes: an error makes Postgres skip what was
+        // pipelined up to the next Sync, simple queries included, and only the queue of
+        // requests tells which ReadyForQuery is still owed.
+        let mut relay = Relay::new();
         let max = self.max_message();
         let cfg = &self.proxy.config.pool;
         let mut t = Timeouts::new(cfg.query_timeout, cfg.idle_transaction_timeout);
@@ -807,21 +825,27 @@ impl Session {
                 pinned: self.pinned,
             };
             let before = self.cwbuf.len();
-            if let Err(e) =
-                relay.client_to_server(&mut self.crbuf, &mut self.swbuf, &mut self.cwbuf, max, &mut st)
-            {
-                self.fail(PgError::fatal("08P01", format!("invalid message from client: {e}"))).await;
-                return Flow::End; // lease dropped: the server is discarded
-            }
+            let c_stop =
+                match relay.client_to_server(&mut self.crbuf, &mut self.swbuf, &mut self.cwbuf, max, &mut st)
+                {
+                    Ok(stop) => stop,
+                    Err(e) => {
+                        self.fail(PgError::fatal("08P01", format!("invalid message from client: {e}"))).await;
+                        return Flow::End; // lease dropped: the server is discarded
+                    }
+                };
             let local = self.cwbuf.len();
-            if let Err(e) = relay.server_to_client(&mut conn.rbuf, &mut self.cwbuf, max, &mut st) {
-                self.fail(PgError::fatal(
-                    "08006",
-                    format!("pgsidecar: invalid message from the server: {e}"),
-                ))
-                .await;
-                return Flow::End;
-            }
+            let s_stop = match relay.server_to_client(&mut conn.rbuf, &mut self.cwbuf, max, &mut st) {
+                Ok(stop) => stop,
+                Err(e) => {
+                    self.fail(PgError::fatal(
+                        "08006",
+                        format!("pgsidecar: invalid message from the server: {e}"),
+                    ))
+                    .await;
+                    return Flow::End;
+                }
+            };
             if !self.swbuf.is_empty() {
                 // The request goes to Postgres before anything else is done with it (and only
                 // to a server whose output made sense so far).
@@ -890,6 +914,22 @@ impl Session {
             }
             if t.enabled {
                 t.update(&relay, self.crbuf.is_empty(), timer.as_mut());
+            }
+            if s_stop == Stop::Rest && self.mode == PoolMode::Session {
+                // A session keeps its buffers from one transaction to the next: those a large
+                // message grew are freed once empty.
+                for buf in [&mut self.crbuf, &mut self.cwbuf, &mut self.swbuf, &mut conn.rbuf] {
+                    crate::wire::frame::shrink_empty(buf, super::reuse::MAX_SPARE_CAPACITY);
+                }
+            }
+            // Wait on the sockets only when neither direction can move anything more: one that
+            // stopped on its full output moves again once the writes above made room, and one
+            // that stopped at a ReadyForQuery left what followed it unread.
+            if (c_stop == Stop::Output && self.swbuf.len() < WRITE_HIGH)
+                || (s_stop == Stop::Output && self.cwbuf.len() < WRITE_HIGH)
+                || (s_stop == Stop::Rest && !conn.rbuf.is_empty())
+            {
+                continue;
             }
             let client_may_read = !relay.terminated
                 && self.crbuf.len() < relay.client_read_limit()

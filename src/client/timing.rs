@@ -175,6 +175,22 @@ impl Timing {
         }
     }
 
+    /// An error made Postgres skip the simple queries pipelined before the next Sync: they
+    /// are not timed (no ReadyForQuery ends them).
+    pub fn skip_queries(&mut self) {
+        let sync = self.timers.iter().position(|t| matches!(t, Timer::Sync)).unwrap_or(self.timers.len());
+        let mut i = 0;
+        let mut end = sync;
+        while i < end {
+            if matches!(self.timers[i], Timer::Query { .. }) {
+                self.timers.remove(i);
+                end -= 1;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     /// ReadyForQuery with the transaction status.
     pub fn ready(&mut self, status: u8) {
         while let Some(Timer::Execute { .. }) = self.timers.front() {

@@ -74,7 +74,7 @@ struct Rig {
 impl Rig {
     fn new() -> Rig {
         Rig {
-            relay: Relay::new(true),
+            relay: Relay::new(),
             client: ClientStatements::default(),
             timing: Default::default(),
             unnamed: false,
@@ -309,13 +309,13 @@ fn unnamed_parse_of_the_same_text_keeps_what_the_scans_found() {
     let mut rig = Rig::new();
     let mut server = ServerStatements::new(10);
     for round in 0..3 {
-        rig.relay = Relay::new(true); // a new transaction of the same client
+        rig.relay = Relay::new(); // a new transaction of the same client
         let text = "select pg_advisory_lock(1), set_config('app.tenant', 'x', false)";
         rig.send(&mut server, &[parse("", text), bind(""), execute(), sync()]);
         assert!(rig.relay.state_hint.is_some(), "round {round}");
         assert_eq!(rig.relay.custom_names, ["app.tenant"], "round {round}");
     }
-    rig.relay = Relay::new(true);
+    rig.relay = Relay::new();
     rig.send(&mut server, &[parse("", "select 1"), bind(""), execute(), sync()]);
     assert!(rig.relay.state_hint.is_none());
     assert!(rig.relay.custom_names.is_empty());
@@ -448,8 +448,8 @@ fn sync_sent_before_copy_data_is_not_answered() {
     rig.send(&mut server, &[msg(b'd', b"1\n"), msg(b'c', b""), sync()]);
     assert_eq!(tags(&rig.answer(&mut server, &[complete(), ready()])), "CZ");
     assert!(rig.relay.at_rest(), "{:?}", rig.relay);
-    // Session mode (no tracking) counts the same way.
-    let mut relay = Relay::new(false);
+    // A relay without statement rewriting (session mode) counts the same way.
+    let mut relay = Relay::new();
     let mut client = ClientStatements::default();
     let mut timing = crate::client::timing::Timing::default();
     let mut st = Statements {
@@ -595,7 +595,7 @@ fn binds_of_a_named_statement_that_may_leave_state_check_the_server() {
     rig.answer(&mut server, &[ok(b'1'), ok(b'1'), ready()]);
     assert!(rig.relay.state_hint.is_none(), "preparing leaves no state");
     for round in 0..2 {
-        rig.relay = Relay::new(true); // a later transaction
+        rig.relay = Relay::new(); // a later transaction
         rig.send(&mut server, &[bind("plain"), execute(), sync()]);
         assert!(rig.relay.state_hint.is_none(), "round {round}");
         rig.send(&mut server, &[bind("lock"), execute(), sync()]);
@@ -635,7 +635,7 @@ fn unnamed_statements_are_prepared_once_per_server_when_asked() {
 
     // The next transaction on the same server (this client or another): no Parse sent.
     for mut rig in [Rig::preparing_unnamed(), rig] {
-        rig.relay = Relay::new(true);
+        rig.relay = Relay::new();
         let (to_server, to_client) = rig.send(&mut server, &batch);
         assert_eq!(tags(&to_server), "BDES", "no second Parse");
         assert_eq!(to_server[0].1, global);
@@ -788,16 +788,16 @@ fn statements_calling_set_config_have_the_settings_read_back() {
     rig.send(&mut server, &[msg(b'Q', b"select set_config('statement_timeout', '1s', false)\0")]);
     assert!(rig.relay.settings_changed, "a simple query");
 
-    rig.relay = Relay::new(true);
+    rig.relay = Relay::new();
     rig.send(&mut server, &[parse("s", "select set_config('app.tenant', $1, false)"), sync()]);
     rig.answer(&mut server, &[ok(b'1'), ready()]);
     for round in 0..2 {
-        rig.relay = Relay::new(true); // a later transaction: only the Bind says what runs
+        rig.relay = Relay::new(); // a later transaction: only the Bind says what runs
         rig.send(&mut server, &[bind("s"), execute(), sync()]);
         assert!(rig.relay.settings_changed, "round {round}");
         assert_eq!(rig.relay.custom_names, ["app.tenant"], "round {round}");
     }
-    rig.relay = Relay::new(true);
+    rig.relay = Relay::new();
     rig.send(&mut server, &[parse("", "select $1"), bind(""), execute(), sync()]);
     assert!(!rig.relay.settings_changed && rig.relay.custom_names.is_empty());
 }
