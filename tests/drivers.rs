@@ -32,7 +32,7 @@ fn run_driver_with(program: &str, script: &str, db: &str, url: &str, env: &[(&st
 async fn psycopg_and_node_postgres_prepared_statements() {
     let pg = TestPg::shared();
     let db = pg.create_db("drivers");
-    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "3")]).await;
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_MODE", "transaction"), ("PGSIDECAR_POOL_SIZE", "3")]).await;
     let url = p.url_as(SCRAM_USER, SCRAM_PASS, &db);
     let (db2, url2) = (db.clone(), url.clone());
     let py = tokio::task::spawn_blocking(move || run_driver("python3", "psycopg_check.py", &db2, &url2));
@@ -78,7 +78,11 @@ async fn node_postgres_unnamed_statements_pass_through_or_are_prepared_when_aske
         let p = start(
             pg,
             &db,
-            &[("PGSIDECAR_POOL_SIZE", "3"), ("PGSIDECAR_PREPARE_UNNAMED_STATEMENTS", prepare)],
+            &[
+                ("PGSIDECAR_POOL_MODE", "transaction"),
+                ("PGSIDECAR_POOL_SIZE", "3"),
+                ("PGSIDECAR_PREPARE_UNNAMED_STATEMENTS", prepare),
+            ],
         )
         .await;
         let url = p.url_as(SCRAM_USER, SCRAM_PASS, &db);

@@ -700,7 +700,7 @@ async fn mixed_workload(target: u64, cancellers: i32) {
 async fn a_cancel_never_reaches_the_next_client_of_its_server() {
     let pg = TestPg::shared();
     let db = pg.create_db("cancelnext");
-    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "1")]).await;
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_MODE", "transaction"), ("PGSIDECAR_POOL_SIZE", "1")]).await;
     let watcher = watch::superuser(pg, "postgres").await;
     let canceller = p.connect(&db).await;
     let bystander = p.connect(&db).await;
@@ -802,7 +802,7 @@ async fn a_cancel_never_reaches_the_next_client_of_its_server() {
 async fn custom_settings_stay_with_their_client() {
     let pg = TestPg::shared();
     let db = pg.create_db("customset");
-    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "1")]).await;
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_MODE", "transaction"), ("PGSIDECAR_POOL_SIZE", "1")]).await;
     let a = p.connect(&db).await;
     let b = p.connect(&db).await;
     let read = "select coalesce(current_setting('integrity.tag', true), 'unset')";
@@ -824,7 +824,7 @@ async fn custom_settings_stay_with_their_client() {
 async fn settings_changed_by_set_config_stay_with_their_client() {
     let pg = TestPg::shared();
     let db = pg.create_db("setconfig");
-    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "1")]).await;
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_MODE", "transaction"), ("PGSIDECAR_POOL_SIZE", "1")]).await;
     let a = p.connect(&db).await;
     let b = p.connect(&db).await;
     let read = "select coalesce(current_setting('integrity.tenant', true), 'unset') \

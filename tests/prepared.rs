@@ -14,7 +14,7 @@ use std::time::Duration;
 async fn prepared_statements_work_across_servers() {
     let pg = TestPg::shared();
     let db = pg.create_db("prep");
-    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "2")]).await;
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_MODE", "transaction"), ("PGSIDECAR_POOL_SIZE", "2")]).await;
     let mut tasks = Vec::new();
     for id in 0..12i32 {
         let c = p.connect(&db).await;
@@ -48,7 +48,8 @@ fn pgbench_prepared_mode_with_many_clients() {
     let pg = TestPg::shared();
     let db = pg.create_db("pgbprep");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let p = rt.block_on(start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "5")]));
+    let p =
+        rt.block_on(start(pg, &db, &[("PGSIDECAR_POOL_MODE", "transaction"), ("PGSIDECAR_POOL_SIZE", "5")]));
     p.pgbench(&db, &["-i", "-q"]);
     let out = p.pgbench(&db, &["-M", "prepared", "-c", "50", "-j", "2", "-T", "3"]);
     assert!(out.contains("number of failed transactions: 0 "), "{out}");
@@ -60,7 +61,7 @@ async fn statement_survives_ddl_once_the_client_prepares_again() {
     let pg = TestPg::shared();
     let db = pg.create_db("ddl");
     pg.sql(&db, "create table t(a int); alter table t owner to scram_user; insert into t values (1)");
-    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "1")]).await;
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_MODE", "transaction"), ("PGSIDECAR_POOL_SIZE", "1")]).await;
     let c = p.connect(&db).await;
     let s = c.prepare("select * from t").await.unwrap();
     assert_eq!(c.query(&s, &[]).await.unwrap()[0].len(), 1);
@@ -78,7 +79,7 @@ async fn statement_survives_ddl_once_the_client_prepares_again() {
 async fn listen_pins_the_client_until_unlisten() {
     let pg = TestPg::shared();
     let db = pg.create_db("pinlisten");
-    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "2")]).await;
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_MODE", "transaction"), ("PGSIDECAR_POOL_SIZE", "2")]).await;
     let conn_str =
         format!("host=127.0.0.1 port={} user={SCRAM_USER} password='{SCRAM_PASS}' dbname={db}", p.port());
     let (listener, mut connection) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await.unwrap();
@@ -109,7 +110,7 @@ async fn listen_pins_the_client_until_unlisten() {
 async fn temp_tables_advisory_locks_and_sql_prepare_pin() {
     let pg = TestPg::shared();
     let db = pg.create_db("pinstate");
-    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "2")]).await;
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_MODE", "transaction"), ("PGSIDECAR_POOL_SIZE", "2")]).await;
     let c = p.connect(&db).await;
     let other = p.connect(&db).await;
     let cases = [
@@ -145,7 +146,7 @@ async fn temp_tables_advisory_locks_and_sql_prepare_pin() {
 async fn advisory_lock_through_a_prepared_statement_pins() {
     let pg = TestPg::shared();
     let db = pg.create_db("pinprep");
-    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "2")]).await;
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_MODE", "transaction"), ("PGSIDECAR_POOL_SIZE", "2")]).await;
     let c = p.connect(&db).await;
     let other = p.connect(&db).await;
     let lock = c.prepare("select pg_advisory_lock($1::bigint)").await.unwrap();
@@ -175,7 +176,16 @@ async fn describe_and_flush_keep_the_server_until_sync() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let pg = TestPg::shared();
     let db = pg.create_db("flush");
-    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "1"), ("PGSIDECAR_CLIENT_AUTH", "trust")]).await;
+    let p = start(
+        pg,
+        &db,
+        &[
+            ("PGSIDECAR_POOL_MODE", "transaction"),
+            ("PGSIDECAR_POOL_SIZE", "1"),
+            ("PGSIDECAR_CLIENT_AUTH", "trust"),
+        ],
+    )
+    .await;
     let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
     let mut startup = BytesMut::new();
     postgres_protocol::message::frontend::startup_message(
@@ -234,7 +244,7 @@ async fn settings_never_leak_between_100_clients_on_4_servers() {
     let pg = TestPg::shared();
     let db = pg.create_db("leak");
     pg.sql(&db, "create schema s0; create schema s1; create schema s2; grant usage on schema s0, s1, s2 to scram_user");
-    let p = start(pg, &db, &[("PGSIDECAR_POOL_SIZE", "4")]).await;
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_MODE", "transaction"), ("PGSIDECAR_POOL_SIZE", "4")]).await;
     let zones = ["UTC", "Asia/Tokyo", "Europe/Paris", "America/New_York", "Australia/Sydney"];
     let mut tasks = Vec::new();
     for id in 0..100usize {
@@ -274,6 +284,7 @@ async fn a_parse_answered_by_the_proxy_goes_out_with_the_servers_answers() {
         pg,
         &db,
         &[
+            ("PGSIDECAR_POOL_MODE", "transaction"),
             ("PGSIDECAR_POOL_SIZE", "1"),
             ("PGSIDECAR_PREPARE_UNNAMED_STATEMENTS", "1"),
             ("PGSIDECAR_CLIENT_AUTH", "trust"),
@@ -315,7 +326,8 @@ async fn a_client_holds_at_most_ten_thousand_named_statements() {
     use tokio::io::AsyncWriteExt;
     let pg = TestPg::shared();
     let db = pg.create_db("stmtcap");
-    let p = start(pg, &db, &[("PGSIDECAR_CLIENT_AUTH", "trust")]).await;
+    let p =
+        start(pg, &db, &[("PGSIDECAR_POOL_MODE", "transaction"), ("PGSIDECAR_CLIENT_AUTH", "trust")]).await;
     let (mut r, mut w) = raw::trusted_login(p.addr, SCRAM_USER, &db).await.into_split();
     let parse = |name: &str| raw::message(b'P', format!("{name}\0select 1\0\0\0").as_bytes());
     let sync = raw::message(b'S', b"");

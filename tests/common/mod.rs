@@ -1,5 +1,7 @@
 #![allow(dead_code)]
 
+pub mod blocking;
+pub mod chop;
 pub mod pg;
 pub mod proxy;
 pub mod raw;

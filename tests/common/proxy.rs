@@ -1,5 +1,6 @@
 //! Starts pgsidecar in-process on 127.0.0.1:0 for integration tests.
 
+use super::chop::Chopper;
 use super::pg::{TestPg, SCRAM_PASS, SCRAM_USER};
 use pgsidecar::{Config, Proxy};
 use std::collections::BTreeMap;
@@ -9,9 +10,13 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub struct TestProxy {
+    /// Where clients connect: the proxy, or the chopper in front of it (see [`start_with_env`]).
     pub addr: SocketAddr,
+    /// The proxy's own listener.
+    pub direct: SocketAddr,
     pub proxy: Arc<Proxy>,
     stop: Option<oneshot::Sender<()>>,
+    _choppers: Vec<Chopper>,
 }
 
 impl Drop for TestProxy {
@@ -40,17 +45,51 @@ pub fn env_for(
     env
 }
 
-pub async fn start_with_env(env: BTreeMap<String, String>) -> TestProxy {
+/// Starts the proxy with `env`. Two switches of the test run apply to every test that starts
+/// its proxy here (the harness modes `.ci/run` uses):
+/// - `PGSIDECAR_TEST_CHOP` (see [`super::chop::from_env`]): both of the proxy's byte streams
+///   are cut into random pieces with small delays, by a chopper in front of the proxy (which
+///   `addr` then names) and one in front of the server of `DATABASE_URL`;
+/// - `PGSIDECAR_TEST_POOL_MODE`: the pool mode of tests that do not choose one.
+pub async fn start_with_env(mut env: BTreeMap<String, String>) -> TestProxy {
+    if let Ok(mode) = std::env::var("PGSIDECAR_TEST_POOL_MODE") {
+        env.entry("PGSIDECAR_POOL_MODE".into()).or_insert(mode);
+    }
+    let mut choppers = Vec::new();
+    let seed = super::chop::from_env();
+    if let (Some(seed), Some(url)) = (seed, env.get("DATABASE_URL").cloned()) {
+        // postgres://user:pass@HOST:PORT/db?...: the server is reached through a chopper.
+        let at = url.rfind('@').map_or(0, |i| i + 1);
+        let end = url[at..].find('/').map_or(url.len(), |i| at + i);
+        // A server that is down stays down: a chopper would accept and then hang up.
+        let up = |a: SocketAddr| {
+            std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1)).is_ok()
+        };
+        if let Some(server) = url[at..end].parse::<SocketAddr>().ok().filter(|a| up(*a)) {
+            let c = Chopper::start(server, seed.wrapping_add(1)).await;
+            env.insert("DATABASE_URL".into(), format!("{}{}{}", &url[..at], c.addr, &url[end..]));
+            choppers.push(c);
+        }
+    }
     let config = Config::load(&BTreeMap::new(), &env).expect("test config is valid");
     pgsidecar::logging::init(config.log_level, true);
     let proxy = Proxy::new(config).expect("proxy starts");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-    let addr = listener.local_addr().unwrap();
+    let direct = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(proxy.clone().serve(listener, async move {
         let _ = rx.await;
     }));
-    TestProxy { addr, proxy, stop: Some(tx) }
+    let addr = match seed {
+        Some(seed) => {
+            let c = Chopper::start(direct, seed).await;
+            let addr = c.addr;
+            choppers.push(c);
+            addr
+        }
+        None => direct,
+    };
+    TestProxy { addr, direct, proxy, stop: Some(tx), _choppers: choppers }
 }
 
 /// A proxy for scram_user on `db`, TLS to the server (sslmode=require).
