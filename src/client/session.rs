@@ -45,11 +45,16 @@ const CANCEL_GRACE: Duration = Duration::from_secs(2);
 const CLIENT_FLUSH_LIMIT: Duration = Duration::from_secs(1);
 
 /// Session state that pins a client to its server in transaction mode; one row, one count.
+/// Temporary objects of every kind (tables, sequences, views, types, domains, functions,
+/// operators, collations, ...) are counted by their dependency on the session's temporary
+/// schema, which PostgreSQL records for each of them and follows to drop them at the end of
+/// the session (an index scan of pg_depend; no temporary schema, no rows).
 const SESSION_STATE_QUERY: &str = "SELECT (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql) \
      + (SELECT count(*) FROM pg_catalog.pg_listening_channels()) \
      + (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable) \
      + (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()) \
-     + (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema())";
+     + (SELECT count(*) FROM pg_catalog.pg_depend WHERE refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass \
+        AND refobjid = pg_catalog.pg_my_temp_schema())";
 
 /// Why a session ended or paused.
 enum Flow {
@@ -1186,7 +1191,7 @@ impl Session {
     }
 
     /// Counts session state on the server that would outlive the transaction: SQL-level
-    /// prepared statements, LISTEN, holdable cursors, session advisory locks, temporary tables.
+    /// prepared statements, LISTEN, holdable cursors, session advisory locks, temporary objects.
     async fn session_state(&mut self, lease: &mut Lease) -> Option<i64> {
         let conn = lease.conn();
         let rows =
