@@ -7,7 +7,8 @@
 mod common;
 
 use common::pg::{TestPg, SCRAM_PASS, SCRAM_USER};
-use common::proxy::start;
+use common::proxy::{start, start_with_env};
+use std::collections::BTreeMap;
 
 /// A connection straight to PostgreSQL or through the proxy, as `user`.
 async fn connect_as(port: u16, user: &str, password: &str, db: &str) -> tokio_postgres::Client {
@@ -37,6 +38,76 @@ async fn run(c: &tokio_postgres::Client, sql: &str) -> String {
             common::code(&e),
             e.as_db_error().map_or(String::new(), |d| d.message().to_owned())
         ),
+    }
+}
+
+/// Issue 21, case 13 (security): in transaction mode `SET SESSION AUTHORIZATION` and `SET ROLE`,
+/// however they are made and undone, stay with the client that made them: the next client of
+/// the same (only) server runs as the login user, and the client that made them keeps them in
+/// its next transactions, as it would on a connection of its own.
+#[tokio::test]
+async fn role_and_session_authorization_stay_with_their_client() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("answerrole");
+    let n = std::process::id();
+    let (owner, alice, bob) =
+        (format!("answer_owner_{n}"), format!("answer_alice_{n}"), format!("answer_bob_{n}"));
+    let password = "owner-pass";
+    pg.sql(
+        "postgres",
+        &format!(
+            "create role {owner} login superuser password '{password}'; create role {alice}; create role {bob}; \
+             grant {bob} to {alice}; grant {bob} to {owner}"
+        ),
+    );
+    let mut env = BTreeMap::new();
+    env.insert(
+        "DATABASE_URL".to_owned(),
+        format!("postgres://{owner}:{password}@127.0.0.1:{}/{db}?sslmode=require", pg.port()),
+    );
+    env.insert("PGSIDECAR_LOG_LEVEL".to_owned(), "warn".to_owned());
+    env.insert("PGSIDECAR_POOL_SIZE".to_owned(), "1".to_owned());
+    let p = start_with_env(env).await;
+    let who = "select current_user, session_user, current_setting('role'), current_setting('is_superuser')";
+    // (client, statement): A changes its identity, B (the next client of the only server)
+    // looks, A looks in its next transaction.
+    let steps: &[&[&str]] = &[
+        &[&format!("set session authorization {alice}")],
+        &[&format!("set role {bob}")],
+        &[&format!("set session authorization {alice}"), &format!("set role {bob}")],
+        &[&format!("set role {bob}"), &format!("set session authorization {alice}")],
+        &[
+            &format!("set session authorization {alice}"),
+            &format!("set role {bob}"),
+            "reset session authorization",
+        ],
+        &[&format!("set session authorization {alice}"), "set session authorization default"],
+        &[&format!("set session authorization {alice}"), &format!("set role {bob}"), "reset role"],
+        &[&format!("begin; set local role {bob}; select current_user; commit")],
+        &[&format!("begin; set local session authorization {alice}; commit")],
+        &[&format!("select set_config('role', '{bob}', false)")],
+        &[&format!("select set_config('session_authorization', '{alice}', false)")],
+        // Out of sight of the statement's text: PostgreSQL reports the new authorization (and
+        // is_superuser), and that is enough.
+        &[&format!("do $$ begin execute 'set session authorization {alice}'; end $$")],
+        &[&format!("do $$ begin execute 'set role {bob}'; end $$")],
+        &[&format!("set session authorization {alice}"), "discard all"],
+        &[&format!("set session authorization {alice}"), "reset all"],
+    ];
+    for (i, statements) in steps.iter().enumerate() {
+        let (a, b) = (
+            connect_as(p.port(), &owner, password, &db).await,
+            connect_as(p.port(), &owner, password, &db).await,
+        );
+        let (da, db_) = (
+            connect_as(pg.port(), &owner, password, &db).await,
+            connect_as(pg.port(), &owner, password, &db).await,
+        );
+        for sql in *statements {
+            assert_eq!(run(&a, sql).await, run(&da, sql).await, "step {i}: {sql}");
+            assert_eq!(run(&b, who).await, run(&db_, who).await, "step {i}: the next client after A's {sql}");
+            assert_eq!(run(&a, who).await, run(&da, who).await, "step {i}: A's next transaction after {sql}");
+        }
     }
 }
 

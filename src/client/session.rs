@@ -1139,9 +1139,15 @@ impl Session {
         }
     }
 
-    /// Records settings the server reported while the client ran.
+    /// Records settings the server reported while the client ran. A new session
+    /// authorization, or a role that changes is_superuser, is read back with the other
+    /// settings however it was made (a DO block says no SET): who the session is must follow
+    /// its client and never reach the next one.
     fn note_reported(&mut self, relay: &mut Relay, lease: &mut Lease) {
         let conn = lease.conn();
+        if relay.reported.iter().any(|(name, _)| name == "session_authorization" || name == "is_superuser") {
+            relay.settings_changed = true;
+        }
         for (name, value) in relay.reported.drain(..) {
             if TRACKED_REPORTED.contains(&name.as_str()) {
                 if self.settings.get(&name) != Some(&value) {
@@ -1172,7 +1178,7 @@ impl Session {
         let query = params::read_settings_query(self.custom.as_deref().map_or(&[], Vec::as_slice));
         match tokio::time::timeout(CLEANUP_TIMEOUT, conn.exec(&query, &mut reported)).await {
             Ok(Ok(rows)) => {
-                let now = params::from_rows(rows);
+                let now = params::from_rows(rows, &conn.login_params);
                 let mut settings = Settings::clone(&self.startup_settings);
                 settings.extend(now.iter().map(|(k, v)| (k.clone(), v.clone())));
                 self.settings = Arc::new(settings);
@@ -1279,7 +1285,7 @@ impl Session {
             }
             let query = params::read_settings_query(&custom);
             match tokio::time::timeout(CLEANUP_TIMEOUT, conn.exec(&query, &mut reported)).await {
-                Ok(Ok(rows)) => conn.applied = params::from_rows(rows),
+                Ok(Ok(rows)) => conn.applied = params::from_rows(rows, &conn.login_params),
                 _ => {
                     lease.close();
                     return;
