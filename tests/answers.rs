@@ -6,9 +6,236 @@
 
 mod common;
 
+use bytes::BytesMut;
 use common::pg::{TestPg, SCRAM_PASS, SCRAM_USER};
-use common::proxy::{start, start_with_env};
+use common::proxy::{env_for, start, start_with_env};
+use common::raw;
+use common::relay::Relay;
+use common::watch;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::frontend;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+type Msg = (u8, Vec<u8>);
+
+/// A client speaking the protocol by hand, logged in with SCRAM as scram_user (PostgreSQL and
+/// pgsidecar both ask for it).
+struct RawClient {
+    stream: TcpStream,
+    /// What the server sent after AuthenticationOk, up to the login's ReadyForQuery (or the end
+    /// of the connection).
+    login: Vec<Msg>,
+    open: bool,
+}
+
+impl RawClient {
+    async fn login(port: u16, db: &str, params: &[(&str, &str)]) -> RawClient {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let mut all = vec![("user", SCRAM_USER), ("database", db)];
+        all.extend_from_slice(params);
+        s.write_all(&raw::startup(&all)).await.unwrap();
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let (t, body) = raw::read_msg(&mut s).await.expect("an answer to the login");
+            assert_eq!(t, b'R', "before AuthenticationOk: {}", String::from_utf8_lossy(&body));
+            let code = i32::from_be_bytes(body[..4].try_into().unwrap());
+            let data = &body[4..];
+            let mut buf = BytesMut::new();
+            match code {
+                0 => break,
+                10 => {
+                    let sc = ScramSha256::new(SCRAM_PASS.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, sc.message(), &mut buf).unwrap();
+                    scram = Some(sc);
+                }
+                11 => {
+                    let sc = scram.as_mut().expect("SASL started");
+                    sc.update(data).unwrap();
+                    frontend::sasl_response(sc.message(), &mut buf).unwrap();
+                }
+                12 => {
+                    scram.take().expect("SASL started").finish(data).unwrap();
+                    continue;
+                }
+                other => panic!("authentication method {other}"),
+            }
+            s.write_all(&buf).await.unwrap();
+        }
+        let mut login = Vec::new();
+        let open = loop {
+            match raw::read_msg(&mut s).await {
+                None => break false,
+                Some(m) => {
+                    let ready = m.0 == b'Z';
+                    login.push(m);
+                    if ready {
+                        break true;
+                    }
+                }
+            }
+        };
+        RawClient { stream: s, login, open }
+    }
+
+    /// The process id and secret of the login's BackendKeyData.
+    fn key(&self) -> (i32, i32) {
+        let body = &self.login.iter().find(|(t, _)| *t == b'K').expect("BackendKeyData").1;
+        (
+            i32::from_be_bytes(body[..4].try_into().unwrap()),
+            i32::from_be_bytes(body[4..8].try_into().unwrap()),
+        )
+    }
+
+    async fn send(&mut self, sql: &str) {
+        self.stream.write_all(&raw::query(sql)).await.unwrap();
+    }
+
+    /// The answer to one earlier query, up to its ReadyForQuery.
+    async fn answer(&mut self) -> Vec<Msg> {
+        let mut out = Vec::new();
+        loop {
+            let m = raw::read_msg(&mut self.stream).await.expect("the connection stays open");
+            let ready = m.0 == b'Z';
+            out.push(m);
+            if ready {
+                return out;
+            }
+        }
+    }
+}
+
+/// The fields of an ErrorResponse or NoticeResponse, by their one-letter codes.
+fn fields(body: &[u8]) -> BTreeMap<char, String> {
+    body.split(|&b| b == 0)
+        .filter(|f| !f.is_empty())
+        .map(|f| (f[0] as char, String::from_utf8_lossy(&f[1..]).into_owned()))
+        .collect()
+}
+
+/// Messages as lines to compare: notices and errors with every field, ParameterStatus values
+/// that arrive together as one sorted block, BackendKeyData without its key (it differs by
+/// design), rows with their values, and whether the connection ended.
+fn describe(msgs: &[Msg], open: bool) -> Vec<String> {
+    fn flush(block: &mut BTreeMap<String, String>, out: &mut Vec<String>) {
+        if !block.is_empty() {
+            out.push(format!("ParameterStatus {:?}", std::mem::take(block)));
+        }
+    }
+    let mut out = Vec::new();
+    let mut block = BTreeMap::new();
+    for (t, body) in msgs {
+        if *t == b'S' {
+            let mut parts = body.split(|&b| b == 0).map(|p| String::from_utf8_lossy(p).into_owned());
+            block.insert(parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+            continue;
+        }
+        flush(&mut block, &mut out);
+        out.push(match t {
+            b'N' | b'E' => format!("{} {:?}", *t as char, fields(body)),
+            b'K' => "BackendKeyData".to_owned(),
+            b'Z' => format!("ReadyForQuery {}", body[0] as char),
+            b'D' => format!("DataRow {:?}", row_values(body)),
+            b'C' => format!("CommandComplete {}", String::from_utf8_lossy(&body[..body.len() - 1])),
+            b'T' => "RowDescription".to_owned(),
+            other => format!("{} {:?}", *other as char, body),
+        });
+    }
+    flush(&mut block, &mut out);
+    if !open {
+        out.push("connection closed".to_owned());
+    }
+    out
+}
+
+fn row_values(body: &[u8]) -> Vec<Option<String>> {
+    let n = i16::from_be_bytes([body[0], body[1]]);
+    let mut at = 2;
+    (0..n)
+        .map(|_| {
+            let len = i32::from_be_bytes(body[at..at + 4].try_into().unwrap());
+            at += 4;
+            if len < 0 {
+                return None;
+            }
+            let v = String::from_utf8_lossy(&body[at..at + len as usize]).into_owned();
+            at += len as usize;
+            Some(v)
+        })
+        .collect()
+}
+
+/// A CancelRequest for `key`, sent on a connection of its own; returns once the other side
+/// closed that connection.
+async fn cancel_and_wait_for_close(addr: SocketAddr, (pid, secret): (i32, i32)) {
+    let mut s = TcpStream::connect(addr).await.expect("connect for the cancel");
+    let mut packet = Vec::new();
+    packet.extend_from_slice(&16i32.to_be_bytes());
+    packet.extend_from_slice(&80_877_102i32.to_be_bytes());
+    packet.extend_from_slice(&pid.to_be_bytes());
+    packet.extend_from_slice(&secret.to_be_bytes());
+    s.write_all(&packet).await.unwrap();
+    raw::closed_by_peer(&mut s).await;
+}
+
+/// Issue 21, case 10: PostgreSQL closes a cancel connection only once it has signalled the
+/// backend, and clients (asyncpg) take the close to mean that the cancel can no longer hit
+/// their next statement. pgsidecar answers the same way: it closes the client's cancel
+/// connection only after PostgreSQL closed the one pgsidecar opened for it (the relay in
+/// front of PostgreSQL counts those closes before passing them on). Many rounds of: a long
+/// statement, its cancel, and right after the close another statement, which must succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_connection_closes_after_postgres_has_taken_the_cancel() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("answercancel");
+    let relay = Relay::start(SocketAddr::from(([127, 0, 0, 1], pg.port()))).await;
+    let watcher = watch::superuser(pg, "postgres").await;
+    for mode in ["session", "transaction"] {
+        // Without TLS to PostgreSQL: its close is then the end of the stream alone, which the
+        // relay counts before passing it on (with TLS, a close_notify would come first).
+        let mut env = env_for(pg, SCRAM_USER, &db, "disable", &[("PGSIDECAR_POOL_MODE", mode)]);
+        let url = env["DATABASE_URL"].replace(&format!(":{}/", pg.port()), &format!(":{}/", relay.port()));
+        env.insert("DATABASE_URL".into(), url);
+        let p = start_with_env(env).await;
+        let mut c = RawClient::login(p.port(), &db, &[]).await;
+        assert!(c.open, "logged in");
+        let key = c.key();
+        for round in 0..20 {
+            let marker = format!("cancel-{mode}-{round}");
+            c.send(&format!("select pg_sleep(5), '{marker}'")).await;
+            let running = format!(
+                "select count(*) from pg_stat_activity where state = 'active' and query like '%{marker}%' \
+                 and pid <> pg_backend_pid()"
+            );
+            watch::until(Duration::from_secs(10), "the statement runs", || async {
+                watch::value(&watcher, &running).await == "1"
+            })
+            .await;
+            let before = relay.upstream_closed();
+            cancel_and_wait_for_close(p.addr, key).await;
+            let after = relay.upstream_closed();
+            // At once, as asyncpg does.
+            c.send("select 1").await;
+            assert!(
+                after > before,
+                "{mode} mode, round {round}: the cancel connection was closed before PostgreSQL had closed \
+                 pgsidecar's ({before} closes before, {after} after)"
+            );
+            let cancelled = c.answer().await;
+            let error = cancelled.iter().find(|(t, _)| *t == b'E').map(|(_, b)| fields(b));
+            assert_eq!(
+                error.as_ref().map(|f| f[&'C'].as_str()),
+                Some("57014"),
+                "{mode} round {round}: {error:?}"
+            );
+            let next = describe(&c.answer().await, true);
+            assert!(next.contains(&"DataRow [Some(\"1\")]".to_owned()), "{mode} round {round}: {next:?}");
+        }
+    }
+}
 
 /// A connection straight to PostgreSQL or through the proxy, as `user`.
 async fn connect_as(port: u16, user: &str, password: &str, db: &str) -> tokio_postgres::Client {

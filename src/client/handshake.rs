@@ -134,7 +134,11 @@ pub(crate) async fn read_startup_packet<S: AsyncRead + AsyncWrite + Unpin>(
                 write(stream, &mut out).await?;
             }
             StartupPacket::Cancel { pid, secret } => {
-                proxy.cancels.cancel(pid, secret);
+                // The connection is closed once PostgreSQL has taken the cancel (or the forward
+                // gave up, within the connect timeout), as PostgreSQL closes it.
+                if let Some(forwarded) = proxy.cancels.cancel(pid, secret) {
+                    let _ = forwarded.await;
+                }
                 return Ok(StartupStep::Cancel);
             }
             StartupPacket::Startup(s) => return Ok(StartupStep::Startup(s)),
