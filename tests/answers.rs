@@ -106,6 +106,10 @@ impl RawClient {
             }
         }
     }
+    async fn query(&mut self, sql: &str) -> Vec<Msg> {
+        self.send(sql).await;
+        self.answer().await
+    }
 }
 
 /// The fields of an ErrorResponse or NoticeResponse, by their one-letter codes.
@@ -166,6 +170,76 @@ fn row_values(body: &[u8]) -> Vec<Option<String>> {
             Some(v)
         })
         .collect()
+}
+
+/// The login as a list of lines.
+fn login_lines(c: &RawClient) -> Vec<String> {
+    describe(&c.login, c.open)
+}
+
+/// The statements of the RESET test, each followed by what it shows.
+const RESET_SCRIPT: &[&str] = &[
+    "show datestyle",
+    "set datestyle = 'SQL, YMD'",
+    "reset datestyle",
+    "show datestyle",
+    "set timezone = 'America/New_York'",
+    "set timezone to default",
+    "show timezone",
+    "set statement_timeout = 7",
+    "set application_name = 'changed'",
+    "set intervalstyle = 'sql_standard'",
+    "reset all",
+    "show statement_timeout",
+    "show application_name",
+    "show datestyle",
+    "show timezone",
+    "show intervalstyle",
+    "set datestyle = 'Postgres'",
+    "set timezone = 'UTC'",
+    "discard all",
+    "show datestyle",
+    "show timezone",
+    "show statement_timeout",
+];
+
+async fn reset_transcript(port: u16, db: &str, params: &[(&str, &str)]) -> Vec<String> {
+    let mut c = RawClient::login(port, db, params).await;
+    let mut out = login_lines(&c);
+    for sql in RESET_SCRIPT {
+        out.push(format!("-- {sql}"));
+        let answer = c.query(sql).await;
+        out.extend(describe(&answer, true));
+    }
+    out
+}
+
+/// Issue 21, case 9: in session mode `RESET x`, `RESET ALL`, `SET x TO DEFAULT` and
+/// `DISCARD ALL` return to the client's startup settings (its `options=-c ...`, a `TimeZone`
+/// from PGTZ, its application_name), as they do in PostgreSQL, and never to another client's:
+/// with a pool of one server, clients with other settings, and with none, take turns.
+#[tokio::test]
+async fn reset_returns_to_the_startup_settings_in_session_mode() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("answerreset");
+    let with: &[(&str, &str)] = &[
+        ("options", "-c DateStyle=German -c statement_timeout=1234 -c IntervalStyle=iso_8601"),
+        ("TimeZone", "Asia/Tokyo"),
+        ("application_name", "case9"),
+    ];
+    let other: &[(&str, &str)] = &[("DateStyle", "SQL, MDY"), ("TimeZone", "Pacific/Auckland")];
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_MODE", "session"), ("PGSIDECAR_POOL_SIZE", "1")]).await;
+    for (i, params) in [with, &[], other, with, with].into_iter().enumerate() {
+        let want = reset_transcript(pg.port(), &db, params).await;
+        let got = reset_transcript(p.port(), &db, params).await;
+        assert_eq!(got, want, "client {i} with {params:?}");
+        let stats = p.proxy.upstream(&db).unwrap().pool.stats();
+        assert!(stats.active + stats.idle + stats.connecting <= 1, "the pool outgrew its size: {stats:?}");
+    }
+    // The only server was replaced for clients with other settings, and reused for the last.
+    let stats = p.proxy.upstream(&db).unwrap().pool.stats();
+    let replaced = stats.closed_by[pgsidecar::observe::stats::CloseReason::StartupSettings as usize];
+    assert_eq!((replaced, stats.opened_total), (3, 4), "{stats:?}");
 }
 
 /// A CancelRequest for `key`, sent on a connection of its own; returns once the other side

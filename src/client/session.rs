@@ -335,12 +335,17 @@ impl Session {
     /// path that holds a server, so that the future an idle client keeps stays small.
     fn session_mode(&mut self) -> Boxed<'_, ()> {
         Box::pin(async move {
-            let mut lease = match Box::pin(self.checkout()).await {
+            let mut lease = match self.checkout_opened_with().await {
                 Ok(lease) => lease,
                 Err(flow) => return self.finish_refused(flow).await,
             };
             let conn = lease.conn();
+            // The server was opened with the client's startup settings: its login says what
+            // PostgreSQL tells the client (values as it shows them, notices), and RESET returns
+            // to them. Nothing is left to apply.
             let params = Arc::new(conn.login_params.clone());
+            self.cwbuf.extend_from_slice(&conn.login_notices);
+            self.take_shown_values(&params);
             // In session mode the client keeps this server: show it the real pid.
             let (pid, active) = (
                 conn.pid,
@@ -355,13 +360,53 @@ impl Session {
             self.registration = Some(self.register(Some(pid)));
             self.slot_set(active);
             self.greet(params);
-            let Some(lease) = self.apply_settings(lease).await else {
-                return;
-            };
             messages::ready_for_query(&mut self.cwbuf, b'I');
             let flow = Box::pin(self.attached(lease)).await;
             debug_assert!(matches!(flow, Flow::End));
         })
+    }
+
+    /// Session mode: a server opened with the client's startup settings, so that RESET
+    /// returns to them as in PostgreSQL. An idle one opened with the same settings, else a new
+    /// one in a free slot, else the server the pool gives, replaced in its slot.
+    fn checkout_opened_with(&mut self) -> Boxed<'_, Result<Lease, Refused>> {
+        Box::pin(async move {
+            let pool = self.upstream.pool.clone();
+            let startup = self.startup_settings.clone();
+            let slot =
+                self.registration.as_ref().map(|r| r.slot.clone()).expect("registered before checkout");
+            let mut lease = match pool.checkout_opened_with(&startup) {
+                Some(lease) => lease,
+                None => match pool.open_with(&startup).await {
+                    Some(opened) => opened.map_err(Refused::Server)?,
+                    None => {
+                        let mut lease = self.checkout().await?;
+                        if *lease.conn().startup == *startup {
+                            return Ok(lease);
+                        }
+                        lease.reopen(&startup).await.map_err(Refused::Server)?
+                    }
+                },
+            };
+            mark_active(&slot, &pool, &mut lease);
+            Ok(lease)
+        })
+    }
+
+    /// Session mode: the values of the client's settings as its server shows them (it was
+    /// opened with them), for SHOW CLIENTS and the logs.
+    fn take_shown_values(&mut self, shown: &BTreeMap<String, String>) {
+        if shown.iter().any(|(n, v)| self.settings.get(n).is_some_and(|c| c != v)) {
+            let settings = Arc::make_mut(&mut self.settings);
+            for (name, value) in shown {
+                if settings.get(name).is_some_and(|c| c != value) {
+                    settings.insert(name.clone(), value.clone());
+                }
+            }
+            if let Some(r) = &self.registration {
+                r.slot.set_application_name(self.settings.get("application_name").map_or("", String::as_str));
+            }
+        }
     }
 
     /// The login's ParameterStatus messages (the client's own settings where it chose them)
