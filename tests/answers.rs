@@ -177,6 +177,81 @@ fn login_lines(c: &RawClient) -> Vec<String> {
     describe(&c.login, c.open)
 }
 
+fn long_name() -> String {
+    "a_rather_long_application_name_that_postgres_truncates_at_63_bytes_with_a_notice".to_owned()
+}
+
+/// Issue 21, cases 8 and 11: at login a client is told exactly what PostgreSQL tells it: the
+/// values of its startup settings as PostgreSQL spells them (`UTF8`, `ISO, MDY`, `UTC`, not the
+/// client's `utf-8`, `iso`, `utc`), PostgreSQL's NOTICE when it truncates an application_name,
+/// and for a setting PostgreSQL refuses, the FATAL error PostgreSQL sends at login. In both
+/// pool modes, at a client's first login with these settings and again (when pgsidecar may
+/// know them already).
+#[tokio::test]
+async fn logins_are_answered_as_postgres_answers_them() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("answerlogin");
+    let long = long_name();
+    let long_option = format!("-c application_name={long}");
+    let cases: Vec<Vec<(&str, &str)>> = vec![
+        vec![("client_encoding", "utf-8"), ("DateStyle", "iso"), ("TimeZone", "utc")],
+        vec![("options", "-c DateStyle=sql,dmy -c timezone=Europe/Paris -c IntervalStyle=ISO_8601")],
+        vec![
+            ("options", "-c statement_timeout=5s -c search_path=public -c myapp.tenant=7"),
+            ("DateStyle", "German"),
+        ],
+        vec![("application_name", &long)],
+        vec![("options", &long_option), ("datestyle", "iso")],
+        vec![("TimeZone", "nonsense")],
+        vec![("options", "-c DateStyle=bogus")],
+        vec![("no_such_setting", "x")],
+        vec![("statement_timeout", "abc")],
+        vec![("application_name", &long), ("TimeZone", "nonsense")],
+        vec![("options", "-c shared_buffers=1GB")],
+    ];
+    let (mut direct, mut by_name) = (Vec::new(), Vec::new());
+    for params in &cases {
+        direct.push(login_lines(&RawClient::login(pg.port(), &db, params).await));
+        // In session mode the server is sent the client's settings in the order of their
+        // names (README, Settings): what PostgreSQL answers to that order is the standard
+        // there. It differs only for the application_name noticed before a refused TimeZone.
+        let mut sorted = params.clone();
+        sorted.sort_by_key(|(k, _)| (*k != "options", pgsidecar::client::params::canonical_name(k)));
+        by_name.push(login_lines(&RawClient::login(pg.port(), &db, &sorted).await));
+    }
+    let mut differences = Vec::new();
+    for mode in ["transaction", "session"] {
+        let p = start(pg, &db, &[("PGSIDECAR_POOL_MODE", mode)]).await;
+        let standard = if mode == "session" { &by_name } else { &direct };
+        if mode == "session" {
+            let relaxed = direct.iter().zip(&by_name).filter(|(a, b)| a != b).count();
+            assert_eq!(relaxed, 1, "the order of the names matters for one case only");
+        }
+        for round in ["first", "second"] {
+            for (params, want) in cases.iter().zip(standard) {
+                let got = login_lines(&RawClient::login(p.port(), &db, params).await);
+                if &got != want {
+                    differences.push(format!(
+                        "{mode} mode, {round} login with {params:?}:\n  pgsidecar:  {got:?}\n  PostgreSQL: {want:?}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(differences.is_empty(), "{} logins differ:\n{}", differences.len(), differences.join("\n"));
+
+    // Transaction mode: settings pgsidecar has seen need no server at login. With the pool
+    // paused (no server handed out), a client with known settings still logs in.
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_MODE", "transaction")]).await;
+    assert_eq!(login_lines(&RawClient::login(p.port(), &db, &cases[0]).await), direct[0]);
+    let pool = &p.proxy.upstream(&db).unwrap().pool;
+    pool.pause();
+    let known =
+        tokio::time::timeout(Duration::from_secs(10), RawClient::login(p.port(), &db, &cases[0])).await;
+    assert_eq!(login_lines(&known.expect("a login with known settings waits for no server")), direct[0]);
+    pool.resume();
+}
+
 /// The statements of the RESET test, each followed by what it shows.
 const RESET_SCRIPT: &[&str] = &[
     "show datestyle",

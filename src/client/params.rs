@@ -83,17 +83,20 @@ impl FromIterator<(String, String)> for Settings {
 /// Startup parameters that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
-/// Settings a client asked for at startup.
-pub fn from_startup(params: &[(String, String)], options: &[(String, String)]) -> Settings {
-    let mut out = Settings::new();
-    for (k, v) in params {
-        if !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_.") {
-            out.insert(canonical_name(k), v.clone());
-        }
-    }
-    for (k, v) in options {
-        out.insert(canonical_name(k), v.clone());
-    }
+/// The settings of a startup packet in the order PostgreSQL applies them: the `options`
+/// (`-c name=value`) first, then the other parameters in the packet's order, names as the
+/// client spelled them (PostgreSQL's messages about an unknown name quote it so). A name may
+/// come twice; the last one is the session's.
+pub fn startup_sequence(params: &[(String, String)], options: &[(String, String)]) -> Vec<(String, String)> {
+    let params =
+        params.iter().filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_."));
+    options.iter().chain(params).cloned().collect()
+}
+
+/// Settings a client asked for at startup: the last value of each name in
+/// [`startup_sequence`] (a parameter wins over the same name in `options`, as in PostgreSQL).
+pub fn from_startup(sequence: &[(String, String)]) -> Settings {
+    let mut out: Settings = sequence.iter().map(|(k, v)| (canonical_name(k), v.clone())).collect();
     // Kept for the whole connection: no spare capacity.
     out.0.shrink_to_fit();
     out
@@ -110,12 +113,12 @@ pub fn canonical_name(name: &str) -> String {
     name.to_ascii_lowercase()
 }
 
-fn literal(s: &str) -> String {
+pub(crate) fn literal(s: &str) -> String {
     // An E'' literal reads the same whatever standard_conforming_strings is.
     format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-fn ident(s: &str) -> String {
+pub(crate) fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
@@ -397,7 +400,16 @@ mod tests {
             ("timezone".to_string(), "UTC".to_string()),
             ("_pq_.x".to_string(), "1".to_string()),
         ];
-        let opts = vec![("statement_timeout".to_string(), "5s".to_string())];
-        assert_eq!(from_startup(&params, &opts), s(&[("TimeZone", "UTC"), ("statement_timeout", "5s")]));
+        let opts = vec![
+            ("statement_timeout".to_string(), "5s".to_string()),
+            ("TimeZone".to_string(), "X".to_string()),
+        ];
+        let sequence = startup_sequence(&params, &opts);
+        assert_eq!(
+            sequence.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            ["statement_timeout=5s", "TimeZone=X", "timezone=UTC"],
+            "options first, then parameters, as PostgreSQL applies them"
+        );
+        assert_eq!(from_startup(&sequence), s(&[("TimeZone", "UTC"), ("statement_timeout", "5s")]));
     }
 }

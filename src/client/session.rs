@@ -294,9 +294,9 @@ impl Session {
         self.upstream.counters.bytes_from_clients.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// AuthenticationOk has been sent; finish the login and serve the client until it leaves.
+    /// Finish the login (AuthenticationOk is in the greeting) and serve the client until it
+    /// leaves.
     pub async fn run(&mut self) {
-        messages::auth_ok(&mut self.cwbuf);
         self.registration = Some(self.register(None));
         if self.mode == PoolMode::Session {
             return self.session_mode().await;
@@ -409,8 +409,8 @@ impl Session {
         }
     }
 
-    /// The login's ParameterStatus messages (the client's own settings where it chose them)
-    /// and BackendKeyData.
+    /// The login's ParameterStatus messages (the client's own settings where it chose them,
+    /// as PostgreSQL shows them) and BackendKeyData.
     fn greet(&mut self, login_params: Arc<BTreeMap<String, String>>) {
         let mut told = Told::new(login_params.clone());
         // One allocation for the whole greeting (ParameterStatus messages, BackendKeyData and
@@ -419,7 +419,7 @@ impl Session {
         self.cwbuf.reserve(size + 32);
         for (name, value) in login_params.iter() {
             let value = match self.settings.get(name) {
-                Some(v) if TRACKED_REPORTED.contains(&name.as_str()) => {
+                Some(v) => {
                     if v != value {
                         told.insert(name, v);
                     }
@@ -1570,6 +1570,7 @@ mod tests {
             database: "appdb".into(),
             upstream: proxy.upstream("appdb").unwrap(),
             settings: Default::default(),
+            sequence: Vec::new(),
             peer: addr,
         };
         let mut session = super::Session::new(proxy.clone(), login);

@@ -410,6 +410,37 @@ impl ServerConn {
         }
     }
 
+    /// Runs a script of the proxy's own (several statements in one simple query) and returns
+    /// each statement's answer in order, up to the one that failed (PostgreSQL runs no more),
+    /// with the transaction status the server ends in. ParameterStatus messages are ignored.
+    pub async fn exec_each(&mut self, sql: &str) -> Result<(Vec<Answer>, u8), ServerError> {
+        let mut buf = BytesMut::new();
+        messages::query(&mut buf, sql);
+        self.io.write_all(&buf).await.map_err(ServerError::io)?;
+        self.io.flush().await.map_err(ServerError::io)?;
+        let mut answers = Vec::new();
+        let mut current = Answer::default();
+        loop {
+            let (t, body) = self.read_message().await?;
+            match t {
+                tag::DATA_ROW => current.rows.push(parse_data_row(&body)?),
+                tag::NOTICE_RESPONSE => put_message(&mut current.notices, t, &body),
+                tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE => {
+                    answers.push(std::mem::take(&mut current))
+                }
+                tag::ERROR_RESPONSE => {
+                    current.error = Some(body.freeze());
+                    answers.push(std::mem::take(&mut current));
+                }
+                tag::READY_FOR_QUERY => {
+                    let status = parse_ready_for_query(&body).map_err(ServerError::protocol)?;
+                    return Ok((answers, status));
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// The pool's check of a server that sat idle: an empty query must come back with
     /// ReadyForQuery (outside a transaction) within `limit`. On failure the connection is in
     /// an unknown state and must be closed.
@@ -440,6 +471,16 @@ impl ServerConn {
         self.rbuf.reserve(64);
         self.io.has_input_now(&mut self.rbuf)
     }
+}
+
+/// One statement's answer to [`ServerConn::exec_each`].
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub rows: Vec<Vec<Option<String>>>,
+    /// Its NoticeResponse messages, whole.
+    pub notices: BytesMut,
+    /// The body of its ErrorResponse.
+    pub error: Option<bytes::Bytes>,
 }
 
 /// Appends a whole message: tag, length, body.
