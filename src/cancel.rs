@@ -207,9 +207,13 @@ impl Registry {
         out
     }
 
-    /// Handles a CancelRequest. Runs detached from the requesting socket, which libpq closes
-    /// right after sending.
-    pub fn cancel(&self, pid: i32, secret: i32) {
+    /// Handles a CancelRequest. The request forwarded to a server runs in a task of its own,
+    /// detached from the requesting socket (libpq closes it right after sending); the handle
+    /// tells when PostgreSQL has closed the forwarded connection, which it does once it has
+    /// signalled the backend. The requesting socket is answered (closed) only then, as
+    /// PostgreSQL answers it: clients such as asyncpg take the close to mean that the cancel
+    /// can no longer hit their next statement. `None` when nothing was forwarded.
+    pub fn cancel(&self, pid: i32, secret: i32) -> Option<tokio::task::JoinHandle<()>> {
         let activity = {
             let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             match map.get(&pid) {
@@ -230,23 +234,24 @@ impl Registry {
                 }
                 _ => {
                     tracing::debug!("cancel_unknown_key");
-                    return;
+                    return None;
                 }
             }
         };
         let (activity, slot) = activity;
-        if let Activity::Active { target, server, secret } = activity {
-            // pgsidecar_cancels_total of the pool that owns the server (a cancel of a waiting
-            // client is counted by its session, once it has left the queue).
-            crate::observe::metrics::cancel_forwarded(&target);
-            tokio::spawn(async move {
-                if let Err(e) = send_cancel(&target, server.pid, secret).await {
-                    tracing::warn!(error = %e, "cancel_forward_failed");
-                }
-                slot.in_flight.fetch_sub(1, Ordering::SeqCst);
-                slot.settled.notify_waiters();
-            });
-        }
+        let Activity::Active { target, server, secret } = activity else {
+            return None;
+        };
+        // pgsidecar_cancels_total of the pool that owns the server (a cancel of a waiting
+        // client is counted by its session, once it has left the queue).
+        crate::observe::metrics::cancel_forwarded(&target);
+        Some(tokio::spawn(async move {
+            if let Err(e) = send_cancel(&target, server.pid, secret).await {
+                tracing::warn!(error = %e, "cancel_forward_failed");
+            }
+            slot.in_flight.fetch_sub(1, Ordering::SeqCst);
+            slot.settled.notify_waiters();
+        }))
     }
 }
 
@@ -305,7 +310,7 @@ mod tests {
         let woken = a.slot.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        registry.cancel(4242, a.secret);
+        assert!(registry.cancel(4242, a.secret).is_none(), "nothing forwarded for a waiting client");
         assert!(futures_poll_ready(woken.as_mut()), "A's cancel reached A");
     }
 

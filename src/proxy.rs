@@ -31,6 +31,8 @@ pub struct Upstream {
     pub counters: crate::observe::stats::Counters,
     /// The cross-dyno budget as last computed.
     pub budget: crate::budget::BudgetState,
+    /// Clients' startup settings as PostgreSQL takes them (transaction mode).
+    pub startup_values: crate::client::canonical::StartupValues,
 }
 
 pub struct Proxy {
@@ -100,6 +102,7 @@ impl Proxy {
                 sizing: std::sync::Mutex::new(None),
                 counters: Default::default(),
                 budget: Default::default(),
+                startup_values: Default::default(),
             });
             crate::observe::metrics::register_histograms(&upstream);
             upstreams.push(upstream);
@@ -311,7 +314,9 @@ impl Proxy {
             }
         };
         match outcome {
-            Ok(Outcome::Login(login)) => return Some(login),
+            Ok(Outcome::Login(login)) => {
+                return crate::client::handshake::settle_startup_settings(&self, login).await;
+            }
             Ok(Outcome::Console(login)) => {
                 tracing::info!(peer = %peer, user = %login.user, "admin_login");
                 let _console = ConsoleGuard::new(self.clone());

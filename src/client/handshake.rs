@@ -21,14 +21,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub struct Login {
     pub stream: Stream,
     pub rbuf: BytesMut,
-    /// The end of the authentication exchange (SASL's final message), not yet sent: it goes
-    /// out with AuthenticationOk and the greeting, in one write.
+    /// The end of the authentication exchange (SASL's final message), AuthenticationOk and
+    /// the notices PostgreSQL sends while it applies the startup settings, not yet sent: they
+    /// go out with the rest of the greeting, in one write.
     pub greeting: BytesMut,
     pub startup: Startup,
     pub user: String,
     pub database: String,
     pub upstream: Arc<Upstream>,
+    /// The startup settings: as PostgreSQL shows them in transaction mode, as the client
+    /// spelled them in session mode (where its server is opened with them).
     pub settings: super::params::Settings,
+    /// The same in the order PostgreSQL applies them, names as spelled (dropped with the
+    /// login: a session keeps only `settings`).
+    pub sequence: Vec<(String, String)>,
     pub peer: SocketAddr,
 }
 
@@ -134,7 +140,11 @@ pub(crate) async fn read_startup_packet<S: AsyncRead + AsyncWrite + Unpin>(
                 write(stream, &mut out).await?;
             }
             StartupPacket::Cancel { pid, secret } => {
-                proxy.cancels.cancel(pid, secret);
+                // The connection is closed once PostgreSQL has taken the cancel (or the forward
+                // gave up, within the connect timeout), as PostgreSQL closes it.
+                if let Some(forwarded) = proxy.cancels.cancel(pid, secret) {
+                    let _ = forwarded.await;
+                }
                 return Ok(StartupStep::Cancel);
             }
             StartupPacket::Startup(s) => return Ok(StartupStep::Startup(s)),
@@ -293,20 +303,13 @@ pub async fn handshake(
     };
     let result = login(proxy, &mut stream, &mut rbuf, startup, over_limit).await;
     match result {
-        Ok(Admitted::Pool { startup, user, database, upstream, settings, greeting }) => (
-            None,
-            Ok(Outcome::Login(Box::new(Login {
-                stream,
-                rbuf,
-                greeting,
-                startup,
-                user,
-                database,
-                upstream,
-                settings,
-                peer,
-            }))),
-        ),
+        Ok(Admitted::Pool { startup, user, database, upstream, sequence, mut greeting }) => {
+            messages::auth_ok(&mut greeting);
+            let settings = super::params::from_startup(&sequence);
+            let login =
+                Login { stream, rbuf, greeting, startup, user, database, upstream, settings, sequence, peer };
+            (None, Ok(Outcome::Login(Box::new(login))))
+        }
         Ok(Admitted::Console { user, database, application_name }) => (
             None,
             Ok(Outcome::Console(Box::new(ConsoleLogin {
@@ -322,6 +325,35 @@ pub async fn handshake(
     }
 }
 
+/// Finishes a pool client's login with its startup settings as PostgreSQL takes them: in
+/// transaction mode (see [`super::canonical`]) their values as PostgreSQL shows them and its
+/// notices go into the greeting, and a setting PostgreSQL refuses gets its FATAL error after
+/// AuthenticationOk (`None`: the client has been told). In session mode the client's server is
+/// opened with them, and its login says what PostgreSQL does with them. Not bounded by the
+/// login timeout: a client with settings not seen yet waits for a server as a query does.
+pub async fn settle_startup_settings(proxy: &Proxy, mut login: Box<Login>) -> Option<Box<Login>> {
+    if proxy.config.pool.mode == crate::config::PoolMode::Session || login.sequence.is_empty() {
+        return Some(login);
+    }
+    match super::canonical::resolve(&login.upstream, &login.sequence).await {
+        Ok(r) => {
+            login.settings = r.settings;
+            login.greeting.unsplit(r.notices);
+            Some(login)
+        }
+        Err(refused) => {
+            tracing::debug!(peer = %login.peer, reason = "startup_setting_refused", "client_refused");
+            let Login { mut stream, mut greeting, .. } = *login;
+            greeting.unsplit(refused.notices);
+            greeting.unsplit(refused.error);
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(1), write(&mut stream, &mut greeting))
+                    .await;
+            None
+        }
+    }
+}
+
 /// Where an authenticated client goes.
 pub(crate) enum Admitted {
     Pool {
@@ -329,7 +361,8 @@ pub(crate) enum Admitted {
         user: String,
         database: String,
         upstream: Arc<Upstream>,
-        settings: super::params::Settings,
+        /// The startup settings in the order PostgreSQL applies them.
+        sequence: Vec<(String, String)>,
         greeting: BytesMut,
     },
     Console {
@@ -423,8 +456,8 @@ pub(crate) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     }
     // SASL's final message waits for AuthenticationOk: one write and one wake-up of the
     // client for both.
-    let settings = super::params::from_startup(&startup.params, &options);
-    Ok(Admitted::Pool { startup, user, database, upstream, settings, greeting: out })
+    let sequence = super::params::startup_sequence(&startup.params, &options);
+    Ok(Admitted::Pool { startup, user, database, upstream, sequence, greeting: out })
 }
 
 /// Authenticates a client of the admin console with the credentials of the upstream whose

@@ -83,17 +83,20 @@ impl FromIterator<(String, String)> for Settings {
 /// Startup parameters that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
-/// Settings a client asked for at startup.
-pub fn from_startup(params: &[(String, String)], options: &[(String, String)]) -> Settings {
-    let mut out = Settings::new();
-    for (k, v) in params {
-        if !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_.") {
-            out.insert(canonical_name(k), v.clone());
-        }
-    }
-    for (k, v) in options {
-        out.insert(canonical_name(k), v.clone());
-    }
+/// The settings of a startup packet in the order PostgreSQL applies them: the `options`
+/// (`-c name=value`) first, then the other parameters in the packet's order, names as the
+/// client spelled them (PostgreSQL's messages about an unknown name quote it so). A name may
+/// come twice; the last one is the session's.
+pub fn startup_sequence(params: &[(String, String)], options: &[(String, String)]) -> Vec<(String, String)> {
+    let params =
+        params.iter().filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_."));
+    options.iter().chain(params).cloned().collect()
+}
+
+/// Settings a client asked for at startup: the last value of each name in
+/// [`startup_sequence`] (a parameter wins over the same name in `options`, as in PostgreSQL).
+pub fn from_startup(sequence: &[(String, String)]) -> Settings {
+    let mut out: Settings = sequence.iter().map(|(k, v)| (canonical_name(k), v.clone())).collect();
     // Kept for the whole connection: no spare capacity.
     out.0.shrink_to_fit();
     out
@@ -110,45 +113,77 @@ pub fn canonical_name(name: &str) -> String {
     name.to_ascii_lowercase()
 }
 
-fn literal(s: &str) -> String {
+pub(crate) fn literal(s: &str) -> String {
     // An E'' literal reads the same whatever standard_conforming_strings is.
     format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-fn ident(s: &str) -> String {
+pub(crate) fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// The settings that make up who a session is, in the order they are applied: a change of
+/// the session authorization resets the role (PostgreSQL does that), and both are applied after
+/// the other settings, which a client changed while it still was who it logged in as.
+const AUTHORIZATION: &str = "session_authorization";
+const ROLE: &str = "role";
+
+fn is_identity(name: &str) -> bool {
+    name == AUTHORIZATION || name == ROLE
+}
+
 /// The statement that turns `applied` into `wanted` on a server, or `None` when they match.
+///
+/// The session authorization and the role are changed last, in that order; when the server
+/// has someone else's, it first returns to its login identity (one RESET does both), so that
+/// the other settings are applied with the rights the client had when it changed them.
 pub fn sync_statement(wanted: &Settings, applied: &Settings) -> Option<String> {
     let sets: Vec<String> = wanted
         .iter()
-        .filter(|(k, v)| applied.get(k) != Some(*v))
+        .filter(|(k, v)| !is_identity(k) && applied.get(k) != Some(*v))
         .map(|(k, v)| format!("pg_catalog.set_config({}, {}, false)", literal(k), literal(v)))
         .collect();
-    let resets: Vec<String> =
-        applied.keys().filter(|k| !wanted.contains_key(k)).map(|k| format!("RESET {}", ident(k))).collect();
-    if sets.is_empty() && resets.is_empty() {
+    let resets: Vec<String> = applied
+        .keys()
+        .filter(|k| !is_identity(k) && !wanted.contains_key(k))
+        .map(|k| format!("RESET {}", ident(k)))
+        .collect();
+    let identity_changed = [AUTHORIZATION, ROLE].iter().any(|k| wanted.get(k) != applied.get(k));
+    let borrowed_identity = applied.keys().any(|k| is_identity(k));
+    let reset_identity = borrowed_identity && (identity_changed || !sets.is_empty() || !resets.is_empty());
+    if sets.is_empty() && resets.is_empty() && !identity_changed {
         return None;
     }
-    let mut sql = String::new();
+    let mut statements = Vec::new();
+    if reset_identity {
+        statements.push("RESET SESSION AUTHORIZATION".to_owned());
+    }
     if !sets.is_empty() {
-        sql.push_str("SELECT ");
-        sql.push_str(&sets.join(", "));
+        statements.push(format!("SELECT {}", sets.join(", ")));
     }
-    for r in resets {
-        if !sql.is_empty() {
-            sql.push_str("; ");
+    statements.extend(resets);
+    if reset_identity || identity_changed {
+        // The server has its login identity now (reset above, or it had none of a client's).
+        for name in [AUTHORIZATION, ROLE] {
+            if let Some(v) = wanted.get(name) {
+                statements.push(format!(
+                    "SELECT pg_catalog.set_config({}, {}, false)",
+                    literal(name),
+                    literal(v)
+                ));
+            }
         }
-        sql.push_str(&r);
     }
-    Some(sql)
+    Some(statements.join("; "))
 }
 
 /// Reads back every setting changed in the session, after the client ran SET, RESET or
-/// DISCARD.
+/// DISCARD. The role and the session authorization are not in pg_settings: the role is read
+/// when it is set, the session authorization always ([`from_rows`] drops it when it is the
+/// server's login user).
 pub const READ_SESSION_SETTINGS: &str = "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' \
-     UNION ALL SELECT 'role', pg_catalog.current_setting('role') WHERE pg_catalog.current_setting('role') <> 'none'";
+     UNION ALL SELECT 'role', pg_catalog.current_setting('role') WHERE pg_catalog.current_setting('role') <> 'none' \
+     UNION ALL SELECT 'session_authorization', pg_catalog.current_setting('session_authorization')";
 
 /// Most custom setting names a session's read-back includes.
 pub const MAX_CUSTOM_NAMES: usize = 64;
@@ -229,14 +264,28 @@ pub fn custom_setting_names(sql: &[u8], out: &mut Vec<String>) {
     }
 }
 
-/// Settings from the rows of [`READ_SESSION_SETTINGS`].
-pub fn from_rows(rows: Vec<Vec<Option<String>>>) -> Settings {
+/// Settings from the rows of [`READ_SESSION_SETTINGS`] on a server whose login reported
+/// `login`: its own session authorization is no setting of the client's.
+pub fn from_rows(
+    rows: Vec<Vec<Option<String>>>,
+    login: &std::collections::BTreeMap<String, String>,
+) -> Settings {
     rows.into_iter()
         .filter_map(|r| match r.as_slice() {
             [Some(k), Some(v)] => Some((canonical_name(k), v.clone())),
             _ => None,
         })
+        .filter(|(k, v)| !is_default_authorization(k, v, login))
         .collect()
+}
+
+/// Whether `name` = `value` is the session authorization the server logged in with.
+pub fn is_default_authorization(
+    name: &str,
+    value: &str,
+    login: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    name == AUTHORIZATION && login.get(AUTHORIZATION).is_some_and(|l| l == value)
 }
 
 #[cfg(test)]
@@ -262,6 +311,53 @@ mod tests {
             sql,
             "SELECT pg_catalog.set_config(E'TimeZone', E'Europe/Paris', false), pg_catalog.set_config(E'application_name', E'it''s', false); RESET \"statement_timeout\""
         );
+    }
+
+    /// Who the session is goes last, session authorization before role (setting the first
+    /// resets the second); a server that has another client's identity returns to its login
+    /// identity first, so that the other settings are applied as the login user.
+    #[test]
+    fn identity_is_applied_last_authorization_before_role() {
+        let wanted = s(&[("role", "bob"), ("session_authorization", "alice"), ("TimeZone", "UTC")]);
+        assert_eq!(
+            sync_statement(&wanted, &Settings::new()).unwrap(),
+            "SELECT pg_catalog.set_config(E'TimeZone', E'UTC', false); \
+             SELECT pg_catalog.set_config(E'session_authorization', E'alice', false); \
+             SELECT pg_catalog.set_config(E'role', E'bob', false)"
+        );
+        // Another client's identity: back to the login identity, then this client's.
+        let applied = s(&[("role", "carol"), ("TimeZone", "UTC")]);
+        assert_eq!(
+            sync_statement(&s(&[("role", "bob"), ("TimeZone", "UTC")]), &applied).unwrap(),
+            "RESET SESSION AUTHORIZATION; SELECT pg_catalog.set_config(E'role', E'bob', false)"
+        );
+        assert_eq!(
+            sync_statement(
+                &s(&[("TimeZone", "UTC")]),
+                &s(&[("session_authorization", "alice"), ("TimeZone", "UTC")])
+            )
+            .unwrap(),
+            "RESET SESSION AUTHORIZATION"
+        );
+        // The same identity, other settings: applied as the login user, the identity again after.
+        let applied = s(&[("session_authorization", "alice")]);
+        let wanted = s(&[("session_authorization", "alice"), ("log_statement", "all")]);
+        assert_eq!(
+            sync_statement(&wanted, &applied).unwrap(),
+            "RESET SESSION AUTHORIZATION; SELECT pg_catalog.set_config(E'log_statement', E'all', false); \
+             SELECT pg_catalog.set_config(E'session_authorization', E'alice', false)"
+        );
+        assert_eq!(sync_statement(&wanted, &wanted), None);
+    }
+
+    #[test]
+    fn the_login_users_own_authorization_is_no_setting() {
+        let login = [("session_authorization".to_owned(), "app".to_owned())].into_iter().collect();
+        let row = |k: &str, v: &str| vec![Some(k.to_owned()), Some(v.to_owned())];
+        let rows = vec![row("session_authorization", "app"), row("role", "bob")];
+        assert_eq!(from_rows(rows, &login), s(&[("role", "bob")]));
+        let rows = vec![row("session_authorization", "alice")];
+        assert_eq!(from_rows(rows, &login), s(&[("session_authorization", "alice")]));
     }
 
     #[test]
@@ -304,7 +400,16 @@ mod tests {
             ("timezone".to_string(), "UTC".to_string()),
             ("_pq_.x".to_string(), "1".to_string()),
         ];
-        let opts = vec![("statement_timeout".to_string(), "5s".to_string())];
-        assert_eq!(from_startup(&params, &opts), s(&[("TimeZone", "UTC"), ("statement_timeout", "5s")]));
+        let opts = vec![
+            ("statement_timeout".to_string(), "5s".to_string()),
+            ("TimeZone".to_string(), "X".to_string()),
+        ];
+        let sequence = startup_sequence(&params, &opts);
+        assert_eq!(
+            sequence.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            ["statement_timeout=5s", "TimeZone=X", "timezone=UTC"],
+            "options first, then parameters, as PostgreSQL applies them"
+        );
+        assert_eq!(from_startup(&sequence), s(&[("TimeZone", "UTC"), ("statement_timeout", "5s")]));
     }
 }

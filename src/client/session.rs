@@ -45,11 +45,16 @@ const CANCEL_GRACE: Duration = Duration::from_secs(2);
 const CLIENT_FLUSH_LIMIT: Duration = Duration::from_secs(1);
 
 /// Session state that pins a client to its server in transaction mode; one row, one count.
+/// Temporary objects of every kind (tables, sequences, views, types, domains, functions,
+/// operators, collations, ...) are counted by their dependency on the session's temporary
+/// schema, which PostgreSQL records for each of them and follows to drop them at the end of
+/// the session (an index scan of pg_depend; no temporary schema, no rows).
 const SESSION_STATE_QUERY: &str = "SELECT (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql) \
      + (SELECT count(*) FROM pg_catalog.pg_listening_channels()) \
      + (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable) \
      + (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()) \
-     + (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema())";
+     + (SELECT count(*) FROM pg_catalog.pg_depend WHERE refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass \
+        AND refobjid = pg_catalog.pg_my_temp_schema())";
 
 /// Why a session ended or paused.
 enum Flow {
@@ -289,9 +294,9 @@ impl Session {
         self.upstream.counters.bytes_from_clients.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// AuthenticationOk has been sent; finish the login and serve the client until it leaves.
+    /// Finish the login (AuthenticationOk is in the greeting) and serve the client until it
+    /// leaves.
     pub async fn run(&mut self) {
-        messages::auth_ok(&mut self.cwbuf);
         self.registration = Some(self.register(None));
         if self.mode == PoolMode::Session {
             return self.session_mode().await;
@@ -330,12 +335,17 @@ impl Session {
     /// path that holds a server, so that the future an idle client keeps stays small.
     fn session_mode(&mut self) -> Boxed<'_, ()> {
         Box::pin(async move {
-            let mut lease = match Box::pin(self.checkout()).await {
+            let mut lease = match self.checkout_opened_with().await {
                 Ok(lease) => lease,
                 Err(flow) => return self.finish_refused(flow).await,
             };
             let conn = lease.conn();
+            // The server was opened with the client's startup settings: its login says what
+            // PostgreSQL tells the client (values as it shows them, notices), and RESET returns
+            // to them. Nothing is left to apply.
             let params = Arc::new(conn.login_params.clone());
+            self.cwbuf.extend_from_slice(&conn.login_notices);
+            self.take_shown_values(&params);
             // In session mode the client keeps this server: show it the real pid.
             let (pid, active) = (
                 conn.pid,
@@ -350,17 +360,57 @@ impl Session {
             self.registration = Some(self.register(Some(pid)));
             self.slot_set(active);
             self.greet(params);
-            let Some(lease) = self.apply_settings(lease).await else {
-                return;
-            };
             messages::ready_for_query(&mut self.cwbuf, b'I');
             let flow = Box::pin(self.attached(lease)).await;
             debug_assert!(matches!(flow, Flow::End));
         })
     }
 
-    /// The login's ParameterStatus messages (the client's own settings where it chose them)
-    /// and BackendKeyData.
+    /// Session mode: a server opened with the client's startup settings, so that RESET
+    /// returns to them as in PostgreSQL. An idle one opened with the same settings, else a new
+    /// one in a free slot, else the server the pool gives, replaced in its slot.
+    fn checkout_opened_with(&mut self) -> Boxed<'_, Result<Lease, Refused>> {
+        Box::pin(async move {
+            let pool = self.upstream.pool.clone();
+            let startup = self.startup_settings.clone();
+            let slot =
+                self.registration.as_ref().map(|r| r.slot.clone()).expect("registered before checkout");
+            let mut lease = match pool.checkout_opened_with(&startup) {
+                Some(lease) => lease,
+                None => match pool.open_with(&startup).await {
+                    Some(opened) => opened.map_err(Refused::Server)?,
+                    None => {
+                        let mut lease = self.checkout().await?;
+                        if *lease.conn().startup == *startup {
+                            return Ok(lease);
+                        }
+                        lease.reopen(&startup).await.map_err(Refused::Server)?
+                    }
+                },
+            };
+            mark_active(&slot, &pool, &mut lease);
+            Ok(lease)
+        })
+    }
+
+    /// Session mode: the values of the client's settings as its server shows them (it was
+    /// opened with them), for SHOW CLIENTS and the logs.
+    fn take_shown_values(&mut self, shown: &BTreeMap<String, String>) {
+        if shown.iter().any(|(n, v)| self.settings.get(n).is_some_and(|c| c != v)) {
+            let settings = Arc::make_mut(&mut self.settings);
+            for (name, value) in shown {
+                if settings.get(name).is_some_and(|c| c != value) {
+                    settings.insert(name.clone(), value.clone());
+                }
+            }
+            if let Some(r) = &self.registration {
+                r.slot.set_application_name(self.settings.get("application_name").map_or("", String::as_str));
+            }
+        }
+    }
+
+    /// The login's ParameterStatus messages (the client's own settings where it chose them,
+    /// as PostgreSQL shows them) and BackendKeyData.
     fn greet(&mut self, login_params: Arc<BTreeMap<String, String>>) {
         let mut told = Told::new(login_params.clone());
         // One allocation for the whole greeting (ParameterStatus messages, BackendKeyData and
@@ -369,7 +419,7 @@ impl Session {
         self.cwbuf.reserve(size + 32);
         for (name, value) in login_params.iter() {
             let value = match self.settings.get(name) {
-                Some(v) if TRACKED_REPORTED.contains(&name.as_str()) => {
+                Some(v) => {
                     if v != value {
                         told.insert(name, v);
                     }
@@ -1174,9 +1224,15 @@ impl Session {
         }
     }
 
-    /// Records settings the server reported while the client ran.
+    /// Records settings the server reported while the client ran. A new session
+    /// authorization, or a role that changes is_superuser, is read back with the other
+    /// settings however it was made (a DO block says no SET): who the session is must follow
+    /// its client and never reach the next one.
     fn note_reported(&mut self, relay: &mut Relay, lease: &mut Lease) {
         let conn = lease.conn();
+        if relay.reported.iter().any(|(name, _)| name == "session_authorization" || name == "is_superuser") {
+            relay.settings_changed = true;
+        }
         for (name, value) in relay.reported.drain(..) {
             if TRACKED_REPORTED.contains(&name.as_str()) {
                 if self.settings.get(&name) != Some(&value) {
@@ -1207,7 +1263,7 @@ impl Session {
         let query = params::read_settings_query(self.custom.as_deref().map_or(&[], Vec::as_slice));
         match tokio::time::timeout(CLEANUP_TIMEOUT, conn.exec(&query, &mut reported)).await {
             Ok(Ok(rows)) => {
-                let now = params::from_rows(rows);
+                let now = params::from_rows(rows, &conn.login_params);
                 let mut settings = Settings::clone(&self.startup_settings);
                 settings.extend(now.iter().map(|(k, v)| (k.clone(), v.clone())));
                 self.settings = Arc::new(settings);
@@ -1226,7 +1282,7 @@ impl Session {
     }
 
     /// Counts session state on the server that would outlive the transaction: SQL-level
-    /// prepared statements, LISTEN, holdable cursors, session advisory locks, temporary tables.
+    /// prepared statements, LISTEN, holdable cursors, session advisory locks, temporary objects.
     async fn session_state(&mut self, lease: &mut Lease) -> Option<i64> {
         let conn = lease.conn();
         let rows =
@@ -1314,7 +1370,7 @@ impl Session {
             }
             let query = params::read_settings_query(&custom);
             match tokio::time::timeout(CLEANUP_TIMEOUT, conn.exec(&query, &mut reported)).await {
-                Ok(Ok(rows)) => conn.applied = params::from_rows(rows),
+                Ok(Ok(rows)) => conn.applied = params::from_rows(rows, &conn.login_params),
                 _ => {
                     lease.close();
                     return;
@@ -1554,6 +1610,7 @@ mod tests {
             database: "appdb".into(),
             upstream: proxy.upstream("appdb").unwrap(),
             settings: Default::default(),
+            sequence: Vec::new(),
             peer: addr,
         };
         let mut session = super::Session::new(proxy.clone(), login);

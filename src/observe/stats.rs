@@ -70,10 +70,12 @@ pub enum CloseReason {
     CheckFailed,
     /// PAUSE in the admin console: idle servers, and servers given back while paused.
     Pause,
+    /// Replaced by a server opened with a session-mode client's startup settings.
+    StartupSettings,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::IdleTimeout,
         CloseReason::Lifetime,
         CloseReason::Broken,
@@ -83,6 +85,7 @@ impl CloseReason {
         CloseReason::Reconnect,
         CloseReason::CheckFailed,
         CloseReason::Pause,
+        CloseReason::StartupSettings,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -96,6 +99,7 @@ impl CloseReason {
             CloseReason::Reconnect => "reconnect",
             CloseReason::CheckFailed => "check_failed",
             CloseReason::Pause => "pause",
+            CloseReason::StartupSettings => "startup_settings",
         }
     }
 }

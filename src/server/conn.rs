@@ -151,6 +151,11 @@ pub struct ServerConn {
     pub secret: i32,
     /// ParameterStatus values reported at login.
     pub login_params: BTreeMap<String, String>,
+    /// The NoticeResponse messages of the login, whole, as PostgreSQL sent them (usually none).
+    pub login_notices: bytes::Bytes,
+    /// The client settings its startup packet carried besides the URL's (session mode opens a
+    /// server with its client's): what RESET returns to.
+    pub startup: Arc<crate::client::params::Settings>,
     /// Session settings the proxy has applied on behalf of clients (name -> value).
     pub applied: crate::client::params::Settings,
     /// Proxy-wide prepared statements this server holds.
@@ -190,7 +195,16 @@ impl ServerConn {
 
     /// Connects and logs in, within the target's connect timeout.
     pub async fn connect(target: &Target) -> Result<ServerConn, ServerError> {
-        match tokio::time::timeout(target.connect_timeout, Self::connect_inner(target)).await {
+        Self::connect_with(target, Default::default()).await
+    }
+
+    /// [`ServerConn::connect`] with a client's startup settings in the startup packet, after
+    /// the URL's (PostgreSQL applies them in that order, so the client's win).
+    pub async fn connect_with(
+        target: &Target,
+        startup: Arc<crate::client::params::Settings>,
+    ) -> Result<ServerConn, ServerError> {
+        match tokio::time::timeout(target.connect_timeout, Self::connect_inner(target, startup)).await {
             Ok(r) => r,
             Err(_) => Err(ServerError::Timeout(format!(
                 "connecting to {} took longer than {:?} (PGSIDECAR_SERVER_CONNECT_TIMEOUT or the URL's connect_timeout)",
@@ -200,7 +214,10 @@ impl ServerConn {
         }
     }
 
-    async fn connect_inner(target: &Target) -> Result<ServerConn, ServerError> {
+    async fn connect_inner(
+        target: &Target,
+        startup: Arc<crate::client::params::Settings>,
+    ) -> Result<ServerConn, ServerError> {
         let io = target.open().await?;
         let url = &target.url;
         let mut conn = ServerConn {
@@ -210,6 +227,8 @@ impl ServerConn {
             pid: 0,
             secret: 0,
             login_params: BTreeMap::new(),
+            login_notices: Default::default(),
+            startup: startup.clone(),
             applied: Default::default(),
             statements: crate::prepared::ServerStatements::new(target.max_prepared),
             created: Instant::now(),
@@ -218,7 +237,8 @@ impl ServerConn {
             fresh: true,
         };
         let mut params: Vec<(&str, &str)> = vec![("user", &url.user), ("database", &url.database)];
-        if let Some(app) = &url.application_name {
+        if let Some(app) = url.application_name.as_ref().filter(|_| !startup.contains_key("application_name"))
+        {
             params.push(("application_name", app));
         }
         if let Some(options) = &url.options {
@@ -226,10 +246,12 @@ impl ServerConn {
             parse_options(options).map_err(|e| ServerError::Protocol(format!("the URL's options: {e}")))?;
             params.push(("options", options));
         }
+        params.extend(startup.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut buf = BytesMut::new();
         frontend::startup_message(params.iter().copied(), &mut buf).map_err(ServerError::io)?;
         conn.io.write_all(&buf).await.map_err(ServerError::io)?;
         conn.authenticate(url).await?;
+        let mut notices = BytesMut::new();
         loop {
             let (t, body) = conn.read_message().await?;
             match t {
@@ -242,8 +264,8 @@ impl ServerConn {
                     conn.secret = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
                 }
                 tag::READY_FOR_QUERY => break,
-                tag::ERROR_RESPONSE => return Err(ServerError::from_error_body(&body)),
-                tag::NOTICE_RESPONSE => {}
+                tag::ERROR_RESPONSE => return Err(ServerError::at_login(&body, &notices)),
+                tag::NOTICE_RESPONSE => put_message(&mut notices, tag::NOTICE_RESPONSE, &body),
                 other => {
                     return Err(ServerError::Protocol(format!(
                         "unexpected message {:?} during login",
@@ -252,6 +274,7 @@ impl ServerConn {
                 }
             }
         }
+        conn.login_notices = notices.freeze();
         Ok(conn)
     }
 
@@ -390,6 +413,37 @@ impl ServerConn {
         }
     }
 
+    /// Runs a script of the proxy's own (several statements in one simple query) and returns
+    /// each statement's answer in order, up to the one that failed (PostgreSQL runs no more),
+    /// with the transaction status the server ends in. ParameterStatus messages are ignored.
+    pub async fn exec_each(&mut self, sql: &str) -> Result<(Vec<Answer>, u8), ServerError> {
+        let mut buf = BytesMut::new();
+        messages::query(&mut buf, sql);
+        self.io.write_all(&buf).await.map_err(ServerError::io)?;
+        self.io.flush().await.map_err(ServerError::io)?;
+        let mut answers = Vec::new();
+        let mut current = Answer::default();
+        loop {
+            let (t, body) = self.read_message().await?;
+            match t {
+                tag::DATA_ROW => current.rows.push(parse_data_row(&body)?),
+                tag::NOTICE_RESPONSE => put_message(&mut current.notices, t, &body),
+                tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE => {
+                    answers.push(std::mem::take(&mut current))
+                }
+                tag::ERROR_RESPONSE => {
+                    current.error = Some(body.freeze());
+                    answers.push(std::mem::take(&mut current));
+                }
+                tag::READY_FOR_QUERY => {
+                    let status = parse_ready_for_query(&body).map_err(ServerError::protocol)?;
+                    return Ok((answers, status));
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// The pool's check of a server that sat idle: an empty query must come back with
     /// ReadyForQuery (outside a transaction) within `limit`. On failure the connection is in
     /// an unknown state and must be closed.
@@ -426,6 +480,24 @@ impl ServerConn {
         self.rbuf.reserve(64);
         self.io.has_input_now(&mut self.rbuf)
     }
+}
+
+/// One statement's answer to [`ServerConn::exec_each`].
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub rows: Vec<Vec<Option<String>>>,
+    /// Its NoticeResponse messages, whole.
+    pub notices: BytesMut,
+    /// The body of its ErrorResponse.
+    pub error: Option<bytes::Bytes>,
+}
+
+/// Appends a whole message: tag, length, body.
+fn put_message(buf: &mut BytesMut, tag: u8, body: &[u8]) {
+    use bytes::BufMut;
+    buf.put_u8(tag);
+    buf.put_i32(body.len() as i32 + 4);
+    buf.put_slice(body);
 }
 
 fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, ServerError> {

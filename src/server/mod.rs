@@ -27,7 +27,9 @@ pub enum ServerError {
     WaitTimeout,
     #[error("server connection failed: {0}")]
     Io(String),
-    /// The server's own ErrorResponse, kept as sent so clients see the server's message.
+    /// The server's own ErrorResponse, kept as sent so clients see the server's message:
+    /// `raw` holds the whole messages for a client, at login after the NoticeResponse
+    /// messages the server sent before it.
     #[error("server error {}: {}", .fields.code, .fields.message)]
     Postgres { fields: ErrorFields, raw: Bytes },
 }
@@ -46,10 +48,18 @@ impl ServerError {
     }
 
     pub fn from_error_body(body: &[u8]) -> ServerError {
-        ServerError::Postgres {
-            fields: ErrorFields::parse(body).unwrap_or_default(),
-            raw: Bytes::copy_from_slice(body),
-        }
+        ServerError::at_login(body, &[])
+    }
+
+    /// [`ServerError::from_error_body`] for an error at login, after `notices` (whole
+    /// NoticeResponse messages).
+    pub fn at_login(body: &[u8], notices: &[u8]) -> ServerError {
+        let mut raw = BytesMut::with_capacity(notices.len() + body.len() + 5);
+        raw.put_slice(notices);
+        raw.put_u8(b'E');
+        raw.put_i32(body.len() as i32 + 4);
+        raw.put_slice(body);
+        ServerError::Postgres { fields: ErrorFields::parse(body).unwrap_or_default(), raw: raw.freeze() }
     }
 
     /// Short kind name for logs and metrics.
@@ -70,11 +80,7 @@ impl ServerError {
     /// one, otherwise a FATAL 08006/08001 naming what failed.
     pub fn encode_for_client(&self, buf: &mut BytesMut) {
         match self {
-            ServerError::Postgres { raw, .. } => {
-                buf.put_u8(b'E');
-                buf.put_i32(raw.len() as i32 + 4);
-                buf.put_slice(raw);
-            }
+            ServerError::Postgres { raw, .. } => buf.put_slice(raw),
             ServerError::Connect(_)
             | ServerError::Tls(_)
             | ServerError::Timeout(_)

@@ -12,7 +12,8 @@
 //!
 //! The admin console can pause a pool (checkouts queue up; PAUSE then closes every server
 //! once idle, see [`Pool::disconnect_for_pause`]) and start a new generation (RECONNECT:
-//! every older server is closed once idle): see [`control`].
+//! every older server is closed once idle): see [`control`]. Session mode opens servers with
+//! its clients' startup settings: see [`startup`].
 //!
 //! Connections move between the idle list, tickets and leases as boxes: a lease is two
 //! pointers, so the futures of the clients that hold one stay small, and a hand-over moves no
@@ -32,6 +33,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 mod control;
+mod startup;
 
 type Handoff = Result<Box<ServerConn>, ServerError>;
 

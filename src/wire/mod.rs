@@ -73,5 +73,6 @@ pub mod tag {
     pub const COPY_OUT_RESPONSE: u8 = b'H';
     pub const COPY_BOTH_RESPONSE: u8 = b'W';
     pub const DATA_ROW: u8 = b'D';
+    pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
 }

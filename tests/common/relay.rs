@@ -35,6 +35,9 @@ struct Shared {
     hole_new: AtomicBool,
     links: Mutex<Vec<Arc<Link>>>,
     accepted: AtomicUsize,
+    /// Connections the upstream side closed first (counted before the relay closes the other
+    /// side, so a client that sees the close can rely on the count).
+    upstream_closed: AtomicUsize,
 }
 
 pub struct Relay {
@@ -60,7 +63,7 @@ impl Relay {
                     links.retain(|l| Arc::strong_count(l) > 1);
                     links.push(link.clone());
                 }
-                tokio::spawn(run_link(down, upstream, link));
+                tokio::spawn(run_link(down, upstream, link, s.clone()));
             }
         });
         Relay { addr, shared, accept }
@@ -73,6 +76,11 @@ impl Relay {
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.shared.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections that PostgreSQL closed (the relay then closed the proxy's side).
+    pub fn upstream_closed(&self) -> usize {
+        self.shared.upstream_closed.load(Ordering::SeqCst)
     }
 
     /// Black-holes every open connection and every new one.
@@ -114,7 +122,7 @@ impl Drop for Relay {
 /// Relays one connection until either side closes (while forwarding) or the link is closed.
 /// While black-holed, both sides are read and the bytes dropped; a side that closes then is
 /// simply no longer read, and the other side is not told.
-async fn run_link(mut down: TcpStream, upstream: SocketAddr, link: Arc<Link>) {
+async fn run_link(mut down: TcpStream, upstream: SocketAddr, link: Arc<Link>, shared: Arc<Shared>) {
     let mut up = if link.holed.load(Ordering::SeqCst) {
         None
     } else {
@@ -151,7 +159,10 @@ async fn run_link(mut down: TcpStream, upstream: SocketAddr, link: Arc<Link>) {
             },
             r = async { up.as_mut().expect("read only while open").read(&mut ubuf).await }, if up_open => match r {
                 Ok(0) | Err(_) if holed => up_open = false,
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    shared.upstream_closed.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
                 Ok(_) if holed => {}
                 Ok(n) => {
                     if down.write_all(&ubuf[..n]).await.is_err() {
