@@ -72,12 +72,65 @@ impl Outcome {
 struct Program {
     name: &'static str,
     command: Vec<String>,
+    /// Where a compiled program lives while the test runs.
+    _build: Option<tempfile::TempDir>,
 }
 
 impl Program {
-    fn python(script: &str) -> Program {
-        Program { name: "python3", command: vec!["python3".into(), script.into()] }
+    fn new(name: &'static str, command: &[&str]) -> Program {
+        Program { name, command: command.iter().map(|s| s.to_string()).collect(), _build: None }
     }
+
+    /// JdbcMatrix.java compiled against Debian's pgJDBC jar into a temporary directory.
+    fn jdbc() -> Program {
+        let jar = pgjdbc_jar();
+        let build = tempfile::tempdir().expect("a temporary directory for javac");
+        let out = std::process::Command::new("javac")
+            .arg("-cp")
+            .arg(&jar)
+            .arg("-d")
+            .arg(build.path())
+            .arg(drivers_dir().join("JdbcMatrix.java"))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run javac: {e} ({INSTALL_HINT}: default-jdk-headless)"));
+        assert!(
+            out.status.success(),
+            "javac JdbcMatrix.java failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let classpath = format!("{}:{}", build.path().display(), jar.display());
+        Program {
+            name: "java",
+            command: vec!["java".into(), "-cp".into(), classpath, "JdbcMatrix".into()],
+            _build: Some(build),
+        }
+    }
+}
+
+/// Debian's pgJDBC (libpostgresql-jdbc-java) puts its jar in /usr/share/java, Debian's place for
+/// jars: `postgresql.jar`, or a versioned name beside it.
+fn pgjdbc_jar() -> PathBuf {
+    const JAVA_DIR: &str = "/usr/share/java";
+    let plain = Path::new(JAVA_DIR).join("postgresql.jar");
+    if plain.is_file() {
+        return plain;
+    }
+    let mut versioned: Vec<PathBuf> = std::fs::read_dir(JAVA_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("postgresql-4") && n.ends_with(".jar"))
+        })
+        .collect();
+    versioned.sort();
+    versioned.pop().unwrap_or_else(|| {
+        panic!("pgJDBC's jar is not in {JAVA_DIR} ({INSTALL_HINT}: libpostgresql-jdbc-java)")
+    })
 }
 
 /// Runs `program` with the workload's environment; kills it past [`RUN_LIMIT`].
@@ -161,12 +214,45 @@ enum Stale {
     RetriedByDriver,
 }
 
+/// pgsidecar on a thread of its own with a current-thread runtime, as `pgsidecar serve` runs on
+/// a 2-core machine (`PGSIDECAR_WORKER_THREADS=auto`): there a session that spins without
+/// yielding freezes every client, as in production, and the driver's clock, on another
+/// runtime, still ends the run.
+struct ProxyThread {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ProxyThread {
+    fn start(pg: &'static TestPg, db: &str, settings: &[(&'static str, &'static str)]) -> ProxyThread {
+        let (url_tx, url_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (db, settings) = (db.to_owned(), settings.to_vec());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            rt.block_on(async move {
+                let p = start(pg, &db, &settings).await;
+                let _ = url_tx.send(p.url_as(SCRAM_USER, SCRAM_PASS, &db));
+                let _ = stopped.await;
+                drop(p);
+            });
+        });
+        let url = url_rx.recv().expect("pgsidecar started");
+        ProxyThread { url, stop: Some(stop) }
+    }
+}
+
+impl Drop for ProxyThread {
+    /// Not joined: a frozen proxy never gets to read the stop, and its thread ends with the test.
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// Runs `driver` against PostgreSQL, then through pgsidecar in both pool modes, and fails with
 /// every difference found.
-///
-/// pgsidecar runs on a runtime of its own and the driver on another: a proxy that spins
-/// without yielding (as a frozen transaction mode did) must not stop the clock that ends the
-/// driver's run.
 fn matrix(name: &str, driver: Driver, stale: Stale) {
     let pg = TestPg::shared();
     let client_rt = runtime();
@@ -189,18 +275,14 @@ fn matrix(name: &str, driver: Driver, stale: Stale) {
     let mut failures = Vec::new();
     for (mode, pool) in [("transaction", TRANSACTION_POOL), ("session", SESSION_POOL)] {
         let db = pg.create_db(&format!("matrix_{name}_{mode}"));
-        let proxy_rt = runtime();
-        let p = proxy_rt.block_on(start(
+        let p = ProxyThread::start(
             pg,
             &db,
             &[("PGSIDECAR_POOL_MODE", mode), ("PGSIDECAR_POOL_SIZE", pool), QUIET],
-        ));
-        let url = p.url_as(SCRAM_USER, SCRAM_PASS, &db);
+        );
         let ddl_url = pg.url(SCRAM_USER, &db, "disable");
-        let result = client_rt.block_on(driver.run(&url, &ddl_url));
+        let result = client_rt.block_on(driver.run(&p.url, &ddl_url));
         drop(p);
-        // Without waiting: the tasks of a proxy that spins never reach an await to stop at.
-        proxy_rt.shutdown_background();
         let got = match result {
             Ok(o) => o,
             Err(e) => {
@@ -246,7 +328,11 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn psycopg_matrix() {
-    matrix("psycopg", Driver::External(Program::python("psycopg_matrix.py")), Stale::Shown);
+    matrix(
+        "psycopg",
+        Driver::External(Program::new("python3", &["python3", "psycopg_matrix.py"])),
+        Stale::Shown,
+    );
 }
 
 #[test]
@@ -256,5 +342,29 @@ fn tokio_postgres_matrix() {
 
 #[test]
 fn asyncpg_matrix() {
-    matrix("asyncpg", Driver::External(Program::python("asyncpg_matrix.py")), Stale::RetriedByDriver);
+    matrix(
+        "asyncpg",
+        Driver::External(Program::new("python3", &["python3", "asyncpg_matrix.py"])),
+        Stale::RetriedByDriver,
+    );
+}
+
+#[test]
+fn node_postgres_matrix() {
+    matrix(
+        "node_postgres",
+        Driver::External(Program::new("node", &["node", "node_matrix.js"])),
+        Stale::Shown,
+    );
+}
+
+#[test]
+fn pgjdbc_matrix() {
+    matrix("pgjdbc", Driver::External(Program::jdbc()), Stale::RetriedByDriver);
+}
+
+#[test]
+fn activerecord_matrix() {
+    let program = Program::new("ruby", &["ruby", "activerecord_matrix.rb"]);
+    matrix("activerecord", Driver::External(program), Stale::RetriedByDriver);
 }
