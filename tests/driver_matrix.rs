@@ -5,16 +5,19 @@
 //! transaction mode and in session mode. Through pgsidecar each driver must see what it sees
 //! against PostgreSQL: the same summary line (queries, right answers, errors by SQLSTATE), no
 //! wrong result, and no more `0A000 cached plan must not change result type` than PostgreSQL
-//! gave it. `.ci/run` installs the drivers; a missing one fails the test.
+//! gave it. pgsidecar runs as `pgsidecar serve` processes; the drivers are programs of
+//! tests/drivers/ (tokio-postgres runs in this process). `.ci/run` installs the drivers; a
+//! missing one fails the test.
 
 mod common;
 #[path = "drivers/tokio_postgres_matrix.rs"]
 mod tokio_postgres_matrix;
 
 use common::pg::{TestPg, SCRAM_PASS, SCRAM_USER};
-use common::proxy::start;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
@@ -27,7 +30,7 @@ const TRANSACTION_POOL: &str = "3";
 /// lock probe and node-postgres reconnecting).
 const SESSION_POOL: &str = "12";
 /// One run of a program takes seconds; past this it is taken to have frozen.
-const RUN_LIMIT: Duration = Duration::from_secs(60);
+const RUN_LIMIT: Duration = Duration::from_secs(45);
 /// No slow-query log: the 10 MiB reads take most of a second in a debug build.
 const QUIET: (&str, &str) = ("PGSIDECAR_SLOW_QUERY_MS", "-1");
 const INSTALL_HINT: &str = "`bash .ci/run --setup-only` installs the drivers";
@@ -214,41 +217,74 @@ enum Stale {
     RetriedByDriver,
 }
 
-/// pgsidecar on a thread of its own with a current-thread runtime, as `pgsidecar serve` runs on
-/// a 2-core machine (`PGSIDECAR_WORKER_THREADS=auto`): there a session that spins without
-/// yielding freezes every client, as in production, and the driver's clock, on another
-/// runtime, still ends the run.
-struct ProxyThread {
+/// `pgsidecar serve` as a process on 127.0.0.1:0, as production runs it (one thread on a 2-core
+/// machine). A proxy that freezes or spins is killed when the run ends instead of holding the
+/// test's threads: in-process, a session spinning without yielding once kept this test running
+/// for 44 minutes. Killed when dropped, as a frozen proxy ignores SIGTERM.
+struct Serve {
+    child: std::process::Child,
     url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// What the proxy logged above info level, for a failure's message.
+    log: Arc<Mutex<String>>,
 }
 
-impl ProxyThread {
-    fn start(pg: &'static TestPg, db: &str, settings: &[(&'static str, &'static str)]) -> ProxyThread {
-        let (url_tx, url_rx) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (db, settings) = (db.to_owned(), settings.to_vec());
+impl Serve {
+    fn start(pg: &TestPg, db: &str, settings: &[(&str, &str)]) -> Serve {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"));
+        cmd.arg("serve")
+            .env("DATABASE_URL", pg.url(SCRAM_USER, db, "require"))
+            .env("PGSIDECAR_LISTEN", "127.0.0.1:0")
+            .env("PGSIDECAR_METRICS_LISTEN", "")
+            .env("PGSIDECAR_LOG_LEVEL", "info")
+            .env_remove("DYNO")
+            .envs(settings.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start pgsidecar serve");
+        let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let (listening, listen_rx) = std::sync::mpsc::channel();
+        let kept = log.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-            rt.block_on(async move {
-                let p = start(pg, &db, &settings).await;
-                let _ = url_tx.send(p.url_as(SCRAM_USER, SCRAM_PASS, &db));
-                let _ = stopped.await;
-                drop(p);
-            });
+            for line in stderr.lines().map_while(Result::ok) {
+                if line.contains("event=listening") {
+                    let addr = line.split(" listen=").nth(1).and_then(|a| a.split(' ').next()).unwrap_or("");
+                    let _ = listening.send(addr.trim_matches('"').to_owned());
+                } else if !line.contains("level=info") {
+                    kept.lock().unwrap().push_str(&format!("    {line}\n"));
+                }
+            }
         });
-        let url = url_rx.recv().expect("pgsidecar started");
-        ProxyThread { url, stop: Some(stop) }
+        let Ok(addr) = listen_rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!("pgsidecar serve did not start:\n{}", log.lock().unwrap());
+        };
+        let port = addr.rsplit(':').next().unwrap_or_default();
+        let url =
+            format!("postgres://{SCRAM_USER}:{}@127.0.0.1:{port}/{db}?sslmode=disable", pct(SCRAM_PASS));
+        Serve { child, url, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 }
 
-impl Drop for ProxyThread {
-    /// Not joined: a frozen proxy never gets to read the stop, and its thread ends with the test.
+impl Drop for Serve {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
+}
+
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Runs `driver` against PostgreSQL, then through pgsidecar in both pool modes, and fails with
@@ -275,18 +311,15 @@ fn matrix(name: &str, driver: Driver, stale: Stale) {
     let mut failures = Vec::new();
     for (mode, pool) in [("transaction", TRANSACTION_POOL), ("session", SESSION_POOL)] {
         let db = pg.create_db(&format!("matrix_{name}_{mode}"));
-        let p = ProxyThread::start(
-            pg,
-            &db,
-            &[("PGSIDECAR_POOL_MODE", mode), ("PGSIDECAR_POOL_SIZE", pool), QUIET],
-        );
+        let p = Serve::start(pg, &db, &[("PGSIDECAR_POOL_MODE", mode), ("PGSIDECAR_POOL_SIZE", pool), QUIET]);
         let ddl_url = pg.url(SCRAM_USER, &db, "disable");
         let result = client_rt.block_on(driver.run(&p.url, &ddl_url));
+        let log = p.log();
         drop(p);
         let got = match result {
             Ok(o) => o,
             Err(e) => {
-                failures.push(format!("{name}, {mode} mode: {e}"));
+                failures.push(format!("{name}, {mode} mode: {e}\n  pgsidecar logged:\n{log}"));
                 continue;
             }
         };
@@ -318,6 +351,7 @@ fn matrix(name: &str, driver: Driver, stale: Stale) {
     assert!(failures.is_empty(), "through pgsidecar, not as against PostgreSQL:\n{}", failures.join("\n\n"));
 }
 
+/// The drivers' runtime: tokio-postgres and the clock of each program's run.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
