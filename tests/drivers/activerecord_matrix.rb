@@ -34,6 +34,7 @@ BAD = 'select no_such_column from matrix_t where id = $1'
 # The DDL changes (counted from 1) after which a statement's result columns differ.
 CHANGES = { 'star' => [1, 2], 'cols' => [2] }.freeze
 PATTERN = (0..255).to_a.pack('C*') * (BLOB_LEN / 256 + 2)
+LOCK_TURN = Mutex.new
 
 class Item < ActiveRecord::Base
   self.table_name = 'matrix_t'
@@ -247,18 +248,22 @@ class Worker
   end
 
   # A session advisory lock (as Rails' migrations take it): while this connection holds it,
-  # another connection cannot take it; once released, it can.
+  # another connection cannot take it; once released, it can. One worker at a time: a pooler
+  # in transaction mode gives a client holding a session lock a server of its own, and six of
+  # them with their probes would hold a pool of 3 servers among themselves and wait forever.
   def advisory_lock(n)
     key = 7_000_000 + @w * 1000 + n
     pool = ActiveRecord::Base.connection_pool
-    other = pool.checkout
-    begin
-      got = [conn.get_advisory_lock(key), other.get_advisory_lock(key), conn.release_advisory_lock(key),
-             other.get_advisory_lock(key), other.release_advisory_lock(key)]
-    ensure
-      pool.checkin(other)
+    LOCK_TURN.synchronize do
+      other = pool.checkout
+      begin
+        got = [conn.get_advisory_lock(key), other.get_advisory_lock(key), conn.release_advisory_lock(key),
+               other.get_advisory_lock(key), other.release_advisory_lock(key)]
+      ensure
+        pool.checkin(other)
+      end
+      [got, [true, false, true, true, true]]
     end
-    [got, [true, false, true, true, true]]
   end
 
   # ActiveRecord prepares a statement with ruby-pg's prepare (Parse, Sync) before it binds:
