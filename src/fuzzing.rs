@@ -259,7 +259,8 @@ fn decode_body(t: u8, body: &[u8]) {
                 assert_eq!(n, &name[..]);
                 if let Some(stmt) = stmt {
                     assert!(!name.is_empty());
-                    let mut m = BytesMut::from(&stmt.parse[..]);
+                    let mut m = BytesMut::new();
+                    prepared::put_parse(&mut m, &stmt.name, &stmt, None);
                     let (t, again) = split_frame(&mut m, usize::MAX).unwrap().unwrap();
                     assert_eq!(t, tag::PARSE);
                     let (n2, q2) = prepared::parse_texts(&again).unwrap();
@@ -780,15 +781,16 @@ pub fn post_auth(data: &[u8]) {
             match relay.client_to_server(&mut c_in, &mut to_server, &mut to_client, max, &mut st) {
                 Ok(stop) => {
                     // Progress: it stops on its output only when that is full; otherwise, unless
-                    // the client said goodbye or the answers owed are at their cap, what is
-                    // left is an incomplete message, and the session may read more of it.
+                    // the client said goodbye or waits for the server (answers owed at their
+                    // cap, a statement being described), what is left is an incomplete
+                    // message, and the session may read more of it.
                     match stop {
                         Stop::Output => {
                             assert!(to_server.len() >= WRITE_HIGH, "stopped on an output with room")
                         }
                         Stop::Rest => panic!("only the server's answers bring the relay to rest"),
                         Stop::Input => {
-                            if !relay.terminated && !relay.answers_capped() {
+                            if !relay.terminated && !relay.blocked() {
                                 if let Ok(Some(h)) = Header::parse(&c_in, max) {
                                     assert!(c_in.len() < h.total_len(), "a whole message left unread");
                                     assert!(

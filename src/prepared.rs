@@ -44,12 +44,16 @@ pub const PREFIX: &str = "pgsidecar_";
 pub const MAX_PER_CLIENT: usize = 10_000;
 
 /// A statement as the servers know it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Statement {
-    /// Proxy-wide name.
+    /// This statement's own name on the servers: `pgsidecar_<hash>_<n>`, made afresh for
+    /// every client Parse, so that a Parse always prepares the text as the database is now.
     pub name: Arc<str>,
-    /// The complete Parse message (type byte and length included) under that name.
-    pub parse: Bytes,
+    /// `pgsidecar_<hash>` of the query text and declared parameter types: the instances of
+    /// one text on a server are found by it.
+    pub base: Arc<str>,
+    /// The body of a Parse after the statement name: query text, terminator, parameter types.
+    pub text: Bytes,
     /// Its text may create or remove session state (the relay's scan says so): every
     /// execution makes the proxy count the state on the server before giving it back.
     pub session_state: bool,
@@ -59,12 +63,65 @@ pub struct Statement {
     /// The custom (dotted) settings its text sets, noted at every execution for the
     /// read-back (usually none).
     pub custom_settings: Vec<String>,
+    /// The shape PostgreSQL gave the statement when the client prepared it (learned from a
+    /// Describe the proxy adds). PostgreSQL keeps a statement's result shape for its life, so
+    /// another server's instance is used for it only when it has the same shape.
+    pub shape: std::sync::OnceLock<Shape>,
+    /// The shape is followed (a client's named statement). Unnamed statements shared between
+    /// clients (PGSIDECAR_PREPARE_UNNAMED_STATEMENTS) use any instance of their text.
+    pub tracked: bool,
 }
 
-fn message(tag: u8, body: impl FnOnce(&mut BytesMut)) -> BytesMut {
-    let mut buf = BytesMut::with_capacity(64);
-    put_message(&mut buf, tag, body);
-    buf
+impl PartialEq for Statement {
+    fn eq(&self, other: &Statement) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Statement {}
+
+/// What a Describe of a statement said: the parameter types (as a Parse declares them: a
+/// count, then the type oids) and a fingerprint of both descriptions (the parameter types,
+/// then each result column's name, type and type modifier: what PostgreSQL compares when it
+/// decides that a cached plan changed its result type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    pub param_types: Bytes,
+    pub fingerprint: u64,
+}
+
+impl Shape {
+    /// From the bodies of ParameterDescription and RowDescription (`None`: NoData).
+    pub fn from_descriptions(params: &[u8], rows: Option<&[u8]>) -> Result<Shape, FrameError> {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = foldhash::fast::FixedState::with_seed(0x7067_7369_6465_6361).build_hasher();
+        let mut r = Reader::new(params, "ParameterDescription");
+        let n = r.i16()?;
+        if n < 0 || r.remaining().len() != n as usize * 4 {
+            return Err(FrameError::Malformed { what: "ParameterDescription" });
+        }
+        h.write(params);
+        match rows {
+            None => h.write_u8(0),
+            Some(rows) => {
+                h.write_u8(1);
+                let mut r = Reader::new(rows, "RowDescription");
+                let n = r.i16()?;
+                h.write_i16(n);
+                for _ in 0..n.max(0) {
+                    h.write(r.cstr_bytes()?);
+                    h.write_u8(0);
+                    let _table = r.i32()?;
+                    let _column = r.i16()?;
+                    h.write_i32(r.i32()?); // type oid
+                    let _len = r.i16()?;
+                    h.write_i32(r.i32()?); // type modifier
+                    let _format = r.i16()?;
+                }
+            }
+        }
+        Ok(Shape { param_types: Bytes::copy_from_slice(params), fingerprint: h.finish() | 1 })
+    }
 }
 
 /// Appends a message to `buf` (no buffer of its own: the relay writes straight into the
@@ -81,6 +138,22 @@ fn put_message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
 fn put_cstr(buf: &mut BytesMut, s: &[u8]) {
     buf.put_slice(s);
     buf.put_u8(0);
+}
+
+/// Appends the Parse of `stmt` under `name`; with `types`, those parameter types instead of
+/// the declared ones (the types PostgreSQL inferred when the client prepared it).
+pub fn put_parse(out: &mut BytesMut, name: &str, stmt: &Statement, types: Option<&[u8]>) {
+    put_message(out, tag::PARSE, |b| {
+        put_cstr(b, name.as_bytes());
+        match types {
+            None => b.put_slice(&stmt.text),
+            Some(types) => {
+                let query_end = stmt.text.iter().position(|&c| c == 0).map_or(stmt.text.len(), |i| i + 1);
+                b.put_slice(&stmt.text[..query_end]);
+                b.put_slice(types);
+            }
+        }
+    })
 }
 
 /// The parts of a Parse body.
@@ -106,7 +179,11 @@ pub fn parse_parts(body: &[u8]) -> Result<ParseParts<'_>, FrameError> {
     Ok(ParseParts { name, query, types })
 }
 
-/// The proxy-wide statement for a query and its parameter types: named after a hash of both.
+/// Numbers the instances the proxy prepares (unique for the life of the process).
+static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A new statement for a query and its parameter types: its base name is a hash of both, its
+/// own name that and a number no other statement of this process has.
 pub fn statement(query: &[u8], types: &[u8]) -> Statement {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut h = ring::digest::Context::new(&ring::digest::SHA256);
@@ -114,25 +191,32 @@ pub fn statement(query: &[u8], types: &[u8]) -> Statement {
     h.update(&[0]);
     h.update(types);
     let digest = h.finish();
-    let mut global = String::with_capacity(PREFIX.len() + 32);
-    global.push_str(PREFIX);
-    for &b in &digest.as_ref()[..16] {
-        global.push(char::from(HEX[usize::from(b >> 4)]));
-        global.push(char::from(HEX[usize::from(b & 15)]));
+    let mut base = String::with_capacity(PREFIX.len() + 24);
+    base.push_str(PREFIX);
+    for &b in &digest.as_ref()[..12] {
+        base.push(char::from(HEX[usize::from(b >> 4)]));
+        base.push(char::from(HEX[usize::from(b & 15)]));
     }
-    let parse = message(tag::PARSE, |b| {
-        put_cstr(b, global.as_bytes());
-        put_cstr(b, query);
-        b.put_slice(types);
-    })
-    .freeze();
+    let mut text = BytesMut::with_capacity(query.len() + 1 + types.len());
+    put_cstr(&mut text, query);
+    text.put_slice(types);
     Statement {
-        name: global.into(),
-        parse,
+        name: instance_name(&base).into(),
+        base: base.into(),
+        text: text.freeze(),
         session_state: false,
         sets_config: false,
         custom_settings: Vec::new(),
+        shape: std::sync::OnceLock::new(),
+        tracked: true,
     }
+}
+
+/// A name for a new instance of the statements named `base` (at most 10 + 24 + 1 + 20 bytes,
+/// below PostgreSQL's 63).
+pub fn instance_name(base: &str) -> String {
+    let n = INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{base}_{n}")
 }
 
 /// Most texts [`unnamed_statement`] remembers per thread in each of its two generations, and
@@ -183,6 +267,7 @@ pub fn unnamed_statement(
 ) -> Arc<Statement> {
     let make = || {
         let mut stmt = statement(query, types);
+        stmt.tracked = false;
         mark(&mut stmt);
         Arc::new(stmt)
     };
@@ -334,10 +419,21 @@ impl ClientStatements {
     }
 }
 
-/// The proxy-wide statements one server holds, least recently used first out.
+/// An instance of a statement on a server.
+#[derive(Debug)]
+struct Instance {
+    tick: u64,
+    base: Arc<str>,
+    /// The fingerprint of its shape (0 until its Describe is answered).
+    shape: u64,
+}
+
+/// The statement instances one server holds, least recently used first out.
 #[derive(Debug)]
 pub struct ServerStatements {
-    used: NameMap<Arc<str>, u64>,
+    used: NameMap<Arc<str>, Instance>,
+    /// The instances of each base name.
+    bases: NameMap<Arc<str>, Vec<Arc<str>>>,
     tick: u64,
     capacity: usize,
     /// Evicted statements still to be closed on the server.
@@ -348,6 +444,7 @@ impl ServerStatements {
     pub fn new(capacity: usize) -> Self {
         ServerStatements {
             used: NameMap::default(),
+            bases: NameMap::default(),
             tick: 0,
             capacity: capacity.max(1),
             to_close: Vec::new(),
@@ -366,25 +463,44 @@ impl ServerStatements {
     pub fn touch(&mut self, name: &str) -> bool {
         self.tick += 1;
         match self.used.get_mut(name) {
-            Some(t) => {
-                *t = self.tick;
+            Some(i) => {
+                i.tick = self.tick;
                 true
             }
             None => false,
         }
     }
 
-    /// Records that `name` is being prepared; evicts the least recently used beyond capacity.
-    pub fn insert(&mut self, name: Arc<str>) {
+    /// An instance of `base` whose shape has fingerprint `shape` (with 0, any instance), the
+    /// most recently used first; marks it used.
+    pub fn find(&mut self, base: &str, shape: u64) -> Option<Arc<str>> {
+        let names = self.bases.get(base)?;
+        let best = names
+            .iter()
+            .filter_map(|n| self.used.get(n).map(|i| (n, i)))
+            .filter(|(_, i)| if shape == 0 { true } else { i.shape == shape })
+            .max_by_key(|(_, i)| i.tick)
+            .map(|(n, _)| n.clone())?;
+        self.touch(&best);
+        Some(best)
+    }
+
+    /// Records that `name`, an instance of `base`, is being prepared; evicts the least
+    /// recently used beyond capacity.
+    pub fn insert(&mut self, name: Arc<str>, base: Arc<str>) {
         // A name still waiting in `to_close` exists on the server: it is closed before being
         // prepared again, in the same batch.
         self.tick += 1;
-        self.used.insert(name, self.tick);
+        self.bases.entry(base.clone()).or_default().push(name.clone());
+        if let Some(old) = self.used.insert(name.clone(), Instance { tick: self.tick, base, shape: 0 }) {
+            self.unlink(&name, &old.base);
+            self.bases.entry(old.base).or_default().push(name);
+        }
         while self.used.len() > self.capacity {
-            let oldest = self.used.iter().min_by_key(|(_, t)| **t).map(|(n, _)| n.clone());
+            let oldest = self.used.iter().min_by_key(|(_, i)| i.tick).map(|(n, _)| n.clone());
             match oldest {
                 Some(n) => {
-                    self.used.remove(&n);
+                    self.forget(&n);
                     self.to_close.push(n);
                 }
                 None => break,
@@ -392,21 +508,41 @@ impl ServerStatements {
         }
     }
 
+    /// The instance's Describe was answered.
+    pub fn set_shape(&mut self, name: &str, shape: u64) {
+        if let Some(i) = self.used.get_mut(name) {
+            i.shape = shape;
+        }
+    }
+
+    fn unlink(&mut self, name: &str, base: &str) {
+        if let Some(names) = self.bases.get_mut(base) {
+            names.retain(|n| &**n != name);
+            if names.is_empty() {
+                self.bases.remove(base);
+            }
+        }
+    }
+
     /// The server does not hold `name` (its Parse failed).
     pub fn forget(&mut self, name: &str) {
-        self.used.remove(name);
+        if let Some(i) = self.used.remove(name) {
+            self.unlink(name, &i.base);
+        }
     }
 
     /// Every statement is to be closed and prepared afresh on next use (after DDL changed a
     /// result type).
     pub fn invalidate_all(&mut self) {
         let names: Vec<Arc<str>> = self.used.drain().map(|(n, _)| n).collect();
+        self.bases.clear();
         self.to_close.extend(names);
     }
 
     /// The server's statements are gone (DISCARD ALL, DEALLOCATE ALL).
     pub fn clear(&mut self) {
         self.used.clear();
+        self.bases.clear();
         self.to_close.clear();
     }
 }
@@ -456,10 +592,65 @@ pub fn sql_command(query: &[u8]) -> Option<SqlCommand<'_>> {
     Some(SqlCommand::Deallocate(name))
 }
 
+/// Where the statement name is in a query that starts with `EXECUTE name`: its byte range in
+/// `query` and the name as PostgreSQL reads it (an unquoted name folded to lower case).
+pub fn sql_execute(query: &[u8]) -> Option<(std::ops::Range<usize>, Vec<u8>)> {
+    let start = query.iter().position(|c| !(c.is_ascii_whitespace() || *c == 0x0b))?;
+    let keyword = query.get(start..start + 7)?;
+    if !keyword.eq_ignore_ascii_case(b"execute") {
+        return None;
+    }
+    let mut at = start + 7;
+    let gap = query[at..].iter().take_while(|c| c.is_ascii_whitespace() || **c == 0x0b).count();
+    if gap == 0 {
+        return None;
+    }
+    at += gap;
+    if query.get(at) == Some(&b'"') {
+        // A quoted name: "" stands for one quote.
+        let mut name = Vec::new();
+        let mut i = at + 1;
+        loop {
+            match (query.get(i)?, query.get(i + 1)) {
+                (b'"', Some(b'"')) => {
+                    name.push(b'"');
+                    i += 2;
+                }
+                (b'"', _) => return Some((at..i + 1, name)),
+                (&c, _) => {
+                    name.push(c);
+                    i += 1;
+                }
+            }
+        }
+    }
+    let len = query[at..]
+        .iter()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'$') || **c >= 0x80)
+        .count();
+    if len == 0 || query[at].is_ascii_digit() || query[at] == b'$' {
+        return None;
+    }
+    Some((at..at + len, query[at..at + len].to_ascii_lowercase()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::frame::split_frame;
+
+    #[test]
+    fn execute_names_are_found_as_postgres_reads_them() {
+        let name = |q: &str| sql_execute(q.as_bytes()).map(|(r, n)| (r, String::from_utf8(n).unwrap()));
+        assert_eq!(name("EXECUTE s1(1, 2)"), Some((8..10, "s1".into())));
+        assert_eq!(name("  execute\tS_1 ;"), Some((10..13, "s_1".into())));
+        assert_eq!(name("execute \"My \"\"x\"\"\" (1)"), Some((8..18, "My \"x\"".into())));
+        assert_eq!(name("executes s1"), None);
+        assert_eq!(name("execute"), None);
+        assert_eq!(name("execute 1"), None);
+        assert_eq!(name("execute \"open"), None);
+        assert_eq!(name("select 1"), None);
+    }
 
     /// The texts an application keeps sending stay remembered (the same statement, no new
     /// hash) while many others pass through the cache; the cache stays bounded. (The cache is
@@ -514,20 +705,51 @@ mod tests {
     }
 
     #[test]
-    fn same_query_and_types_share_a_name() {
+    fn same_query_and_types_share_a_base_and_never_a_name() {
         let (n1, a) = from_parse(&parse_body("s1", "select $1", &[23])).unwrap();
         let (n2, b) = from_parse(&parse_body("other", "select $1", &[23])).unwrap();
         let (_, c) = from_parse(&parse_body("s1", "select $1", &[25])).unwrap();
         let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
         assert_eq!((n1.as_slice(), n2.as_slice()), (&b"s1"[..], &b"other"[..]));
-        assert_eq!(a.name, b.name);
-        assert_ne!(a.name, c.name);
-        assert!(a.name.starts_with(PREFIX) && a.name.len() < 63);
-        // The rewritten Parse carries the proxy-wide name and the same query and types.
-        let mut m = BytesMut::from(&a.parse[..]);
+        assert_eq!(a.base, b.base);
+        assert_ne!(a.name, b.name, "every Parse prepares an instance of its own");
+        assert_ne!(a.base, c.base);
+        assert!(a.name.starts_with(&*a.base) && a.name.starts_with(PREFIX) && a.name.len() < 63);
+        // The rewritten Parse carries the instance name and the same query and types.
+        let mut m = BytesMut::new();
+        put_parse(&mut m, &a.name, &a, None);
         let (t, body) = split_frame(&mut m, 1 << 20).unwrap().unwrap();
         assert_eq!(t, b'P');
         assert_eq!(body.to_vec(), parse_body(&a.name, "select $1", &[23]));
+        // Or the types PostgreSQL inferred, in place of the declared ones.
+        let mut m = BytesMut::new();
+        put_parse(&mut m, "x", &a, Some(b"\0\x01\0\0\0\x14"));
+        let (_, body) = split_frame(&mut m, 1 << 20).unwrap().unwrap();
+        assert_eq!(body.to_vec(), parse_body("x", "select $1", &[20]));
+    }
+
+    #[test]
+    fn shapes_differ_by_column_type_and_name_not_by_format() {
+        fn row(name: &str, oid: i32, format: i16) -> Vec<u8> {
+            let mut b = BytesMut::new();
+            b.put_i16(1);
+            put_cstr(&mut b, name.as_bytes());
+            b.put_i32(0);
+            b.put_i16(0);
+            b.put_i32(oid);
+            b.put_i16(4);
+            b.put_i32(-1);
+            b.put_i16(format);
+            b.to_vec()
+        }
+        let none = b"\0\0";
+        let a = Shape::from_descriptions(none, Some(&row("a", 23, 0))).unwrap();
+        assert_eq!(a, Shape::from_descriptions(none, Some(&row("a", 23, 1))).unwrap());
+        assert_ne!(a, Shape::from_descriptions(none, Some(&row("a", 20, 0))).unwrap());
+        assert_ne!(a, Shape::from_descriptions(none, Some(&row("b", 23, 0))).unwrap());
+        assert_ne!(a, Shape::from_descriptions(none, None).unwrap());
+        assert_ne!(a.fingerprint, 0, "0 stands for an unknown shape");
+        assert!(Shape::from_descriptions(b"\0\x01", None).is_err());
     }
 
     #[test]
@@ -556,14 +778,32 @@ mod tests {
     #[test]
     fn server_cache_evicts_least_recently_used() {
         let mut s = ServerStatements::new(2);
-        s.insert("a".into());
-        s.insert("b".into());
+        s.insert("a".into(), "x".into());
+        s.insert("b".into(), "x".into());
         assert!(s.touch("a"));
-        s.insert("c".into());
+        s.insert("c".into(), "y".into());
         assert!(s.touch("a") && s.touch("c") && !s.touch("b"));
         assert_eq!(s.to_close, vec![Arc::<str>::from("b")]);
-        s.insert("b".into());
+        s.insert("b".into(), "x".into());
         assert!(s.to_close.iter().any(|n| &**n == "b"), "closed before it is prepared again");
+    }
+
+    #[test]
+    fn instances_are_found_by_base_and_shape() {
+        let mut s = ServerStatements::new(10);
+        s.insert("x_1".into(), "x".into());
+        s.insert("x_2".into(), "x".into());
+        assert_eq!(s.find("x", 7), None, "no shape known yet");
+        s.set_shape("x_1", 7);
+        s.set_shape("x_2", 9);
+        assert_eq!(s.find("x", 7).as_deref(), Some("x_1"));
+        assert_eq!(s.find("x", 9).as_deref(), Some("x_2"));
+        assert_eq!(s.find("x", 0).as_deref(), Some("x_2"), "any shape: the latest used");
+        s.forget("x_2");
+        assert_eq!(s.find("x", 9), None);
+        s.invalidate_all();
+        assert_eq!(s.find("x", 7), None);
+        assert_eq!(s.to_close.len(), 1);
     }
 
     #[test]

@@ -35,6 +35,19 @@ pub const MAX_STREAMED: usize = i32::MAX as usize;
 
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 const FLUSH: &[u8] = b"H\0\0\0\x04";
+const SYNC: &[u8] = b"S\0\0\0\x04";
+/// PostgreSQL's error for a statement whose result changed since it was prepared, field for
+/// field as PostgreSQL 15 sends it: pgJDBC and asyncpg re-prepare on it, and they recognise it
+/// by its routine (R), not by its text.
+const STALE_PLAN: &[(u8, &str)] = &[
+    (b'S', "ERROR"),
+    (b'V', "ERROR"),
+    (b'C', "0A000"),
+    (b'M', "cached plan must not change result type"),
+    (b'F', "plancache.c"),
+    (b'L', "722"),
+    (b'R', "RevalidateCachedQuery"),
+];
 /// Most responses a client may have outstanding (each costs an entry in the relay's queue):
 /// past it the relay stops reading the client until the server catches up.
 pub const MAX_EXPECTED: usize = 4096;
@@ -303,6 +316,9 @@ enum Kind {
     Execute,
     /// A Close; its payload names a statement the proxy closes on its own.
     Close,
+    /// A Describe the proxy adds after preparing a statement, to learn its shape: its answer
+    /// (ParameterDescription, then RowDescription or NoData) is read and dropped.
+    Probe,
     Sync,
     /// A simple query or function call: everything up to ReadyForQuery belongs to it.
     Query,
@@ -322,8 +338,6 @@ enum Kind {
 #[derive(Debug)]
 enum Undo {
     Nothing,
-    /// The client's Parse created this name.
-    Created(Vec<u8>),
     /// The client's Close (or DEALLOCATE) removed this name.
     Removed(Vec<u8>, Arc<Statement>),
     /// The client's DEALLOCATE ALL removed these.
@@ -392,6 +406,10 @@ impl Queue {
     fn remove(&mut self, i: usize) {
         self.items.remove(self.head + i);
     }
+
+    fn first_mut(&mut self, f: impl Fn(&Expect) -> bool) -> Option<&mut Expect> {
+        self.items[self.head..].iter_mut().find(|e| f(e))
+    }
 }
 
 /// The data of an [`Expect`] that has some.
@@ -403,6 +421,25 @@ enum Payload {
     Close(Arc<str>),
     Local(Bytes, Undo),
     LocalQuery(&'static str, Undo),
+    /// A [`Kind::Probe`] of `instance`, prepared for `stmt`. With a `barrier`, the client's
+    /// message that needs the instance waits for the answer.
+    Probe {
+        instance: Arc<str>,
+        stmt: Arc<Statement>,
+        barrier: Barrier,
+    },
+}
+
+/// What waits for a [`Kind::Probe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Barrier {
+    /// Nothing: the instance was prepared for the client's own Parse.
+    None,
+    /// A Bind or Describe (the client's Sync follows it).
+    Message,
+    /// A simple query (SQL EXECUTE): the probe is followed by a Sync of the proxy's, whose
+    /// ReadyForQuery answers the query if the instance fails.
+    Query,
 }
 
 /// Named-statement state the relay works on: the client's names and the server's cache.
@@ -458,6 +495,17 @@ pub struct Relay {
     copy_data_seen: bool,
     /// A Flush was sent because the queue of expected responses is full.
     flush_asked: bool,
+    /// A statement instance is being prepared and described for the client's next message,
+    /// which waits until the server has said the instance has the client's shape.
+    held: bool,
+    /// The ParameterDescription of the probe being answered.
+    probe_params: Option<Bytes>,
+    /// The client's messages that waited (`held`) have not been read again yet: the server
+    /// is not at rest.
+    resume_pending: bool,
+    /// A held simple query failed with its instance: it is dropped unread, and the proxy's
+    /// Sync answers it.
+    drop_query: bool,
 }
 
 impl Relay {
@@ -468,9 +516,15 @@ impl Relay {
         relay
     }
 
+    /// The client's messages wait for the server's answers (the cap on answers owed, or a
+    /// statement instance being described).
+    pub fn blocked(&self) -> bool {
+        self.held || self.answers_capped()
+    }
+
     /// Nothing is owed, half-sent or pending: the server can go back to the pool.
     pub fn at_rest(&self) -> bool {
-        self.quiet() && self.status == b'I'
+        self.quiet() && self.status == b'I' && !self.resume_pending
     }
 
     /// Nothing is owed or half-sent, though a transaction may be open.
@@ -481,6 +535,7 @@ impl Relay {
             && self.s2c_remaining == 0
             && self.expect.is_empty()
             && !self.client_skip
+            && !self.held
     }
 
     /// The client has as many answers owed as it may ([`MAX_EXPECTED`]): it is not read
@@ -575,15 +630,55 @@ impl Relay {
         }
     }
 
-    /// Makes sure the server holds `stmt`, preparing it (answer dropped) when it does not.
-    fn ensure(&mut self, stmt: &Statement, st: &mut Statements<'_>, to_server: &mut BytesMut) {
+    /// The instance on this server that runs the client's `stmt`: its own, or one of the
+    /// same text and shape (PostgreSQL fixes a statement's result shape when it is prepared).
+    /// When the server has none, one is prepared and described, and the client's message
+    /// waits for the answer (`None`): an instance of another shape would hand the client rows
+    /// it cannot read, where PostgreSQL says 0A000.
+    fn resolve(
+        &mut self,
+        stmt: &Arc<Statement>,
+        st: &mut Statements<'_>,
+        out: &mut BytesMut,
+        barrier: Barrier,
+    ) -> Option<Arc<str>> {
         if st.server.touch(&stmt.name) {
-            return;
+            return Some(stmt.name.clone());
         }
-        st.server.insert(stmt.name.clone());
-        self.close_evicted(st.server, to_server);
-        to_server.extend_from_slice(&stmt.parse);
-        self.push(Kind::Parse, true, Some(Payload::Parse(stmt.name.clone(), None)));
+        let shape = stmt.shape.get();
+        if !stmt.tracked || shape.is_some() {
+            let fingerprint = shape.map_or(0, |s| s.fingerprint);
+            if let Some(found) = st.server.find(&stmt.base, fingerprint) {
+                return Some(found);
+            }
+        }
+        if !stmt.tracked {
+            // A shared unnamed statement: prepared under its name, answer dropped.
+            st.server.insert(stmt.name.clone(), stmt.base.clone());
+            self.close_evicted(st.server, out);
+            prepared::put_parse(out, &stmt.name, stmt, None);
+            self.push(Kind::Parse, true, Some(Payload::Parse(stmt.name.clone(), None)));
+            return Some(stmt.name.clone());
+        }
+        let name: Arc<str> = prepared::instance_name(&stmt.base).into();
+        st.server.insert(name.clone(), stmt.base.clone());
+        self.close_evicted(st.server, out);
+        // With the parameter types PostgreSQL inferred for the client's statement.
+        prepared::put_parse(out, &name, stmt, shape.map(|s| &s.param_types[..]));
+        self.push(Kind::Parse, true, Some(Payload::Parse(name.clone(), None)));
+        prepared::put_statement_message(out, tag::DESCRIBE, &name);
+        let probe = Payload::Probe { instance: name, stmt: stmt.clone(), barrier };
+        self.push(Kind::Probe, true, Some(probe));
+        if barrier == Barrier::Query {
+            // A Flush would leave the server skipping the query after an error.
+            out.extend_from_slice(SYNC);
+            self.outstanding += 1;
+            self.push(Kind::Sync, true, None);
+        } else {
+            out.extend_from_slice(FLUSH);
+        }
+        self.held = true;
+        None
     }
 
     /// An unnamed Parse prepared under the proxy-wide name of its text: answered here when the
@@ -603,7 +698,7 @@ impl Relay {
         // Drivers send the same text again and again: compared with the client's current
         // unnamed statement first, it is neither hashed nor stored again.
         let stmt = match st.client.get(b"") {
-            Some(s) if s.parse.get(HEADER_LEN + s.name.len() + 1..) == Some(key) => s.clone(),
+            Some(s) if s.text == key => s.clone(),
             _ => {
                 let s = prepared::unnamed_statement(key, query, types, |s| mark(s, query, facts));
                 st.client.insert(Vec::new(), s.clone());
@@ -617,9 +712,9 @@ impl Relay {
             }
             self.push(Kind::LocalParse, false, None);
         } else {
-            st.server.insert(stmt.name.clone());
+            st.server.insert(stmt.name.clone(), stmt.base.clone());
             self.close_evicted(st.server, out);
-            out.extend_from_slice(&stmt.parse);
+            prepared::put_parse(out, &stmt.name, &stmt, None);
             self.push(Kind::Parse, false, Some(Payload::Parse(stmt.name.clone(), Some(Vec::new()))));
         }
         true
@@ -646,9 +741,10 @@ impl Relay {
                 }
             }
             self.emit_local(to_client);
-            if self.terminated {
+            if self.terminated || self.held {
                 return Ok(Stop::Input);
             }
+            self.resume_pending = false;
             if to_server.len() >= WRITE_HIGH {
                 return Ok(Stop::Output);
             }
@@ -725,23 +821,73 @@ impl Relay {
             }
             self.c2s_need = 0;
             let total = h.total_len();
+            if h.tag == tag::QUERY && self.drop_query {
+                // Failed with its statement's instance: already answered.
+                self.drop_query = false;
+                input.advance(total);
+                continue;
+            }
             if h.tag == tag::QUERY {
+                // SQL EXECUTE of a statement the client prepared through the protocol runs the
+                // instance of it on this server.
+                let mut rewritten = None;
+                if st.rewrite {
+                    if let Some((at, name)) = prepared::sql_execute(&input[HEADER_LEN..total]) {
+                        if let Some(stmt) = st.client.get(&name).cloned() {
+                            let Some(instance) = self.resolve(&stmt, st, to_server, Barrier::Query) else {
+                                return Ok(Stop::Input); // waits for the instance (`held`)
+                            };
+                            self.note_statement(&stmt);
+                            let text = &input[HEADER_LEN..total];
+                            let mut m = BytesMut::with_capacity(total + instance.len());
+                            m.extend_from_slice(&[tag::QUERY, 0, 0, 0, 0]);
+                            m.extend_from_slice(&text[..at.start]);
+                            m.extend_from_slice(instance.as_bytes());
+                            m.extend_from_slice(&text[at.end..]);
+                            let len = (m.len() - 1) as u32;
+                            m[1..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+                            rewritten = Some(m);
+                        }
+                    }
+                }
                 // Split off: the timing keeps the text until the query ends.
                 let msg = input.split_to(total).freeze();
-                self.query(msg, to_server, st);
+                self.query(msg, rewritten, to_server, st);
                 continue;
             }
             // Read in place (a split would take a reference to the read buffer per message).
             let msg = &input[..total];
-            let result = self.tracked_message(h.tag, msg, to_server, st);
+            if !self.tracked_message(h.tag, msg, to_server, st)? {
+                // Waits for a statement instance to be described (`held`).
+                return Ok(Stop::Input);
+            }
             input.advance(total);
-            result?;
+        }
+    }
+
+    /// What executing `stmt` may do to the server's session, noted for the check at the end.
+    fn note_statement(&mut self, stmt: &Statement) {
+        if stmt.session_state {
+            self.state_hint = Some(stmt.text.clone());
+        }
+        if stmt.sets_config {
+            self.settings_changed = true;
+        }
+        for name in &stmt.custom_settings {
+            super::params::remember_custom(&mut self.custom_names, name);
         }
     }
 
     /// A whole Query: timed with its text; in transaction mode scanned for session state and
     /// custom settings, and answered here when it deallocates statements the proxy manages.
-    fn query(&mut self, msg: Bytes, out: &mut BytesMut, st: &mut Statements<'_>) {
+    /// `rewritten`, when given, goes to the server in its place (timed with the client's text).
+    fn query(
+        &mut self,
+        msg: Bytes,
+        rewritten: Option<BytesMut>,
+        out: &mut BytesMut,
+        st: &mut Statements<'_>,
+    ) {
         let text_end = msg.len().saturating_sub(1).max(HEADER_LEN);
         let body = &msg[HEADER_LEN..];
         let (fingerprint, facts) = text_facts(&msg[HEADER_LEN..text_end]);
@@ -780,17 +926,18 @@ impl Relay {
         self.outstanding += 1;
         self.expect_server(Kind::Query);
         st.timing.query(Some(msg.slice(HEADER_LEN..text_end)), fingerprint);
-        out.extend_from_slice(&msg);
+        out.extend_from_slice(rewritten.as_deref().unwrap_or(&msg));
     }
 
-    /// A whole Parse, Bind, Describe or Close (read in place).
+    /// A whole Parse, Bind, Describe or Close (read in place). False when the message has to
+    /// wait (it stays in the input): a statement instance is being prepared for it.
     fn tracked_message(
         &mut self,
         t: u8,
         msg: &[u8],
         out: &mut BytesMut,
         st: &mut Statements<'_>,
-    ) -> Result<(), FrameError> {
+    ) -> Result<bool, FrameError> {
         let body = &msg[HEADER_LEN..];
         self.in_batch = true;
         match t {
@@ -826,7 +973,7 @@ impl Relay {
                     && facts & MENTIONS_SESSION_STATE == 0
                     && self.prepare_unnamed(&body[1..], p.query, p.types, facts, out, st)
                 {
-                    return Ok(());
+                    return Ok(true);
                 }
                 if unnamed && st.unnamed {
                     // Left to the server's own unnamed statement, which the Binds that follow
@@ -840,7 +987,7 @@ impl Relay {
                     }
                     out.extend_from_slice(msg);
                     self.expect_server(Kind::Parse);
-                    return Ok(());
+                    return Ok(true);
                 }
                 let name = p.name.to_vec();
                 let mut stmt = prepared::statement(p.query, p.types);
@@ -850,22 +997,23 @@ impl Relay {
                     error.encode(&mut buf);
                     self.push_local(buf.freeze(), Undo::Nothing);
                     self.client_skip = true;
-                    return Ok(());
+                    return Ok(true);
                 }
+                // Always prepared on the server, under a name of its own: the client gets
+                // PostgreSQL's answer to its text as the database is now (an error included),
+                // and a Describe the proxy adds records the shape PostgreSQL gave it.
                 let stmt = Arc::new(stmt);
                 st.client.insert(name.clone(), stmt.clone());
-                if st.server.touch(&stmt.name) {
-                    self.push_local(Bytes::from_static(PARSE_COMPLETE), Undo::Created(name));
-                } else {
-                    st.server.insert(stmt.name.clone());
-                    self.close_evicted(st.server, out);
-                    out.extend_from_slice(&stmt.parse);
-                    self.push(Kind::Parse, false, Some(Payload::Parse(stmt.name.clone(), Some(name))));
-                }
+                st.server.insert(stmt.name.clone(), stmt.base.clone());
+                self.close_evicted(st.server, out);
+                prepared::put_parse(out, &stmt.name, &stmt, None);
+                self.push(Kind::Parse, false, Some(Payload::Parse(stmt.name.clone(), Some(name))));
+                prepared::put_statement_message(out, tag::DESCRIBE, &stmt.name);
+                let probe = Payload::Probe { instance: stmt.name.clone(), stmt, barrier: Barrier::None };
+                self.push(Kind::Probe, true, Some(probe));
             }
             tag::BIND => {
                 let b = prepared::bind_parts(body)?;
-                st.timing.bind(b.statement);
                 // The client's map holds "" only for an unnamed statement prepared under a
                 // proxy-wide name.
                 let managed = if st.rewrite && (st.unnamed || !b.statement.is_empty()) {
@@ -875,20 +1023,15 @@ impl Relay {
                 };
                 match managed {
                     Some(stmt) => {
-                        if stmt.session_state {
-                            self.state_hint = Some(stmt.parse.slice(HEADER_LEN..));
-                        }
-                        if stmt.sets_config {
-                            self.settings_changed = true;
-                        }
-                        for name in &stmt.custom_settings {
-                            super::params::remember_custom(&mut self.custom_names, name);
-                        }
-                        self.ensure(&stmt, st, out);
-                        prepared::put_bind(out, b.portal, &stmt.name, b.rest);
+                        let Some(instance) = self.resolve(&stmt, st, out, Barrier::Message) else {
+                            return Ok(false);
+                        };
+                        self.note_statement(&stmt);
+                        prepared::put_bind(out, b.portal, &instance, b.rest);
                     }
                     None => out.extend_from_slice(msg),
                 }
+                st.timing.bind(b.statement);
                 self.expect_server(Kind::Bind);
             }
             tag::DESCRIBE => {
@@ -900,8 +1043,10 @@ impl Relay {
                 };
                 match managed {
                     Some(stmt) => {
-                        self.ensure(&stmt, st, out);
-                        prepared::put_statement_message(out, tag::DESCRIBE, &stmt.name);
+                        let Some(instance) = self.resolve(&stmt, st, out, Barrier::Message) else {
+                            return Ok(false);
+                        };
+                        prepared::put_statement_message(out, tag::DESCRIBE, &instance);
                     }
                     None => out.extend_from_slice(msg),
                 }
@@ -928,7 +1073,7 @@ impl Relay {
             }
             _ => unreachable!("only whole messages of these types are read"),
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Moves server messages towards the client, reading the ones that matter and dropping
@@ -969,7 +1114,7 @@ impl Relay {
                     | b'1'
                     | b'2'
                     | b'3'
-            );
+            ) || (matches!(h.tag, b't' | b'T' | b'n') && self.head_is(|k| k == Kind::Probe));
             if !inspect {
                 self.complete_streamed(h.tag);
                 if matches!(h.tag, b'I' | b's') {
@@ -998,7 +1143,7 @@ impl Relay {
                     self.status = parse_ready_for_query(body)?;
                     st.timing.ready(self.status);
                     self.outstanding = self.outstanding.saturating_sub(1);
-                    self.complete(|k| matches!(k, Kind::Sync | Kind::Query));
+                    forward = !self.complete(|k| matches!(k, Kind::Sync | Kind::Query));
                     at_rest = self.at_rest();
                 }
                 tag::PARAMETER_STATUS => self.reported.push(parse_parameter_status(body)?),
@@ -1029,6 +1174,10 @@ impl Relay {
                     }
                     self.on_error(st);
                 }
+                b't' | b'T' | b'n' => {
+                    forward = false;
+                    self.probe_answer(h.tag, body, out, st)?;
+                }
                 _ => {
                     // ParseComplete, BindComplete, CloseComplete.
                     forward = !self.complete(|_| true);
@@ -1041,6 +1190,63 @@ impl Relay {
             self.emit_local(out);
             if at_rest {
                 return Ok(Stop::Rest);
+            }
+        }
+    }
+
+    /// The answer to a [`Kind::Probe`] at the head: the instance's shape is recorded, and the
+    /// client's statement gets it if it had none yet. A barrier instance of another shape than
+    /// the client's statement fails the client's waiting message with PostgreSQL's error for
+    /// a statement whose result changed.
+    fn probe_answer(
+        &mut self,
+        t: u8,
+        body: &[u8],
+        out: &mut BytesMut,
+        st: &mut Statements<'_>,
+    ) -> Result<(), FrameError> {
+        if t == b't' {
+            self.probe_params = Some(Bytes::copy_from_slice(body));
+            return Ok(());
+        }
+        let params = self.probe_params.take().unwrap_or_else(|| Bytes::from_static(b"\0\0"));
+        let shape = prepared::Shape::from_descriptions(&params, (t == b'T').then_some(body))?;
+        let Some((_, Some(Payload::Probe { instance, stmt, barrier }))) = self.pop() else {
+            unreachable!("a probe has its payload");
+        };
+        st.server.set_shape(&instance, shape.fingerprint);
+        let fingerprint = shape.fingerprint;
+        let want = stmt.shape.get_or_init(|| shape);
+        if barrier != Barrier::None {
+            self.release_held(barrier);
+            if want.fingerprint != fingerprint {
+                messages::error_fields(out, STALE_PLAN);
+                self.fail_held(barrier);
+            }
+        }
+        Ok(())
+    }
+
+    /// The answer a held message waited for has come: it is read again.
+    fn release_held(&mut self, barrier: Barrier) {
+        if barrier != Barrier::None {
+            self.held = false;
+            self.resume_pending = true;
+        }
+    }
+
+    /// The held message fails with its instance, as PostgreSQL fails what follows an error:
+    /// the extended protocol up to the client's Sync; a simple query is answered by the
+    /// ReadyForQuery of the proxy's Sync, which is now the client's.
+    fn fail_held(&mut self, barrier: Barrier) {
+        match barrier {
+            Barrier::None => {}
+            Barrier::Message => self.client_skip = true,
+            Barrier::Query => {
+                self.drop_query = true;
+                if let Some(sync) = self.expect.first_mut(|e| e.kind == Kind::Sync) {
+                    sync.swallow = false;
+                }
             }
         }
     }
@@ -1125,6 +1331,16 @@ impl Relay {
         if skipped.is_empty() {
             return;
         }
+        // The client's message that waited for a skipped probe is in what PostgreSQL now
+        // skips.
+        let held = skipped.iter().find_map(|e| match e.1 {
+            Some(Payload::Probe { barrier, .. }) if barrier != Barrier::None => Some(barrier),
+            _ => None,
+        });
+        if let Some(barrier) = held {
+            self.release_held(barrier);
+            self.fail_held(barrier);
+        }
         let later = LaterNames::queued(self);
         for entry in skipped.into_iter().rev() {
             match entry {
@@ -1135,9 +1351,6 @@ impl Relay {
                     }
                 }
                 (_, Some(Payload::Close(name))) => st.server.to_close.push(name),
-                (_, Some(Payload::Local(_, Undo::Created(name)))) if !later.touch(&name) => {
-                    st.client.remove(&name);
-                }
                 (Expect { kind: Kind::LocalParse, .. }, _) if !later.touch(b"") => {
                     st.client.remove(b"");
                 }
@@ -1187,7 +1400,7 @@ impl<'a> LaterNames<'a> {
         }
         for p in &relay.payloads {
             match p {
-                Payload::Parse(_, Some(n)) | Payload::Local(_, Undo::Created(n) | Undo::Removed(n, _)) => {
+                Payload::Parse(_, Some(n)) | Payload::Local(_, Undo::Removed(n, _)) => {
                     later.names.insert(n);
                 }
                 _ => {}

@@ -28,6 +28,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Sleep;
 
 /// How long the proxy's own clean-up statements (ROLLBACK, DISCARD ALL) may take.
+/// How long a named Parse waits for a server while every server is busy before it is
+/// acknowledged without one (see [`Session::parse_without_server`]): long enough that an
+/// application's Parse practically always reaches a server, and so gets PostgreSQL's own
+/// answer, short enough that a program stuck on its own connections goes on.
+const PARSE_WAIT: Duration = Duration::from_secs(1);
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most bytes of the proxy's own answers held back to go out with the server's (a few dozen
@@ -94,6 +99,8 @@ pub struct Session {
     pinned: bool,
     /// The proxy answered an error without a server: drop messages up to the next Sync.
     local_skip: bool,
+    /// A named Parse waited [`PARSE_WAIT`] for a server: it is acknowledged without one.
+    parse_without_server: bool,
     /// Statement timing; allocated while the client has something timed or remembered.
     timing: Option<Box<super::timing::Timing>>,
     /// How long this client waited for its current server.
@@ -211,6 +218,7 @@ impl Session {
             statements: ClientStatements::default(),
             pinned: false,
             local_skip: false,
+            parse_without_server: false,
             mode,
             proxy,
             upstream,
@@ -451,7 +459,15 @@ impl Session {
     /// the request was answered with a pooler error and skipped.
     fn with_server(&mut self) -> Boxed<'_, Flow> {
         Box::pin(async move {
-            let mut lease = match self.server_for_request().await {
+            let got = if self.rewrite && self.starts_with_named_parse() && !self.upstream.pool.has_room() {
+                match tokio::time::timeout(PARSE_WAIT, self.server_for_request()).await {
+                    Ok(got) => got,
+                    Err(_) => return self.parse_without_server().await,
+                }
+            } else {
+                self.server_for_request().await
+            };
+            let mut lease = match got {
                 Got::Lease(lease) => lease,
                 Got::Skipped => return Flow::Released,
                 Got::End => return Flow::End,
@@ -471,6 +487,34 @@ impl Session {
                 }
             }
             self.attached(lease).await
+        })
+    }
+
+    /// The client's request starts with a Parse of a named statement.
+    fn starts_with_named_parse(&self) -> bool {
+        let b = &self.crbuf[..];
+        b.first() == Some(&tag::PARSE) && b.get(crate::wire::frame::HEADER_LEN).is_some_and(|&c| c != 0)
+    }
+
+    /// A named Parse waited [`PARSE_WAIT`] for a server while every server was busy: it is
+    /// acknowledged without one, with the messages after it that need none. A program that
+    /// prepares synchronously on one connection while its other connections hold every server
+    /// in a transaction (pgbench -M prepared, one thread for many clients) would otherwise
+    /// wait until the query wait timeout. The text is then checked when the statement is
+    /// first bound or described: an error in it arrives there.
+    fn parse_without_server(&mut self) -> Boxed<'_, Flow> {
+        Box::pin(async move {
+            if let Some(r) = &self.registration {
+                r.slot.set(Activity::Idle);
+            }
+            self.upstream.counters.parses_without_server.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.parse_without_server = true;
+            let local = self.answer_locally().await;
+            self.parse_without_server = false;
+            match local {
+                Local::Answered | Local::NeedServer => Flow::Released,
+                Local::End => Flow::End,
+            }
         })
     }
 
@@ -535,8 +579,9 @@ impl Session {
             }
     }
 
-    /// Answers, without a server, the messages that need none: a named Parse (the statement
-    /// is prepared on a server when the client first binds or describes it), Close of a
+    /// Answers, without a server, the messages that need none: a named Parse while every
+    /// server is busy (the statement is prepared on a server when the client first binds or
+    /// describes it, and an error in its text arrives then), Close of a
     /// managed statement, Flush, and Sync outside a transaction. Single-threaded clients that
     /// prepare synchronously while other connections of theirs hold servers (pgbench -M
     /// prepared) would otherwise wait for a server just to prepare.
@@ -569,6 +614,10 @@ impl Session {
                     }
                     _ if self.local_skip => true,
                     tag::FLUSH => true,
+                    // A named Parse goes to a server, so that the client gets PostgreSQL's
+                    // answer (an error included) to the Parse itself, unless it waited
+                    // PARSE_WAIT for one.
+                    tag::PARSE if !self.parse_without_server => false,
                     tag::PARSE => match crate::prepared::parse_parts(body) {
                         Ok(p) if !p.name.is_empty() => {
                             if let Some(error) = self.statements.refuse_parse(p.name) {
@@ -885,6 +934,7 @@ impl Session {
                     }
                 };
             let local = self.cwbuf.len();
+            let was_blocked = relay.blocked();
             let s_stop = match relay.server_to_client(&mut conn.rbuf, &mut self.cwbuf, max, &mut st) {
                 Ok(stop) => stop,
                 Err(e) => {
@@ -975,9 +1025,12 @@ impl Session {
             // Wait on the sockets only when neither direction can move anything more: one that
             // stopped on its full output moves again once the writes above made room, and one
             // that stopped at a ReadyForQuery left what followed it unread.
+            // A client held back (answers capped, a statement being described for it) moves
+            // again once the server's answer freed it, though no socket may deliver more.
             if (c_stop == Stop::Output && self.swbuf.len() < WRITE_HIGH)
                 || (s_stop == Stop::Output && self.cwbuf.len() < WRITE_HIGH)
                 || (s_stop == Stop::Rest && !conn.rbuf.is_empty())
+                || (was_blocked && !relay.blocked() && !self.crbuf.is_empty())
             {
                 continue;
             }

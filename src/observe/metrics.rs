@@ -128,6 +128,7 @@ struct PoolGauges {
     errors: Vec<(PoolerError, Counter)>,
     slow: Counter,
     cancels: Counter,
+    parses_without_server: Counter,
     budget_limit: Gauge,
     budget_sidecars: Gauge,
     budget_share: Gauge,
@@ -175,6 +176,7 @@ impl PoolGauges {
                 .collect(),
             slow: metrics::counter!("pgsidecar_slow_queries_total", l.clone()),
             cancels: metrics::counter!("pgsidecar_cancels_total", l.clone()),
+            parses_without_server: metrics::counter!("pgsidecar_parses_without_server_total", l.clone()),
             budget_limit: metrics::gauge!("pgsidecar_budget_connections", l.clone()),
             budget_sidecars: metrics::gauge!("pgsidecar_budget_sidecars", l.clone()),
             budget_share: metrics::gauge!("pgsidecar_budget_share", l),
@@ -211,6 +213,7 @@ impl PoolGauges {
         }
         self.slow.absolute(c.slow_queries.load(Ordering::Relaxed));
         self.cancels.absolute(c.cancels.load(Ordering::Relaxed));
+        self.parses_without_server.absolute(c.parses_without_server.load(Ordering::Relaxed));
     }
 }
 

@@ -132,6 +132,8 @@ pub struct Counters {
     /// (counted by the cancel registry), or taking a waiting client out of the queue (counted
     /// by the session).
     pub cancels: AtomicU64,
+    /// Named Parses acknowledged without a server after waiting PARSE_WAIT for one.
+    pub parses_without_server: AtomicU64,
     pub errors: [AtomicU64; 4],
     pub query_time: Histogram,
     pub xact_time: Histogram,

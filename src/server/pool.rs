@@ -220,6 +220,13 @@ impl Pool {
         }
     }
 
+    /// A checkout now would not wait: a server is idle or may be opened, and no client is
+    /// queued ahead.
+    pub fn has_room(&self) -> bool {
+        let s = self.lock();
+        !s.paused && !s.closed && s.waiters.is_empty() && (!s.idle.is_empty() || s.total() < s.max_size)
+    }
+
     /// The ParameterStatus values servers report at login, once one server has connected.
     pub fn login_params(&self) -> Option<Arc<BTreeMap<String, String>>> {
         self.lock().login_params.clone()

@@ -223,6 +223,17 @@ pub fn notice(buf: &mut BytesMut, message: &str, detail: Option<&str>) {
     finish(buf, at);
 }
 
+/// An ErrorResponse of exactly these fields (type byte, value), in this order.
+pub fn error_fields(buf: &mut BytesMut, fields: &[(u8, &str)]) {
+    let at = begin(buf, tag::ERROR_RESPONSE);
+    for &(field, value) in fields {
+        buf.put_u8(field);
+        put_cstr(buf, value.as_bytes());
+    }
+    buf.put_u8(0);
+    finish(buf, at);
+}
+
 pub fn command_complete(buf: &mut BytesMut, tag_text: &str) {
     let at = begin(buf, tag::COMMAND_COMPLETE);
     put_cstr(buf, tag_text.as_bytes());
