@@ -331,7 +331,7 @@ async fn a_client_holds_at_most_ten_thousand_named_statements() {
     let (mut r, mut w) = raw::trusted_login(p.addr, SCRAM_USER, &db).await.into_split();
     let parse = |name: &str| raw::message(b'P', format!("{name}\0select 1\0\0\0").as_bytes());
     let sync = raw::message(b'S', b"");
-    // 10,001 Parses and a Sync outside a transaction: answered without a server.
+    // 10,001 Parses and a Sync outside a transaction.
     let mut batch: Vec<u8> = (0..=10_000).flat_map(|i| parse(&format!("s{i}"))).collect();
     batch.extend(&sync);
     let writer = tokio::spawn(async move {
@@ -365,4 +365,130 @@ async fn a_client_holds_at_most_ten_thousand_named_statements() {
     raw::read_until_from(&mut r, b'Z').await;
     w.write_all(&raw::query("commit")).await.unwrap();
     assert_eq!(raw::read_until_from(&mut r, b'Z').await, b"I");
+}
+
+/// Issue 21, case 7: a named Parse is PostgreSQL's to answer. One that fails is an error, and
+/// the name stays free: preparing it again with fixed text succeeds (before, the proxy
+/// acknowledged the Parse itself, then refused the second with 42P05).
+#[tokio::test]
+async fn a_failed_named_parse_is_an_error_and_leaves_the_name_free() {
+    use common::raw;
+    use tokio::io::AsyncWriteExt;
+    let pg = TestPg::shared();
+    let db = pg.create_db("badparse");
+    pg.sql(&db, "create table t7 (id int); alter table t7 owner to scram_user");
+    let p = start(
+        pg,
+        &db,
+        &[
+            ("PGSIDECAR_POOL_MODE", "transaction"),
+            ("PGSIDECAR_POOL_SIZE", "1"),
+            ("PGSIDECAR_CLIENT_AUTH", "trust"),
+        ],
+    )
+    .await;
+    let mut s = raw::trusted_login(p.addr, SCRAM_USER, &db).await;
+    let sync = raw::message(b'S', b"");
+    let parse = |sql: &str| raw::message(b'P', format!("bad\0{sql}\0\0\0").as_bytes());
+    s.write_all(&[parse("select no_such from t7 where id = $1"), sync.clone()].concat()).await.unwrap();
+    let (t, body) = raw::read_msg(&mut s).await.expect("open");
+    assert_eq!((t, sqlstate(&body).as_str()), (b'E', "42703"), "PostgreSQL's error for the text");
+    assert_eq!(raw::read_msg(&mut s).await.map(|m| m.0), Some(b'Z'));
+    s.write_all(&[parse("select id from t7 where id = $1"), sync].concat()).await.unwrap();
+    assert_eq!(raw::read_msg(&mut s).await.map(|m| m.0), Some(b'1'), "the name was free");
+    assert_eq!(raw::read_msg(&mut s).await.map(|m| m.0), Some(b'Z'));
+}
+
+/// Issue 21, case 6: a statement another client prepared before a DDL never answers for a
+/// client that prepares the same text after it. A type dropped and created again, a table
+/// whose columns changed order and type: the new client gets what PostgreSQL gives it, and
+/// the old client's statement fails with PostgreSQL's 0A000 instead of handing it rows of
+/// another shape.
+#[tokio::test]
+async fn statements_prepared_after_ddl_see_the_new_schema() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("freshprep");
+    let setup = "create type mood as enum ('a', 'b'); create table t (id int, a int, b text); \
+                 insert into t values (1, 10, 'x'); alter table t owner to scram_user";
+    pg.sql(&db, setup);
+    // One server: every statement of every client meets on it.
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_MODE", "transaction"), ("PGSIDECAR_POOL_SIZE", "1")]).await;
+    let old = p.connect(&db).await;
+    let mood = old.prepare("select $1::text::mood::text").await.unwrap();
+    let star = old.prepare("select * from t").await.unwrap();
+    assert_eq!(old.query_one(&mood, &[&"a"]).await.unwrap().get::<_, String>(0), "a");
+    assert_eq!(old.query_one(&star, &[]).await.unwrap().len(), 3);
+
+    pg.sql(
+        &db,
+        "drop type mood; create type mood as enum ('a', 'b', 'c'); drop table t; \
+         create table t (b text, id int, a bigint); insert into t values ('y', 1, 20); \
+         alter table t owner to scram_user",
+    );
+    let new = p.connect(&db).await;
+    let mood2 = new.prepare("select $1::text::mood::text").await.expect("prepared afresh");
+    assert_eq!(new.query_one(&mood2, &[&"c"]).await.unwrap().get::<_, String>(0), "c");
+    let star2 = new.prepare("select * from t").await.unwrap();
+    let row = new.query_one(&star2, &[]).await.unwrap();
+    let names: Vec<_> = row.columns().iter().map(|c| c.name().to_owned()).collect();
+    assert_eq!(names, ["b", "id", "a"]);
+    assert_eq!((row.get::<_, String>(0), row.get::<_, i32>(1), row.get::<_, i64>(2)), ("y".into(), 1, 20));
+    // The old client's statement: PostgreSQL's own answer to it.
+    let err = old.query(&star, &[]).await.expect_err("its result changed");
+    assert_eq!(err.code().map(|c| c.code()), Some("0A000"));
+}
+
+/// Issue 21, case 12: SQL EXECUTE of a statement the client prepared through the protocol
+/// gets PostgreSQL's answers (as tests/drivers' psycopg check against PostgreSQL itself
+/// shows them: rows, 42601 for a wrong argument count, 26000 once deallocated), on whichever
+/// server the transaction gets.
+#[tokio::test]
+async fn sql_execute_of_a_protocol_statement_works_as_in_postgres() {
+    use common::raw;
+    use tokio::io::AsyncWriteExt;
+    let pg = TestPg::shared();
+    let db = pg.create_db("sqlexec");
+    let p = start(
+        pg,
+        &db,
+        &[
+            ("PGSIDECAR_POOL_MODE", "transaction"),
+            ("PGSIDECAR_POOL_SIZE", "2"),
+            ("PGSIDECAR_CLIENT_AUTH", "trust"),
+        ],
+    )
+    .await;
+    let mut s = raw::trusted_login(p.addr, SCRAM_USER, &db).await;
+    s.write_all(&[raw::message(b'P', b"s1\0select $1::int + 1\0\0\0"), raw::message(b'S', b"")].concat())
+        .await
+        .unwrap();
+    assert_eq!(raw::read_until(&mut s, b'Z').await, b"I");
+    // Another client holds a server now and then, so the statement meets both servers.
+    let other = p.connect(&db).await;
+    let busy = tokio::spawn(async move {
+        for _ in 0..20 {
+            other.simple_query("select pg_sleep(0.005)").await.unwrap();
+        }
+    });
+    async fn answer(s: &mut tokio::net::TcpStream, q: String) -> String {
+        use tokio::io::AsyncWriteExt;
+        s.write_all(&common::raw::query(&q)).await.unwrap();
+        let mut got = String::new();
+        loop {
+            match common::raw::read_msg(s).await.expect("open") {
+                (b'D', body) => got = String::from_utf8_lossy(&body[6..]).into_owned(),
+                (b'E', body) => got = sqlstate(&body),
+                (b'Z', _) => return got,
+                _ => {}
+            }
+        }
+    }
+    for i in 0..10 {
+        let q = if i % 2 == 0 { format!("execute s1({i})") } else { format!("EXECUTE S1 ({i});") };
+        assert_eq!(answer(&mut s, q).await, (i + 1).to_string());
+    }
+    assert_eq!(answer(&mut s, "execute s1(1, 2)".into()).await, "42601");
+    assert_eq!(answer(&mut s, "deallocate s1".into()).await, "");
+    assert_eq!(answer(&mut s, "execute s1(1)".into()).await, "26000");
+    busy.await.unwrap();
 }
