@@ -508,10 +508,24 @@ impl ServerStatements {
         }
     }
 
-    /// The instance's Describe was answered.
+    /// The instance's Describe was answered. Older instances of the same text and shape are
+    /// retired (closed before the next Parse): clients that used them find this one, and a
+    /// server keeps about one instance per text and shape however many clients prepare it.
     pub fn set_shape(&mut self, name: &str, shape: u64) {
-        if let Some(i) = self.used.get_mut(name) {
-            i.shape = shape;
+        let Some(i) = self.used.get_mut(name) else { return };
+        i.shape = shape;
+        let base = i.base.clone();
+        let same: Vec<Arc<str>> = self
+            .bases
+            .get(&base)
+            .into_iter()
+            .flatten()
+            .filter(|n| &***n != name && self.used.get(*n).is_some_and(|i| i.shape == shape))
+            .cloned()
+            .collect();
+        for n in same {
+            self.forget(&n);
+            self.to_close.push(n);
         }
     }
 
@@ -801,6 +815,12 @@ mod tests {
         assert_eq!(s.find("x", 0).as_deref(), Some("x_2"), "any shape: the latest used");
         s.forget("x_2");
         assert_eq!(s.find("x", 9), None);
+        // A newer instance of the same shape retires the older one.
+        s.insert("x_3".into(), "x".into());
+        s.set_shape("x_3", 7);
+        assert_eq!(s.find("x", 7).as_deref(), Some("x_3"));
+        assert!(!s.touch("x_1") && s.to_close == [Arc::<str>::from("x_1")]);
+        s.to_close.clear();
         s.invalidate_all();
         assert_eq!(s.find("x", 7), None);
         assert_eq!(s.to_close.len(), 1);

@@ -676,12 +676,15 @@ fn a_queue_that_never_drains_stays_bounded_and_in_order() {
     for round in 0..20 * MAX_EXPECTED {
         let (to_server, to_client) =
             rig.send(&mut server, &[bind("s1"), close("s1"), parse("s1", "select 1")]);
-        assert_eq!(tags(&to_server), "BPD", "round {round}");
+        // From the third round, the instance the round before last prepared is closed: the
+        // last round's has the same shape.
+        let closes = round >= 2;
+        assert_eq!(tags(&to_server), if closes { "BCPD" } else { "BPD" }, "round {round}");
         assert!(to_client.is_empty(), "round {round}: the Close waits for the Binds before it");
-        let got = if round == 0 {
-            rig.answer(&mut server, &[ok(b'2')])
-        } else {
-            rig.answer(&mut server, &[ok(b'2'), parsed()])
+        let got = match round {
+            0 => rig.answer(&mut server, &[ok(b'2')]),
+            1 | 2 => rig.answer(&mut server, &[ok(b'2'), parsed()]),
+            _ => rig.answer(&mut server, &[ok(b'2'), ok(b'3'), parsed()]),
         };
         // The previous round's BindComplete, then (from the second round) its Close and
         // Parse, answered here once their turn came.
