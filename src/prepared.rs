@@ -630,7 +630,8 @@ pub fn sql_execute(query: &[u8]) -> Option<(std::ops::Range<usize>, Vec<u8>)> {
                     name.push(b'"');
                     i += 2;
                 }
-                (b'"', _) => return Some((at..i + 1, name)),
+                // PostgreSQL refuses a zero-length name.
+                (b'"', _) => return (!name.is_empty()).then_some((at..i + 1, name)),
                 (&c, _) => {
                     name.push(c);
                     i += 1;
@@ -663,6 +664,7 @@ mod tests {
         assert_eq!(name("execute"), None);
         assert_eq!(name("execute 1"), None);
         assert_eq!(name("execute \"open"), None);
+        assert_eq!(name("execute \"\"(1)"), None);
         assert_eq!(name("select 1"), None);
     }
 

@@ -492,3 +492,45 @@ async fn sql_execute_of_a_protocol_statement_works_as_in_postgres() {
     assert_eq!(answer(&mut s, "execute s1(1)".into()).await, "26000");
     busy.await.unwrap();
 }
+
+/// A statement whose result changed fails inside the client's transaction as it does in
+/// PostgreSQL: with 0A000, and the transaction fails with it (what the client wrote before
+/// is rolled back at COMMIT). Here the client's transaction gets the server where its
+/// statement was never prepared, so pgsidecar prepares it there and finds the new shape.
+#[tokio::test]
+async fn a_changed_statement_fails_the_transaction_as_in_postgres() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("stalexact");
+    pg.sql(
+        &db,
+        "create table t (a int); create table w (x int); insert into t values (1); \
+         alter table t owner to scram_user; alter table w owner to scram_user",
+    );
+    let p = start(pg, &db, &[("PGSIDECAR_POOL_MODE", "transaction"), ("PGSIDECAR_POOL_SIZE", "2")]).await;
+    async fn pid(c: &tokio_postgres::Client) -> i32 {
+        c.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0)
+    }
+    let a = p.connect(&db).await;
+    a.batch_execute("begin").await.unwrap();
+    let star = a.prepare("select * from t").await.unwrap();
+    let prepared_on = pid(&a).await;
+    a.batch_execute("commit").await.unwrap();
+    pg.sql(&db, "alter table t add column b int");
+    // Two other clients hold both servers; the one holding the other server lets it go.
+    let (b, c) = (p.connect(&db).await, p.connect(&db).await);
+    b.batch_execute("begin").await.unwrap();
+    c.batch_execute("begin").await.unwrap();
+    let (pb, pc) = (pid(&b).await, pid(&c).await);
+    assert!(pb == prepared_on || pc == prepared_on, "servers {pb} {pc}, prepared on {prepared_on}");
+    let free = if pb == prepared_on { &c } else { &b };
+    free.batch_execute("commit").await.unwrap();
+
+    a.batch_execute("begin; insert into w values (1)").await.unwrap();
+    assert_ne!(pid(&a).await, prepared_on, "the transaction is on the other server");
+    let err = a.query(&star, &[]).await.expect_err("its result changed");
+    assert_eq!(err.code().map(|c| c.code()), Some("0A000"));
+    let err = a.query("select 1", &[]).await.expect_err("the transaction failed");
+    assert_eq!(err.code().map(|c| c.code()), Some("25P02"));
+    a.batch_execute("commit").await.unwrap();
+    assert_eq!(pg.sql(&db, "select count(*) from w").trim(), "0", "the insert was rolled back");
+}

@@ -442,6 +442,9 @@ enum Barrier {
     Query,
 }
 
+/// A statement name no server has (the prefix is the proxy's): a message sent to it fails.
+const NO_STATEMENT: &str = "pgsidecar_stale";
+
 /// Named-statement state the relay works on: the client's names and the server's cache.
 pub struct Statements<'a> {
     /// Statement and transaction timing (kept by the session across servers).
@@ -506,6 +509,13 @@ pub struct Relay {
     /// A held simple query failed with its instance: it is dropped unread, and the proxy's
     /// Sync answers it.
     drop_query: bool,
+    /// The instance a held message waited for has another shape than the client's statement:
+    /// the message goes to a statement that does not exist, so that the server fails it (and
+    /// what follows it up to Sync, and the transaction) as PostgreSQL fails a statement whose
+    /// result changed.
+    stale_next: bool,
+    /// The server's next error answers that message: PostgreSQL's 0A000 replaces it.
+    replace_next_error: bool,
 }
 
 impl Relay {
@@ -642,6 +652,11 @@ impl Relay {
         out: &mut BytesMut,
         barrier: Barrier,
     ) -> Option<Arc<str>> {
+        if self.stale_next {
+            self.stale_next = false;
+            self.replace_next_error = true;
+            return Some(NO_STATEMENT.into());
+        }
         if st.server.touch(&stmt.name) {
             return Some(stmt.name.clone());
         }
@@ -1141,9 +1156,12 @@ impl Relay {
             match h.tag {
                 tag::READY_FOR_QUERY => {
                     self.status = parse_ready_for_query(body)?;
-                    st.timing.ready(self.status);
                     self.outstanding = self.outstanding.saturating_sub(1);
                     forward = !self.complete(|k| matches!(k, Kind::Sync | Kind::Query));
+                    if forward {
+                        // (The proxy's own Sync ends no transaction of the client's.)
+                        st.timing.ready(self.status);
+                    }
                     at_rest = self.at_rest();
                 }
                 tag::PARAMETER_STATUS => self.reported.push(parse_parameter_status(body)?),
@@ -1159,6 +1177,14 @@ impl Relay {
                     if self.head_is(|k| matches!(k, Kind::Execute)) {
                         self.complete(|_| true);
                     }
+                }
+                tag::ERROR_RESPONSE if self.replace_next_error => {
+                    // The failure of a message sent to NO_STATEMENT.
+                    self.replace_next_error = false;
+                    forward = false;
+                    messages::error_fields(out, STALE_PLAN);
+                    st.timing.error("0A000");
+                    self.on_error(st);
                 }
                 tag::ERROR_RESPONSE => {
                     let fields = ErrorFields::parse(body).unwrap_or_default();
@@ -1176,7 +1202,7 @@ impl Relay {
                 }
                 b't' | b'T' | b'n' => {
                     forward = false;
-                    self.probe_answer(h.tag, body, out, st)?;
+                    self.probe_answer(h.tag, body, st)?;
                 }
                 _ => {
                     // ParseComplete, BindComplete, CloseComplete.
@@ -1198,13 +1224,7 @@ impl Relay {
     /// client's statement gets it if it had none yet. A barrier instance of another shape than
     /// the client's statement fails the client's waiting message with PostgreSQL's error for
     /// a statement whose result changed.
-    fn probe_answer(
-        &mut self,
-        t: u8,
-        body: &[u8],
-        out: &mut BytesMut,
-        st: &mut Statements<'_>,
-    ) -> Result<(), FrameError> {
+    fn probe_answer(&mut self, t: u8, body: &[u8], st: &mut Statements<'_>) -> Result<(), FrameError> {
         if t == b't' {
             self.probe_params = Some(Bytes::copy_from_slice(body));
             return Ok(());
@@ -1219,10 +1239,8 @@ impl Relay {
         let want = stmt.shape.get_or_init(|| shape);
         if barrier != Barrier::None {
             self.release_held(barrier);
-            if want.fingerprint != fingerprint {
-                messages::error_fields(out, STALE_PLAN);
-                self.fail_held(barrier);
-            }
+            // The server fails the message (its error replaced by PostgreSQL's 0A000).
+            self.stale_next = want.fingerprint != fingerprint;
         }
         Ok(())
     }
@@ -1235,19 +1253,20 @@ impl Relay {
         }
     }
 
-    /// The held message fails with its instance, as PostgreSQL fails what follows an error:
-    /// the extended protocol up to the client's Sync; a simple query is answered by the
-    /// ReadyForQuery of the proxy's Sync, which is now the client's.
-    fn fail_held(&mut self, barrier: Barrier) {
+    /// The held message is skipped after an error, as PostgreSQL skips what follows an error
+    /// up to the client's Sync. A simple query whose instance failed to prepare is answered
+    /// instead (the instance's error, then the ReadyForQuery of the proxy's Sync, which is now
+    /// the client's), as PostgreSQL answers an EXECUTE whose statement no longer plans.
+    fn fail_held(&mut self, barrier: Barrier, own_failure: bool) {
         match barrier {
             Barrier::None => {}
-            Barrier::Message => self.client_skip = true,
-            Barrier::Query => {
+            Barrier::Query if own_failure => {
                 self.drop_query = true;
                 if let Some(sync) = self.expect.first_mut(|e| e.kind == Kind::Sync) {
                     sync.swallow = false;
                 }
             }
+            Barrier::Message | Barrier::Query => self.client_skip = true,
         }
     }
 
@@ -1313,6 +1332,7 @@ impl Relay {
         // Execute nothing is, and nothing is allocated or scanned. A simple query (or function
         // call) pipelined before the Sync is skipped by Postgres too: no ReadyForQuery answers
         // it.
+        let head_payload = self.expect.front().is_some_and(|e| e.payload);
         let mut skipped = Vec::new();
         let mut queries = 0;
         while self.expect.front().is_some_and(|e| e.kind != Kind::Sync) {
@@ -1338,8 +1358,14 @@ impl Relay {
             _ => None,
         });
         if let Some(barrier) = held {
+            // The instance's own Parse failed, rather than a request before it.
+            let own_failure = head_payload
+                && matches!(
+                    (skipped.first().map(|e| &e.1), skipped.get(1).map(|e| &e.1)),
+                    (Some(Some(Payload::Parse(a, None))), Some(Some(Payload::Probe { instance: b, .. }))) if a == b
+                );
             self.release_held(barrier);
-            self.fail_held(barrier);
+            self.fail_held(barrier, own_failure);
         }
         let later = LaterNames::queued(self);
         for entry in skipped.into_iter().rev() {

@@ -27,12 +27,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Sleep;
 
-/// How long the proxy's own clean-up statements (ROLLBACK, DISCARD ALL) may take.
 /// How long a named Parse waits for a server while every server is busy before it is
 /// acknowledged without one (see [`Session::parse_without_server`]): long enough that an
 /// application's Parse practically always reaches a server, and so gets PostgreSQL's own
 /// answer, short enough that a program stuck on its own connections goes on.
 const PARSE_WAIT: Duration = Duration::from_secs(1);
+/// How long the proxy's own clean-up statements (ROLLBACK, DISCARD ALL) may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most bytes of the proxy's own answers held back to go out with the server's (a few dozen
@@ -460,9 +460,9 @@ impl Session {
     fn with_server(&mut self) -> Boxed<'_, Flow> {
         Box::pin(async move {
             let got = if self.rewrite && self.starts_with_named_parse() && !self.upstream.pool.has_room() {
-                match tokio::time::timeout(PARSE_WAIT, self.server_for_request()).await {
-                    Ok(got) => got,
-                    Err(_) => return self.parse_without_server().await,
+                match self.server_for_parse().await {
+                    Some(got) => got,
+                    None => return self.parse_without_server().await,
                 }
             } else {
                 self.server_for_request().await
@@ -496,6 +496,16 @@ impl Session {
         b.first() == Some(&tag::PARSE) && b.get(crate::wire::frame::HEADER_LEN).is_some_and(|&c| c != 0)
     }
 
+    /// A server for a request that starts with a named Parse, waited for [`PARSE_WAIT`] at
+    /// most (`None`: none came). Boxed: a timer would enlarge every transaction's future.
+    fn server_for_parse(&mut self) -> Boxed<'_, Option<Got>> {
+        Box::pin(async move {
+            // Only the wait for a server is bounded, not the answer to a refusal.
+            let checked_out = tokio::time::timeout(PARSE_WAIT, self.checkout()).await.ok()?;
+            Some(self.got_server(checked_out).await)
+        })
+    }
+
     /// A named Parse waited [`PARSE_WAIT`] for a server while every server was busy: it is
     /// acknowledged without one, with the messages after it that need none. A program that
     /// prepares synchronously on one connection while its other connections hold every server
@@ -521,7 +531,13 @@ impl Session {
     /// A server for the client's request; a pooler error that leaves the connection usable
     /// (the wait timeout, a cancel while queued) is answered and the request skipped.
     async fn server_for_request(&mut self) -> Got {
-        match self.checkout().await {
+        let checked_out = self.checkout().await;
+        self.got_server(checked_out).await
+    }
+
+    /// [`Session::server_for_request`] once the checkout has ended.
+    async fn got_server(&mut self, checked_out: Result<Lease, Refused>) -> Got {
+        match checked_out {
             Ok(lease) => Got::Lease(lease),
             Err(Refused::Error(e)) if e.severity == messages::Severity::Error => {
                 tracing::warn!(code = e.code, error = %e.message, "pooler_error");
@@ -971,7 +987,7 @@ impl Session {
                 self.note_reported(&mut relay, &mut lease);
             }
             self.record_finished();
-            if t.phase == Phase::Cancelling && relay.outstanding == 0 {
+            if t.phase == Phase::Cancelling && relay.outstanding == 0 && !relay.blocked() {
                 t.cancel_settled().await;
             }
             let conn = lease.conn();
@@ -1501,7 +1517,8 @@ impl Timeouts {
         if self.phase == Phase::Cancelling {
             return;
         }
-        let phase = if relay.outstanding > 0 {
+        // A message held while its statement is prepared waits on the server as a query does.
+        let phase = if relay.outstanding > 0 || relay.blocked() {
             Phase::Busy
         } else if matches!(relay.status, b'T' | b'E') && relay.quiet() && client_quiet {
             Phase::IdleInTransaction

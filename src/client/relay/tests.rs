@@ -249,7 +249,10 @@ fn a_statement_missing_on_this_server_waits_for_its_shape() {
 
 /// After DDL changed what a statement returns, PostgreSQL fails the client's statement with
 /// 0A000 rather than hand it rows of another shape; so does the proxy when the instance it
-/// prepares on another server has another shape than the client's statement.
+/// prepares on another server has another shape than the client's statement. The server
+/// fails the message itself (it is sent to a statement that does not exist), so that what
+/// follows up to Sync is skipped and the transaction fails there too; the client gets
+/// PostgreSQL's 0A000 in place of that error.
 #[test]
 fn an_instance_of_another_shape_fails_the_statement_as_postgres_does() {
     let mut rig = Rig::new();
@@ -257,11 +260,15 @@ fn an_instance_of_another_shape_fails_the_statement_as_postgres_does() {
     rig.send(&mut first, &[parse("s1", "select * from t"), sync()]);
     rig.answer(&mut first, &[parsed(), ready()]);
     let mut server = ServerStatements::new(10);
-    rig.send(&mut server, &[bind("s1"), execute(), sync()]);
-    let got = rig.answer(&mut server, &[ok(b'1'), params(), row_desc(20)]);
-    assert_eq!(got, vec![('E', "0A000".to_string())]);
-    assert_eq!(tags(&rig.resumed), "S", "the rest is skipped up to Sync");
-    assert_eq!(tags(&rig.answer(&mut server, &[ready()])), "Z");
+    let insert = [parse("", "insert into t default values"), bind(""), execute()];
+    let (to_server, _) = rig.send(&mut server, &[&insert[..], &[bind("s1"), execute(), sync()]].concat());
+    assert_eq!(tags(&to_server), "PBEPDH");
+    let got = rig.answer(&mut server, &[ok(b'1'), ok(b'2'), complete(), ok(b'1'), params(), row_desc(20)]);
+    assert_eq!(tags(&got), "12C");
+    assert_eq!(rig.resumed[0], ('B', NO_STATEMENT.to_string()), "the server fails the Bind");
+    assert_eq!(tags(&rig.resumed), "BES");
+    let got = rig.answer(&mut server, &[error("26000"), msg(b'Z', b"I")]);
+    assert_eq!(got, vec![('E', "0A000".to_string()), ('Z', String::new())]);
     assert!(rig.relay.at_rest());
     // Another client preparing the same text gets the instance of the new shape.
     let mut other = Rig::new();
@@ -270,6 +277,39 @@ fn an_instance_of_another_shape_fails_the_statement_as_postgres_does() {
     other.answer(&mut server, &[ok(b'1'), params(), row_desc(20), ready()]);
     let (to_server, _) = other.send(&mut server, &[bind("s1"), execute(), sync()]);
     assert_eq!(tags(&to_server), "BES");
+    // So does SQL EXECUTE of the first client's statement: 0A000, then ReadyForQuery.
+    let mut third = ServerStatements::new(10);
+    rig.send(&mut third, &[msg(b'Q', b"execute s1\0")]);
+    assert_eq!(tags(&rig.answer(&mut third, &[ok(b'1'), params(), row_desc(20), ready()])), "");
+    assert_eq!(rig.resumed, vec![('Q', format!("execute {NO_STATEMENT}"))]);
+    let got = rig.answer(&mut third, &[error("26000"), ready()]);
+    assert_eq!(got, vec![('E', "0A000".to_string()), ('Z', String::new())]);
+    assert!(rig.relay.at_rest());
+}
+
+/// A simple query waiting for its instance when an earlier request of the client's pipeline
+/// fails is skipped, as PostgreSQL skips everything after an error up to Sync: one
+/// ReadyForQuery, the client's Sync's.
+#[test]
+fn a_held_query_after_an_error_is_skipped_to_sync() {
+    let mut rig = Rig::new();
+    let mut first = ServerStatements::new(10);
+    rig.send(&mut first, &[parse("s1", "select 1"), sync()]);
+    rig.answer(&mut first, &[parsed(), ready()]);
+    let mut server = ServerStatements::new(10);
+    let (to_server, _) = rig.send(
+        &mut server,
+        &[bind("nope"), execute(), msg(b'Q', b"execute s1\0"), msg(b'Q', b"select 2\0"), sync()],
+    );
+    assert_eq!(tags(&to_server), "BEPDS", "the proxy's Sync after the probe");
+    assert_eq!(
+        tags(&rig.answer(&mut server, &[error("26000"), ready()])),
+        "E",
+        "its Sync's answer is dropped"
+    );
+    assert_eq!(tags(&rig.resumed), "S", "the queries are skipped, the client's Sync goes");
+    assert_eq!(tags(&rig.answer(&mut server, &[ready()])), "Z");
+    assert!(rig.relay.at_rest());
 }
 
 /// The text no longer prepares on this server (a type it names was dropped): the client gets
