@@ -439,9 +439,9 @@ async fn statements_prepared_after_ddl_see_the_new_schema() {
 }
 
 /// Issue 21, case 12: SQL EXECUTE of a statement the client prepared through the protocol
-/// gets PostgreSQL's answers (as tests/drivers' psycopg check against PostgreSQL itself
-/// shows them: rows, 42601 for a wrong argument count, 26000 once deallocated), on whichever
-/// server the transaction gets.
+/// gets PostgreSQL's answers (those a libpq client gets from PostgreSQL 15 directly: rows,
+/// 42601 for a wrong argument count, 26000 once deallocated), on whichever server the
+/// transaction gets.
 #[tokio::test]
 async fn sql_execute_of_a_protocol_statement_works_as_in_postgres() {
     use common::raw;
