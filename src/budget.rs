@@ -31,10 +31,10 @@
 //! holds) shrinks the pool to [`START_SIZE`] (or less, if it was less) until a round succeeds
 //! again.
 
-use crate::cancel::Activity;
+use crate::cancel::{Activity, Registry};
 use crate::config::sizing;
-use crate::proxy::Upstream;
 use crate::server::conn::ServerConn;
+use crate::server::pool::Pool;
 use crate::server::ServerError;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -122,9 +122,9 @@ impl BudgetState {
 }
 
 /// The pool size before the first successful round: the static share, at most [`START_SIZE`].
-pub fn start_size(upstream: &Upstream) -> usize {
-    let sizing = upstream.sizing.lock().unwrap_or_else(|p| p.into_inner());
-    sizing.as_ref().map_or(START_SIZE, |s| s.pool_size.min(START_SIZE))
+/// `sized` is the static sizing's pool size, when there was one.
+pub fn start_size(sized: Option<usize>) -> usize {
+    sized.map_or(START_SIZE, |size| size.min(START_SIZE))
 }
 
 /// Inputs of one round.
@@ -440,14 +440,14 @@ async fn round(
     Err(RoundError::Contended)
 }
 
-/// This sidecar's server pids for `upstream`: idle ones from the pool, active ones from the
-/// clients holding them. A server on its way between two clients is missed: [`remember`]
+/// This sidecar's server pids in `pool`: idle ones from the pool, active ones from the
+/// clients holding them (`clients`). A server on its way between two clients is missed: [`remember`]
 /// keeps it listed once it has been seen.
-fn own_servers(upstream: &Upstream, proxy: &crate::proxy::Proxy) -> Vec<i32> {
-    let mut pids: Vec<i32> = upstream.pool.idle_servers().iter().map(|s| s.pid).collect();
-    for c in proxy.cancels.snapshot() {
+fn own_servers(pool: &Pool, clients: &Registry) -> Vec<i32> {
+    let mut pids: Vec<i32> = pool.idle_servers().iter().map(|s| s.pid).collect();
+    for c in clients.snapshot() {
         if let Activity::Active { target, server, .. } = &c.activity {
-            if Arc::ptr_eq(target, &upstream.pool.target) {
+            if Arc::ptr_eq(target, &pool.target) {
                 pids.push(server.pid);
             }
         }
@@ -457,8 +457,8 @@ fn own_servers(upstream: &Upstream, proxy: &crate::proxy::Proxy) -> Vec<i32> {
 
 /// Connects (and sets up) the coordination connection if it is not open, then runs a round.
 async fn connect_and_round(
-    upstream: &Upstream,
-    proxy: &crate::proxy::Proxy,
+    pool: &Pool,
+    clients: &Registry,
     conn: &mut Option<ServerConn>,
     sampled: &mut HashSet<i32>,
     known: &mut HashMap<i32, i64>,
@@ -468,17 +468,17 @@ async fn connect_and_round(
     let c = match conn {
         Some(c) => c,
         None => {
-            let mut c = ServerConn::connect(&upstream.pool.target).await?;
+            let mut c = ServerConn::connect(&pool.target).await?;
             tokio::time::timeout(ROUND_TIMEOUT, c.exec(SESSION_SQL, &mut Vec::new()))
                 .await
                 .map_err(|_| RoundError::Timeout)??;
             conn.insert(c)
         }
     };
-    sampled.extend(own_servers(upstream, proxy));
+    sampled.extend(own_servers(pool, clients));
     let seen: Vec<i32> = sampled.drain().collect();
     let counts = || {
-        let s = upstream.pool.stats();
+        let s = pool.stats();
         let held = u32::try_from(s.active + s.idle).unwrap_or(u32::MAX);
         (held, held.saturating_add(u32::try_from(s.connecting).unwrap_or(u32::MAX)))
     };
@@ -487,18 +487,18 @@ async fn connect_and_round(
         .map_err(|_| RoundError::Timeout)?
 }
 
-/// Runs budget rounds for one upstream every `period` (and when RELOAD asks) until the proxy
-/// is gone. A failed round keeps the last claim, unless it lost the coordination connection:
+/// Runs budget rounds for one pool every `period` (and when RELOAD asks), reporting into
+/// `state`, until the proxy is gone (`clients`, its client registry, dropped). A failed round keeps the last claim, unless it lost the coordination connection:
 /// the claim is unpublished then, and the pool shrinks to [`unpublished_size`] until a round
 /// succeeds again.
 pub async fn run(
-    upstream: Arc<Upstream>,
-    proxy: Weak<crate::proxy::Proxy>,
+    pool: Arc<Pool>,
+    state: Arc<BudgetState>,
+    clients: Weak<Registry>,
     period: Duration,
     reserved: Option<u32>,
 ) {
     let id = format!("{:08x}", rand::random::<u32>());
-    let state = &upstream.budget;
     let mut conn: Option<ServerConn> = None;
     let (mut sampled, mut known) = (HashSet::new(), HashMap::new());
     let mut last: Option<Decision> = None;
@@ -513,18 +513,17 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = state.wake.notified() => {}
             _ = sample.tick() => {
-                let Some(p) = proxy.upgrade() else { return };
-                sampled.extend(own_servers(&upstream, &p));
+                let Some(c) = clients.upgrade() else { return };
+                sampled.extend(own_servers(&pool, &c));
                 continue;
             }
         }
-        let Some(p) = proxy.upgrade() else { return };
-        let outcome =
-            connect_and_round(&upstream, &p, &mut conn, &mut sampled, &mut known, &id, reserved).await;
-        drop(p);
+        let Some(c) = clients.upgrade() else { return };
+        let outcome = connect_and_round(&pool, &c, &mut conn, &mut sampled, &mut known, &id, reserved).await;
+        drop(c);
         match outcome {
             Ok((d, r)) => {
-                upstream.pool.set_max_size(d.claim as usize);
+                pool.set_max_size(d.claim as usize);
                 state.limit.store(u64::from(r.limit.saturating_sub(r.reserved)), Ordering::Relaxed);
                 state.sidecars.store(r.peer_claims.len() as u64 + 1, Ordering::Relaxed);
                 state.share.store(u64::from(d.share), Ordering::Relaxed);
@@ -532,7 +531,7 @@ pub async fn run(
                 state.others.store(u64::from(r.others), Ordering::Relaxed);
                 if last != Some(d) {
                     tracing::info!(
-                        database = %upstream.pool.database,
+                        database = %pool.database,
                         budget = r.limit.saturating_sub(r.reserved),
                         sidecars = r.peer_claims.len() + 1,
                         others = r.others,
@@ -553,14 +552,14 @@ pub async fn run(
                 // peers count only the servers this sidecar holds, and may take the rest.
                 let lost = conn.is_none();
                 if lost {
-                    upstream.pool.set_max_size(unpublished_size(upstream.pool.stats().max_size));
+                    pool.set_max_size(unpublished_size(pool.stats().max_size));
                     last = None;
                 }
                 tracing::warn!(
-                    database = %upstream.pool.database,
+                    database = %pool.database,
                     error = %e,
                     coordination_connection = if lost { "lost" } else { "kept" },
-                    pool_size = upstream.pool.stats().max_size,
+                    pool_size = pool.stats().max_size,
                     "budget_round_failed"
                 );
                 state.finished(false);

@@ -213,7 +213,7 @@ impl Registry {
     /// signalled the backend. The requesting socket is answered (closed) only then, as
     /// PostgreSQL answers it: clients such as asyncpg take the close to mean that the cancel
     /// can no longer hit their next statement. `None` when nothing was forwarded.
-    pub fn cancel(&self, pid: i32, secret: i32) -> Option<tokio::task::JoinHandle<()>> {
+    pub fn cancel(&self, pid: i32, secret: i32) -> Option<Forwarded> {
         let activity = {
             let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             match map.get(&pid) {
@@ -242,17 +242,24 @@ impl Registry {
         let Activity::Active { target, server, secret } = activity else {
             return None;
         };
-        // pgsidecar_cancels_total of the pool that owns the server (a cancel of a waiting
-        // client is counted by its session, once it has left the queue).
-        crate::observe::metrics::cancel_forwarded(&target);
-        Some(tokio::spawn(async move {
+        let forwarded_to = target.clone();
+        let task = tokio::spawn(async move {
             if let Err(e) = send_cancel(&target, server.pid, secret).await {
                 tracing::warn!(error = %e, "cancel_forward_failed");
             }
             slot.in_flight.fetch_sub(1, Ordering::SeqCst);
             slot.settled.notify_waiters();
-        }))
+        });
+        Some(Forwarded { target: forwarded_to, task })
     }
+}
+
+/// A cancel request on its way to a server.
+pub struct Forwarded {
+    /// The server's database (whose pool counts the cancel).
+    pub target: Arc<Target>,
+    /// Ends once PostgreSQL has taken the request, or the forward gave up.
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 async fn send_cancel(target: &Target, pid: i32, secret: i32) -> Result<(), crate::server::ServerError> {

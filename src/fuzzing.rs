@@ -13,7 +13,7 @@ use crate::client::handshake::{self, Admitted, StartupStep};
 use crate::client::relay::{Relay, Statements, Stop, READ_HIGH, WRITE_HIGH};
 use crate::client::timing::Timing;
 use crate::prepared::{self, ClientStatements, ServerStatements};
-use crate::proxy::Proxy;
+use crate::shared::Shared;
 use crate::wire::frame::{split_frame, FrameError, Header, Reader, HEADER_LEN};
 use crate::wire::messages::{self, ErrorFields};
 use crate::wire::startup::{parse_options, parse_startup_body, split_startup, StartupError, StartupPacket};
@@ -306,8 +306,8 @@ fn decode_body(t: u8, body: &[u8]) {
 // ---------------------------------------------------------------------------------------
 
 /// One proxy per client authentication method, built once (the SCRAM verifier is slow).
-fn proxy(auth: usize) -> Arc<Proxy> {
-    static PROXIES: OnceLock<Vec<Arc<Proxy>>> = OnceLock::new();
+fn proxy(auth: usize) -> Arc<Shared> {
+    static PROXIES: OnceLock<Vec<Arc<Shared>>> = OnceLock::new();
     PROXIES.get_or_init(|| {
         ["scram-sha-256", "md5", "trust"]
             .iter()
@@ -319,7 +319,7 @@ fn proxy(auth: usize) -> Arc<Proxy> {
                 env.insert("PGSIDECAR_METRICS_LISTEN".into(), String::new());
                 env.insert("PGSIDECAR_ADMIN_USERS".into(), USER.into());
                 let config = crate::Config::load(&BTreeMap::new(), &env).expect("fuzzing config");
-                Proxy::new(config).expect("fuzzing proxy")
+                Arc::new(Shared::new(config).expect("fuzzing proxy"))
             })
             .collect()
     })[auth % 3]
@@ -513,19 +513,19 @@ pub enum HandshakeEnd {
 /// Runs the client handshake (startup packets, then login) on `stream` with `proxy`'s
 /// settings, as `handshake` does after accepting a connection.
 pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    proxy: &Arc<Proxy>,
+    shared: &Arc<Shared>,
     stream: &mut S,
     tls: bool,
     over_limit: bool,
 ) -> HandshakeEnd {
     let mut rbuf = BytesMut::with_capacity(512);
-    let startup = match handshake::read_startup_packet(proxy, stream, &mut rbuf, tls).await {
+    let startup = match handshake::read_startup_packet(shared, stream, &mut rbuf, tls).await {
         Ok(StartupStep::Startup(s)) => s,
         Ok(StartupStep::Tls) => return HandshakeEnd::Tls,
         Ok(StartupStep::Cancel) => return HandshakeEnd::Cancel,
         Err(r) => return HandshakeEnd::Refused(r.log),
     };
-    let end = match handshake::login(proxy, stream, &mut rbuf, startup, over_limit).await {
+    let end = match handshake::login(shared, stream, &mut rbuf, startup, over_limit).await {
         Ok(Admitted::Pool { user, database, greeting, .. }) => {
             // The session sends these first (SCRAM's final message): checked with the rest.
             let _ = tokio::io::AsyncWriteExt::write_all(stream, &greeting).await;
@@ -581,7 +581,7 @@ fn run_pre_auth(data: &[u8]) -> HandshakeEnd {
             _ => Chunk::Cleartext { right: input.u8() & 1 == 1 },
         });
     }
-    let proxy = proxy(auth);
+    let shared = proxy(auth);
     let mut stream = ScriptedStream {
         script,
         pending: Vec::new(),
@@ -591,7 +591,7 @@ fn run_pre_auth(data: &[u8]) -> HandshakeEnd {
         proved: false,
     };
     let end = {
-        let fut = pin!(client_handshake(&proxy, &mut stream, tls, over_limit));
+        let fut = pin!(client_handshake(&shared, &mut stream, tls, over_limit));
         let _rt = runtime().enter();
         match fut.poll(&mut Context::from_waker(std::task::Waker::noop())) {
             Poll::Ready(end) => end,
@@ -604,7 +604,7 @@ fn run_pre_auth(data: &[u8]) -> HandshakeEnd {
             assert!(!over_limit, "admitted over the client limit");
             assert!(auth == 2 || stream.proved, "admitted without proof: {end:?}");
             if let HandshakeEnd::Pool { database, .. } = &end {
-                assert!(proxy.upstream(database).is_some());
+                assert!(shared.upstream(database).is_some());
             }
         }
         HandshakeEnd::Tls => assert!(tls),

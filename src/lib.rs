@@ -6,31 +6,31 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: settings from flags and the environment (`PGSIDECAR_*`, Heroku names,
-//!   `PGBOUNCER_*` aliases), `postgres://` URL parsing, the typed configuration tree.
-//! - [`wire`]: the Postgres protocol without I/O: framing with length limits, startup packets,
-//!   the messages the proxy builds or reads.
-//! - [`auth`]: client authentication (SCRAM-SHA-256 server side, md5, trust).
-//! - [`tls`]: rustls configurations per `sslmode` towards Postgres and for client-facing TLS.
-//! - [`stream`]: a TCP stream that may be TLS in either direction.
-//! - [`server`]: one server connection (connect, TLS, login, internal queries) and the
-//!   bounded FIFO pool with its RAII lease.
-//! - [`client`]: the client handshake, the session loop, the relay that moves bytes while a
-//!   server is attached, and session settings that follow a client between servers.
-//! - [`prepared`]: named prepared statements in transaction mode: proxy-wide names, per-server
-//!   LRU caches, rewriting of Parse/Bind/Describe/Close.
-//! - [`budget`]: the cross-dyno connection budget: sidecars sharing a database agree on their
-//!   shares through the database itself.
-//! - [`cancel`]: proxy-issued cancel keys mapped to what each client is doing.
-//! - [`proxy`]: the running proxy: upstreams, pools, accept loop, maintenance.
-//! - [`admin`]: the admin console (virtual database `pgsidecar` / `pgbouncer`): PgBouncer's
-//!   SHOW, PAUSE, RESUME, RECONNECT, RELOAD and SHUTDOWN, one file per command.
-//! - [`supervise`]: `pgsidecar run -- CMD` (URL rewrite, signals, drain) and `serve`.
+//! In the order data flows, from the app's socket to the database's; each module's own doc
+//! says what it may import. Lower layers never import higher ones, and only the entry points
+//! import [`proxy`].
+//!
+//! - [`cli`]: the command line and process setup (entry point).
+//! - [`supervise`]: `pgsidecar run -- CMD` (URL rewrite, signals, drain) and `serve` (entry point).
+//! - [`demo`]: `pgsidecar demo`: temporary PostgreSQL, the proxy and a simulated app (entry point).
 //! - [`check`]: `pgsidecar check`, settings and upstream diagnosis without starting the proxy.
-//! - [`demo`]: `pgsidecar demo`: temporary PostgreSQL, the proxy and a simulated app, with a live view.
-//! - [`cli`]: the command line and process setup.
+//! - [`proxy`]: the wiring: builds [`shared`], starts the background tasks, runs the accept loop.
+//! - [`client`]: per client: the handshake, the session loop, the relay while a server is attached.
+//! - [`admin`]: the admin console (virtual database `pgsidecar` / `pgbouncer`), one file per command.
+//! - [`shared`]: what the parts share: settings, upstreams, client counts, the cancel registry.
+//! - [`cancel`]: proxy-issued cancel keys mapped to what each client is doing.
+//! - [`prepared`]: named prepared statements in transaction mode: per-server instances and shapes.
+//! - [`params`]: session settings that follow a client between servers (client and server use them).
+//! - [`upstream`]: one upstream database: its pool, credentials, counters, sizing.
+//! - [`budget`]: the cross-dyno connection budget, agreed through the database itself.
+//! - [`server`]: one server connection (connect, TLS, login) and the bounded FIFO pool with its lease.
+//! - [`auth`]: client authentication (SCRAM-SHA-256 server side, md5, trust).
+//! - [`stream`]: a TCP stream that may be TLS in either direction.
+//! - [`tls`]: rustls configurations per `sslmode` towards Postgres and for client-facing TLS.
+//! - [`wire`]: the Postgres protocol without I/O: framing with limits, startup packets, messages.
+//! - [`observe`]: counters, latency histograms, slow-query log, SQL normalizing, metrics, reports.
+//! - [`config`]: settings from flags and the environment, URL parsing, the typed configuration.
 //! - [`logging`]: logfmt log lines on stderr.
-//! - [`observe`]: latency histograms kept by the proxy (checkout wait).
 
 pub mod admin;
 pub mod auth;
@@ -45,14 +45,17 @@ pub mod demo;
 pub mod fuzzing;
 pub mod logging;
 pub mod observe;
+pub mod params;
 pub mod prepared;
 pub mod proxy;
 pub mod server;
+pub mod shared;
 pub mod stream;
 pub mod supervise;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+pub mod upstream;
 pub mod wire;
 
 pub use config::Config;

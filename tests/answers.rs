@@ -216,7 +216,7 @@ async fn logins_are_answered_as_postgres_answers_them() {
         // names (README, Settings): what PostgreSQL answers to that order is the standard
         // there. It differs only for the application_name noticed before a refused TimeZone.
         let mut sorted = params.clone();
-        sorted.sort_by_key(|(k, _)| (*k != "options", pgsidecar::client::params::canonical_name(k)));
+        sorted.sort_by_key(|(k, _)| (*k != "options", pgsidecar::params::canonical_name(k)));
         by_name.push(login_lines(&RawClient::login(pg.port(), &db, &sorted).await));
     }
     let mut differences = Vec::new();

@@ -3,7 +3,7 @@
 
 use super::{format_time, tls_column, Table, Words};
 use crate::cancel::Activity;
-use crate::proxy::Proxy;
+use crate::shared::Shared;
 use crate::wire::messages::PgError;
 use bytes::BytesMut;
 
@@ -32,9 +32,9 @@ impl ShowClients {
         Ok(ShowClients)
     }
 
-    pub fn execute(&self, proxy: &Proxy) -> BytesMut {
+    pub fn execute(&self, shared: &Shared) -> BytesMut {
         let mut t = Table::new(&COLUMNS);
-        for c in proxy.cancels.snapshot() {
+        for c in shared.cancels.snapshot() {
             let (state, wait, server_pid) = match &c.activity {
                 Activity::Idle => ("idle", Default::default(), 0),
                 Activity::Waiting { since } => ("waiting", since.elapsed(), 0),

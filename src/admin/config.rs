@@ -4,7 +4,7 @@
 
 use super::{Table, Words};
 use crate::config::settings::SETTINGS;
-use crate::proxy::Proxy;
+use crate::shared::Shared;
 use crate::wire::messages::PgError;
 use bytes::BytesMut;
 
@@ -19,8 +19,8 @@ impl ShowConfig {
         Ok(ShowConfig)
     }
 
-    pub fn execute(&self, proxy: &Proxy) -> BytesMut {
-        let config = &proxy.config;
+    pub fn execute(&self, shared: &Shared) -> BytesMut {
+        let config = &shared.config;
         let mut t = Table::new(&COLUMNS);
         for s in SETTINGS {
             let value = config.raw.values.get(s.flag).map_or("", |r| r.value.as_str());

@@ -4,8 +4,7 @@
 
 use super::Command;
 use crate::cancel::{Activity, CancelSlot, ClientInfo, Registration};
-use crate::client::handshake::ConsoleLogin;
-use crate::proxy::Proxy;
+use crate::shared::Shared;
 use crate::stream::Stream;
 use crate::wire::frame::split_frame;
 use crate::wire::messages::{self, PgError};
@@ -23,7 +22,7 @@ const MAX_MESSAGE: usize = 64 * 1024;
 pub const SERVER_VERSION: &str = concat!("15.0 (pgsidecar ", env!("CARGO_PKG_VERSION"), ")");
 
 struct Console {
-    proxy: Arc<Proxy>,
+    shared: Arc<Shared>,
     stream: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -35,8 +34,19 @@ struct Console {
     shutdown_requested: bool,
 }
 
+/// An authenticated client of the admin console.
+pub struct ConsoleLogin {
+    pub stream: Stream,
+    pub rbuf: BytesMut,
+    pub user: String,
+    /// `pgsidecar` or `pgbouncer`, as the client asked.
+    pub database: String,
+    pub application_name: String,
+    pub peer: std::net::SocketAddr,
+}
+
 /// Serves an authenticated console client until it leaves.
-pub async fn run(proxy: Arc<Proxy>, login: ConsoleLogin) {
+pub async fn run(shared: Arc<Shared>, login: ConsoleLogin) {
     let ConsoleLogin { stream, rbuf, user, database, application_name, peer } = login;
     let info = CancelSlot::new(
         ClientInfo {
@@ -48,9 +58,9 @@ pub async fn run(proxy: Arc<Proxy>, login: ConsoleLogin) {
         },
         &application_name,
     );
-    let registration = proxy.cancels.register(None, info);
+    let registration = shared.cancels.register(None, info);
     let mut console = Console {
-        proxy,
+        shared,
         stream,
         rbuf,
         wbuf: BytesMut::with_capacity(1024),
@@ -184,8 +194,8 @@ impl Console {
         if waits {
             slot.set(Activity::Waiting { since: quanta::Instant::now() });
         }
-        let proxy = self.proxy.clone();
-        let execution = command.execute(&proxy);
+        let shared = self.shared.clone();
+        let execution = command.execute(&shared);
         tokio::pin!(execution);
         let result = loop {
             let may_read = self.rbuf.len() < MAX_MESSAGE;

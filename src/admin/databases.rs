@@ -2,7 +2,7 @@
 //! pool's size (pgsidecar never opens more to one database); there is no reserve pool.
 
 use super::{Table, Words};
-use crate::proxy::Proxy;
+use crate::shared::Shared;
 use crate::wire::messages::PgError;
 use bytes::BytesMut;
 
@@ -31,9 +31,9 @@ impl ShowDatabases {
         Ok(ShowDatabases)
     }
 
-    pub fn execute(&self, proxy: &Proxy) -> BytesMut {
+    pub fn execute(&self, shared: &Shared) -> BytesMut {
         let mut t = Table::new(&COLUMNS);
-        for up in proxy.upstreams() {
+        for up in shared.upstreams() {
             let s = up.pool.stats();
             let url = &up.pool.target.url;
             t.row(&[
@@ -45,7 +45,7 @@ impl ShowDatabases {
                 s.max_size.to_string(),
                 up.pool.config().min_size.to_string(),
                 "0".into(),
-                proxy.config.pool.mode.as_str().to_owned(),
+                shared.config.pool.mode.as_str().to_owned(),
                 s.max_size.to_string(),
                 (s.active + s.idle + s.connecting).to_string(),
                 u8::from(s.paused).to_string(),

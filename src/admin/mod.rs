@@ -26,7 +26,8 @@ mod version;
 #[cfg(test)]
 mod tests;
 
-use crate::proxy::{Proxy, Upstream};
+use crate::shared::Shared;
+use crate::upstream::Upstream;
 use crate::wire::messages::{self, PgError};
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -99,21 +100,21 @@ impl Command {
 
     /// Runs the command. PAUSE waits for servers to come back and RELOAD asks the databases
     /// for their connection limits; everything else answers at once.
-    pub async fn execute(self, proxy: &Arc<Proxy>) -> Result<BytesMut, PgError> {
+    pub async fn execute(self, shared: &Arc<Shared>) -> Result<BytesMut, PgError> {
         match self {
             Command::Help(c) => Ok(c.execute()),
             Command::Version(c) => Ok(c.execute()),
-            Command::Pools(c) => Ok(c.execute(proxy)),
-            Command::Stats(c) => Ok(c.execute(proxy)),
-            Command::Clients(c) => Ok(c.execute(proxy)),
-            Command::Servers(c) => Ok(c.execute(proxy)),
-            Command::Config(c) => Ok(c.execute(proxy)),
-            Command::Databases(c) => Ok(c.execute(proxy)),
-            Command::Queries(c) => Ok(c.execute(proxy)),
-            Command::Pause(c) => c.execute(proxy).await,
-            Command::Resume(c) => c.execute(proxy),
-            Command::Reconnect(c) => c.execute(proxy),
-            Command::Reload(c) => Ok(c.execute(proxy).await),
+            Command::Pools(c) => Ok(c.execute(shared)),
+            Command::Stats(c) => Ok(c.execute(shared)),
+            Command::Clients(c) => Ok(c.execute(shared)),
+            Command::Servers(c) => Ok(c.execute(shared)),
+            Command::Config(c) => Ok(c.execute(shared)),
+            Command::Databases(c) => Ok(c.execute(shared)),
+            Command::Queries(c) => Ok(c.execute(shared)),
+            Command::Pause(c) => c.execute(shared).await,
+            Command::Resume(c) => c.execute(shared),
+            Command::Reconnect(c) => c.execute(shared),
+            Command::Reload(c) => Ok(c.execute(shared).await),
             Command::Shutdown(c) => Ok(c.execute()),
         }
     }
@@ -184,8 +185,8 @@ fn unknown(text: &str) -> PgError {
 }
 
 /// The pools a PAUSE, RESUME or RECONNECT acts on: one by database name, or all.
-fn pools_named<'a>(proxy: &'a Proxy, database: Option<&str>) -> Result<Vec<&'a Arc<Upstream>>, PgError> {
-    let all = proxy.upstreams();
+fn pools_named<'a>(shared: &'a Shared, database: Option<&str>) -> Result<Vec<&'a Arc<Upstream>>, PgError> {
+    let all = shared.upstreams();
     match database {
         None => Ok(all.iter().collect()),
         Some(db) => {

@@ -6,7 +6,7 @@
 //! as they come back) until RESUME, which opens new connections as clients need them.
 
 use super::{done, pools_named, Words};
-use crate::proxy::Proxy;
+use crate::shared::Shared;
 use crate::wire::messages::PgError;
 use bytes::BytesMut;
 
@@ -20,8 +20,8 @@ impl Pause {
         Ok(Pause { database: words.optional_database()? })
     }
 
-    pub async fn execute(&self, proxy: &Proxy) -> Result<BytesMut, PgError> {
-        let pools = pools_named(proxy, self.database.as_deref())?;
+    pub async fn execute(&self, shared: &Shared) -> Result<BytesMut, PgError> {
+        let pools = pools_named(shared, self.database.as_deref())?;
         // Pause every pool first, then wait: a pool must not keep serving while another drains.
         for up in &pools {
             up.pool.pause();

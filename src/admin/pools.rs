@@ -3,7 +3,7 @@
 //! are 0.
 
 use super::{Table, Words};
-use crate::proxy::Proxy;
+use crate::shared::Shared;
 use crate::wire::messages::PgError;
 use bytes::BytesMut;
 use std::sync::atomic::Ordering;
@@ -38,10 +38,10 @@ impl ShowPools {
         Ok(ShowPools)
     }
 
-    pub fn execute(&self, proxy: &Proxy) -> BytesMut {
-        let mode = proxy.config.pool.mode.as_str();
+    pub fn execute(&self, shared: &Shared) -> BytesMut {
+        let mode = shared.config.pool.mode.as_str();
         let mut t = Table::new(&COLUMNS);
-        for up in proxy.upstreams() {
+        for up in shared.upstreams() {
             let s = up.pool.stats();
             let clients = up.counters.clients.load(Ordering::Relaxed).max(0) as usize;
             let pinned = up.counters.pinned.load(Ordering::Relaxed).max(0);

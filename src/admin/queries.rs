@@ -3,7 +3,7 @@
 
 use super::{Table, Words};
 use crate::observe::stats::hist_quantile;
-use crate::proxy::Proxy;
+use crate::shared::Shared;
 use crate::wire::messages::PgError;
 use bytes::BytesMut;
 use std::time::Duration;
@@ -23,8 +23,8 @@ impl ShowQueries {
         Ok(ShowQueries)
     }
 
-    pub fn execute(&self, proxy: &Proxy) -> BytesMut {
-        let mut all: Vec<(&str, u64, crate::observe::stats::QueryTotals)> = proxy
+    pub fn execute(&self, shared: &Shared) -> BytesMut {
+        let mut all: Vec<(&str, u64, crate::observe::stats::QueryTotals)> = shared
             .upstreams()
             .iter()
             .flat_map(|up| {

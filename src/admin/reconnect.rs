@@ -3,7 +3,7 @@
 //! clients need them (after a failover or a credential rotation, say).
 
 use super::{done, pools_named, Words};
-use crate::proxy::Proxy;
+use crate::shared::Shared;
 use crate::wire::messages::PgError;
 use bytes::BytesMut;
 
@@ -17,8 +17,8 @@ impl Reconnect {
         Ok(Reconnect { database: words.optional_database()? })
     }
 
-    pub fn execute(&self, proxy: &Proxy) -> Result<BytesMut, PgError> {
-        for up in pools_named(proxy, self.database.as_deref())? {
+    pub fn execute(&self, shared: &Shared) -> Result<BytesMut, PgError> {
+        for up in pools_named(shared, self.database.as_deref())? {
             up.pool.reconnect();
         }
         Ok(done("RECONNECT"))

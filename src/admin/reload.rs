@@ -6,7 +6,7 @@
 //! the answer's NOTICE says.
 
 use super::Words;
-use crate::proxy::Proxy;
+use crate::shared::Shared;
 use crate::wire::messages::{self, PgError};
 use bytes::BytesMut;
 use std::sync::atomic::Ordering;
@@ -20,13 +20,13 @@ impl Reload {
         Ok(Reload)
     }
 
-    pub async fn execute(&self, proxy: &Proxy) -> BytesMut {
-        proxy.size_pools().await;
+    pub async fn execute(&self, shared: &Shared) -> BytesMut {
+        shared.size_pools().await;
         let mut buf = BytesMut::new();
-        let budget = proxy.upstreams().iter().any(|u| u.budget.running.load(Ordering::Acquire));
+        let budget = shared.upstreams().iter().any(|u| u.budget.running.load(Ordering::Acquire));
         let what = if budget {
             "pool sizes follow the shared connection budget: a budget round was started"
-        } else if proxy.config.pool.sizing.auto {
+        } else if shared.config.pool.sizing.auto {
             "pool sizes were computed again from the databases' connection limits"
         } else {
             "nothing to reload: PGSIDECAR_POOL_SIZE is fixed"

@@ -3,7 +3,7 @@
 //! client. Resuming a pool that is not paused does nothing.
 
 use super::{done, pools_named, Words};
-use crate::proxy::Proxy;
+use crate::shared::Shared;
 use crate::wire::messages::PgError;
 use bytes::BytesMut;
 
@@ -17,8 +17,8 @@ impl Resume {
         Ok(Resume { database: words.optional_database()? })
     }
 
-    pub fn execute(&self, proxy: &Proxy) -> Result<BytesMut, PgError> {
-        for up in pools_named(proxy, self.database.as_deref())? {
+    pub fn execute(&self, shared: &Shared) -> Result<BytesMut, PgError> {
+        for up in pools_named(shared, self.database.as_deref())? {
             up.pool.resume();
         }
         Ok(done("RESUME"))

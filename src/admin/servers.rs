@@ -3,8 +3,8 @@
 
 use super::{format_time, tls_column, wall_time_ago, Table, Words};
 use crate::cancel::Activity;
-use crate::proxy::Proxy;
 use crate::server::conn::{ServerInfo, Target};
+use crate::shared::Shared;
 use crate::wire::messages::PgError;
 use bytes::BytesMut;
 
@@ -31,14 +31,14 @@ impl ShowServers {
         Ok(ShowServers)
     }
 
-    pub fn execute(&self, proxy: &Proxy) -> BytesMut {
+    pub fn execute(&self, shared: &Shared) -> BytesMut {
         let mut t = Table::new(&COLUMNS);
-        for c in proxy.cancels.snapshot() {
+        for c in shared.cancels.snapshot() {
             if let Activity::Active { target, server, .. } = &c.activity {
                 t.row(&row(target, server, "active", c.pid));
             }
         }
-        for up in proxy.upstreams() {
+        for up in shared.upstreams() {
             for server in up.pool.idle_servers() {
                 t.row(&row(&up.pool.target, &server, "idle", 0));
             }

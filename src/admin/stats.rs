@@ -5,7 +5,7 @@
 //! Waits are every client wait, with or without a server at its end, as in Prometheus.
 
 use super::{Table, Words};
-use crate::proxy::Proxy;
+use crate::shared::Shared;
 use crate::wire::messages::PgError;
 use bytes::BytesMut;
 use std::sync::atomic::Ordering;
@@ -37,9 +37,9 @@ impl ShowStats {
         Ok(ShowStats)
     }
 
-    pub fn execute(&self, proxy: &Proxy) -> BytesMut {
+    pub fn execute(&self, shared: &Shared) -> BytesMut {
         let mut t = Table::new(&COLUMNS);
-        for up in proxy.upstreams() {
+        for up in shared.upstreams() {
             let c = &up.counters;
             let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
             let avg = c.period_averages();

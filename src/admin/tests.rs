@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// A proxy in front of a database that is never contacted.
-fn proxy(extra: &[(&str, &str)]) -> Arc<Proxy> {
+fn proxy(extra: &[(&str, &str)]) -> Arc<Shared> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     env.insert("DATABASE_URL".into(), "postgres://app:t0psecret@127.0.0.1:1/appdb?sslmode=disable".into());
     for (k, v) in extra {
         env.insert(k.to_string(), v.to_string());
     }
-    Proxy::new(Config::load(&BTreeMap::new(), &env).unwrap()).unwrap()
+    Arc::new(Shared::new(Config::load(&BTreeMap::new(), &env).unwrap()).unwrap())
 }
 
 /// An answer taken apart: column names, rows, notices, the command tag.
@@ -60,9 +60,9 @@ fn decode(mut buf: BytesMut) -> Answer {
     a
 }
 
-async fn run(proxy: &Arc<Proxy>, sql: &str) -> Answer {
+async fn run(shared: &Arc<Shared>, sql: &str) -> Answer {
     let command = Command::parse(sql).unwrap().expect("a command");
-    decode(command.execute(proxy).await.unwrap())
+    decode(command.execute(shared).await.unwrap())
 }
 
 fn value<'a>(a: &'a Answer, row: usize, column: &str) -> &'a str {

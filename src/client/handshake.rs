@@ -2,11 +2,13 @@
 //! selection and authentication. Everything read here is bounded by Postgres' own startup
 //! limit or by `MAX_PRE_AUTH_MESSAGE`, and the whole exchange by the login timeout.
 
+use crate::admin::console::ConsoleLogin;
 use crate::auth::scram::{self, Exchange, ScramError};
 use crate::auth::Credentials;
 use crate::config::ClientAuth;
-use crate::proxy::{Proxy, Upstream};
+use crate::shared::Shared;
 use crate::stream::Stream;
+use crate::upstream::Upstream;
 use crate::wire::frame::{split_frame, Reader};
 use crate::wire::messages::{self, PgError};
 use crate::wire::startup::{parse_options, split_startup, Startup, StartupPacket};
@@ -31,21 +33,10 @@ pub struct Login {
     pub upstream: Arc<Upstream>,
     /// The startup settings: as PostgreSQL shows them in transaction mode, as the client
     /// spelled them in session mode (where its server is opened with them).
-    pub settings: super::params::Settings,
+    pub settings: crate::params::Settings,
     /// The same in the order PostgreSQL applies them, names as spelled (dropped with the
     /// login: a session keeps only `settings`).
     pub sequence: Vec<(String, String)>,
-    pub peer: SocketAddr,
-}
-
-/// An authenticated client of the admin console.
-pub struct ConsoleLogin {
-    pub stream: Stream,
-    pub rbuf: BytesMut,
-    pub user: String,
-    /// `pgsidecar` or `pgbouncer`, as the client asked.
-    pub database: String,
-    pub application_name: String,
     pub peer: SocketAddr,
 }
 
@@ -104,7 +95,7 @@ pub(crate) enum StartupStep {
 /// requests on the way. `tls` says whether an SSLRequest can be accepted on this stream;
 /// accepting it (answering `S`) ends this step, and the caller upgrades the stream.
 pub(crate) async fn read_startup_packet<S: AsyncRead + AsyncWrite + Unpin>(
-    proxy: &Proxy,
+    shared: &Shared,
     stream: &mut S,
     rbuf: &mut BytesMut,
     tls: bool,
@@ -142,8 +133,15 @@ pub(crate) async fn read_startup_packet<S: AsyncRead + AsyncWrite + Unpin>(
             StartupPacket::Cancel { pid, secret } => {
                 // The connection is closed once PostgreSQL has taken the cancel (or the forward
                 // gave up, within the connect timeout), as PostgreSQL closes it.
-                if let Some(forwarded) = proxy.cancels.cancel(pid, secret) {
-                    let _ = forwarded.await;
+                if let Some(forwarded) = shared.cancels.cancel(pid, secret) {
+                    // pgsidecar_cancels_total of the pool that owns the server (a cancel of a
+                    // waiting client is counted by its session, once it has left the queue).
+                    let pool =
+                        shared.upstreams().iter().find(|u| Arc::ptr_eq(&u.pool.target, &forwarded.target));
+                    if let Some(up) = pool {
+                        up.counters.cancels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let _ = forwarded.task.await;
                 }
                 return Ok(StartupStep::Cancel);
             }
@@ -155,15 +153,15 @@ pub(crate) async fn read_startup_packet<S: AsyncRead + AsyncWrite + Unpin>(
 /// Reads the startup packet, answering SSL and GSS requests on the way and upgrading the
 /// stream to TLS when the client asks and the proxy has a certificate.
 async fn read_startup(
-    proxy: &Proxy,
+    shared: &Shared,
     mut stream: Stream,
     rbuf: &mut BytesMut,
 ) -> Result<(Stream, Option<Startup>), Refusal> {
     loop {
-        let tls = proxy.client_tls.is_some() && matches!(stream, Stream::Plain(_));
-        match read_startup_packet(proxy, &mut stream, rbuf, tls).await? {
+        let tls = shared.client_tls.is_some() && matches!(stream, Stream::Plain(_));
+        match read_startup_packet(shared, &mut stream, rbuf, tls).await? {
             StartupStep::Tls => {
-                let (Some(acceptor), Stream::Plain(tcp)) = (&proxy.client_tls, stream) else {
+                let (Some(acceptor), Stream::Plain(tcp)) = (&shared.client_tls, stream) else {
                     unreachable!("TLS is only accepted on a plain stream with an acceptor")
                 };
                 stream = match acceptor.accept(tcp).await {
@@ -288,24 +286,24 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Runs the handshake up to (not including) AuthenticationOk.
 pub async fn handshake(
-    proxy: &Arc<Proxy>,
+    shared: &Arc<Shared>,
     stream: Stream,
     peer: SocketAddr,
     over_limit: bool,
 ) -> (Option<Stream>, Result<Outcome, Refusal>) {
     let mut rbuf = BytesMut::with_capacity(512);
-    let (mut stream, startup) = match read_startup(proxy, stream, &mut rbuf).await {
+    let (mut stream, startup) = match read_startup(shared, stream, &mut rbuf).await {
         Ok(x) => x,
         Err(r) => return (None, Err(r)),
     };
     let Some(startup) = startup else {
         return (Some(stream), Ok(Outcome::Cancel));
     };
-    let result = login(proxy, &mut stream, &mut rbuf, startup, over_limit).await;
+    let result = login(shared, &mut stream, &mut rbuf, startup, over_limit).await;
     match result {
         Ok(Admitted::Pool { startup, user, database, upstream, sequence, mut greeting }) => {
             messages::auth_ok(&mut greeting);
-            let settings = super::params::from_startup(&sequence);
+            let settings = crate::params::from_startup(&sequence);
             let login =
                 Login { stream, rbuf, greeting, startup, user, database, upstream, settings, sequence, peer };
             (None, Ok(Outcome::Login(Box::new(login))))
@@ -331,11 +329,17 @@ pub async fn handshake(
 /// AuthenticationOk (`None`: the client has been told). In session mode the client's server is
 /// opened with them, and its login says what PostgreSQL does with them. Not bounded by the
 /// login timeout: a client with settings not seen yet waits for a server as a query does.
-pub async fn settle_startup_settings(proxy: &Proxy, mut login: Box<Login>) -> Option<Box<Login>> {
-    if proxy.config.pool.mode == crate::config::PoolMode::Session || login.sequence.is_empty() {
+pub async fn settle_startup_settings(shared: &Shared, mut login: Box<Login>) -> Option<Box<Login>> {
+    if shared.config.pool.mode == crate::config::PoolMode::Session || login.sequence.is_empty() {
         return Some(login);
     }
-    match super::canonical::resolve(&login.upstream, &login.sequence).await {
+    match crate::params::canonical::resolve(
+        &login.upstream.startup_values,
+        &login.upstream.pool,
+        &login.sequence,
+    )
+    .await
+    {
         Ok(r) => {
             login.settings = r.settings;
             login.greeting.unsplit(r.notices);
@@ -375,7 +379,7 @@ pub(crate) enum Admitted {
 /// Everything after the startup packet: protocol negotiation, database selection and
 /// authentication.
 pub(crate) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
-    proxy: &Arc<Proxy>,
+    shared: &Arc<Shared>,
     stream: &mut S,
     rbuf: &mut BytesMut,
     startup: Startup,
@@ -399,7 +403,7 @@ pub(crate) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         ));
     }
     if over_limit {
-        if let Some(up) = proxy.upstream(&database) {
+        if let Some(up) = shared.upstream(&database) {
             up.counters.error(crate::observe::stats::PoolerError::MaxClients);
         }
         return Err(Refusal::send(
@@ -407,7 +411,7 @@ pub(crate) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                 "53300",
                 format!(
                     "sorry, too many clients already: pgsidecar serves at most {} client connections",
-                    proxy.config.client.max_clients
+                    shared.config.client.max_clients
                 ),
             )
             .with_hint(
@@ -433,21 +437,21 @@ pub(crate) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     if crate::admin::is_console_database(&database) {
-        let user = console_login(proxy, stream, rbuf, &user, &mut out).await?;
+        let user = console_login(shared, stream, rbuf, &user, &mut out).await?;
         if !out.is_empty() {
             write(stream, &mut out).await?;
         }
         let application_name = startup.param("application_name").unwrap_or_default().to_owned();
         return Ok(Admitted::Console { user, database, application_name });
     }
-    let Some(upstream) = proxy.upstream(&database) else {
+    let Some(upstream) = shared.upstream(&database) else {
         return Err(Refusal::send(
             PgError::fatal("3D000", format!("database \"{database}\" does not exist")),
             "unknown_database",
         ));
     };
     if let Err(refusal) =
-        authenticate(stream, rbuf, proxy.config.client.auth, &upstream.credentials, &user, &mut out).await
+        authenticate(stream, rbuf, shared.config.client.auth, &upstream.credentials, &user, &mut out).await
     {
         if refusal.log == "auth_failed" {
             upstream.counters.error(crate::observe::stats::PoolerError::AuthFailure);
@@ -456,32 +460,32 @@ pub(crate) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     }
     // SASL's final message waits for AuthenticationOk: one write and one wake-up of the
     // client for both.
-    let sequence = super::params::startup_sequence(&startup.params, &options);
+    let sequence = crate::params::startup_sequence(&startup.params, &options);
     Ok(Admitted::Pool { startup, user, database, upstream, sequence, greeting: out })
 }
 
 /// Authenticates a client of the admin console with the credentials of the upstream whose
 /// URL names the same user, then applies PGSIDECAR_ADMIN_USERS.
 async fn console_login<S: AsyncRead + AsyncWrite + Unpin>(
-    proxy: &Arc<Proxy>,
+    shared: &Arc<Shared>,
     stream: &mut S,
     rbuf: &mut BytesMut,
     user: &str,
     out: &mut BytesMut,
 ) -> Result<String, Refusal> {
-    let upstreams = proxy.upstreams();
+    let upstreams = shared.upstreams();
     // A user no URL names still goes through the exchange (against credentials it cannot
     // match), so the answer does not tell which users exist.
     let upstream = upstreams.iter().find(|u| u.credentials.user == user).unwrap_or(&upstreams[0]);
     if let Err(refusal) =
-        authenticate(stream, rbuf, proxy.config.client.auth, &upstream.credentials, user, out).await
+        authenticate(stream, rbuf, shared.config.client.auth, &upstream.credentials, user, out).await
     {
         if refusal.log == "auth_failed" {
             upstream.counters.error(crate::observe::stats::PoolerError::AuthFailure);
         }
         return Err(refusal);
     }
-    if !proxy.config.admin.allows(user) {
+    if !shared.config.admin.allows(user) {
         return Err(Refusal::send(
             PgError::fatal("28000", format!("user \"{user}\" is not allowed to use the admin console"))
                 .with_hint("PGSIDECAR_ADMIN_USERS lists the users who may"),

@@ -1,12 +1,12 @@
 //! The client side: handshake and authentication ([`handshake`]), the per-client session
-//! loop ([`session`]), the byte relay it runs while a server is attached ([`relay`]), and the
-//! session settings that follow a client between servers ([`params`]), and its startup settings
-//! as PostgreSQL takes them in transaction mode ([`canonical`]).
+//! loop ([`session`]) and the byte relay it runs while a server is attached ([`relay`]).
+//!
+//! May import: the neutral layers ([`crate::shared`], [`crate::upstream`], [`crate::params`],
+//! [`crate::server`], [`crate::prepared`], [`crate::wire`], [`crate::observe`] for counters) and
+//! [`crate::admin`] for the console a login may open. Never [`crate::proxy`].
 
-pub mod canonical;
 pub mod handshake;
 pub mod io;
-pub mod params;
 pub mod relay;
 pub mod reuse;
 pub mod session;

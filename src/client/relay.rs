@@ -75,17 +75,6 @@ pub fn read_whole(tag: u8) -> bool {
     matches!(tag, tag::QUERY | tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE)
 }
 
-/// Settings the server reports that follow the client (re-applied on another server).
-pub const TRACKED_REPORTED: &[&str] = &[
-    "client_encoding",
-    "DateStyle",
-    "TimeZone",
-    "IntervalStyle",
-    "standard_conforming_strings",
-    "application_name",
-    "search_path",
-];
-
 /// Whether a statement may create session state outliving a transaction (or remove it): a
 /// statement containing one of these words makes the proxy check the server before giving it to
 /// someone else. A word matches at a word start (after a byte that is not a letter) as a prefix,
@@ -143,7 +132,7 @@ fn mark(stmt: &mut Statement, query: &[u8], facts: u8) {
     stmt.session_state = facts & MENTIONS_SESSION_STATE != 0;
     stmt.sets_config = facts & CALLS_SET_CONFIG != 0;
     if facts & MAY_NAME_CUSTOM_SETTINGS != 0 {
-        super::params::custom_setting_names(query, &mut stmt.custom_settings);
+        crate::params::custom_setting_names(query, &mut stmt.custom_settings);
     }
 }
 
@@ -189,7 +178,7 @@ fn scan_facts(text: &[u8]) -> u8 {
     if mentions_session_state(text) {
         facts |= MENTIONS_SESSION_STATE;
     }
-    if super::params::may_name_custom_settings(text) {
+    if crate::params::may_name_custom_settings(text) {
         facts |= MAY_NAME_CUSTOM_SETTINGS;
     }
     if calls_set_config(text) {
@@ -889,7 +878,7 @@ impl Relay {
             self.settings_changed = true;
         }
         for name in &stmt.custom_settings {
-            super::params::remember_custom(&mut self.custom_names, name);
+            crate::params::remember_custom(&mut self.custom_names, name);
         }
     }
 
@@ -910,7 +899,7 @@ impl Relay {
             self.state_hint = Some(msg.slice(HEADER_LEN..));
         }
         if facts & MAY_NAME_CUSTOM_SETTINGS != 0 {
-            super::params::custom_setting_names(body, &mut self.custom_names);
+            crate::params::custom_setting_names(body, &mut self.custom_names);
         }
         if facts & CALLS_SET_CONFIG != 0 {
             self.settings_changed = true;
@@ -975,7 +964,7 @@ impl Relay {
                     }
                 };
                 if facts & MAY_NAME_CUSTOM_SETTINGS != 0 {
-                    super::params::custom_setting_names(p.query, &mut self.custom_names);
+                    crate::params::custom_setting_names(p.query, &mut self.custom_names);
                 }
                 if (unnamed || !st.rewrite) && facts & CALLS_SET_CONFIG != 0 {
                     // A statement that stays the server's (unnamed, or named without

@@ -3,16 +3,18 @@
 
 use super::handshake::Login;
 use super::io::{poll_io, Half, IoError};
-use super::params::{self, Settings};
-use super::relay::{read_whole, Relay, Statements, Stop, READ_HIGH, TRACKED_REPORTED, WRITE_HIGH};
+use super::relay::{read_whole, Relay, Statements, Stop, READ_HIGH, WRITE_HIGH};
 use crate::cancel::{Activity, CancelSlot, ClientInfo, Registration};
 use crate::config::PoolMode;
 use crate::observe::stats::PoolerError;
+use crate::params::TRACKED_REPORTED;
+use crate::params::{self, Settings};
 use crate::prepared::ClientStatements;
-use crate::proxy::{Proxy, Upstream};
 use crate::server::pool::Lease;
 use crate::server::ServerError;
+use crate::shared::Shared;
 use crate::stream::Stream;
+use crate::upstream::Upstream;
 use crate::wire::frame::{split_frame, Header};
 use crate::wire::messages::{self, PgError};
 use crate::wire::tag;
@@ -70,7 +72,7 @@ enum Flow {
 }
 
 pub struct Session {
-    proxy: Arc<Proxy>,
+    shared: Arc<Shared>,
     upstream: Arc<Upstream>,
     client: Stream,
     crbuf: BytesMut,
@@ -117,7 +119,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         use std::sync::atomic::Ordering::Relaxed;
         if self.pinned {
-            self.proxy.pinned.fetch_sub(1, Relaxed);
+            self.shared.pinned.fetch_sub(1, Relaxed);
             self.upstream.counters.pinned.fetch_sub(1, Relaxed);
         }
         self.upstream.counters.clients.fetch_sub(1, Relaxed);
@@ -192,10 +194,10 @@ enum Request {
 }
 
 impl Session {
-    pub fn new(proxy: Arc<Proxy>, login: Login) -> Session {
+    pub fn new(shared: Arc<Shared>, login: Login) -> Session {
         let Login { stream, rbuf, greeting, upstream, settings, user, database, peer, .. } = login;
         let settings = Arc::new(settings);
-        let mode = proxy.config.pool.mode;
+        let mode = shared.config.pool.mode;
         upstream.counters.clients.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let info = ClientInfo {
             user,
@@ -210,17 +212,17 @@ impl Session {
             timing: None,
             last_wait: Duration::ZERO,
             mailbox: None,
-            slow: proxy.slow_log.clone(),
-            rewrite: mode == PoolMode::Transaction && proxy.config.pool.max_prepared_statements > 0,
+            slow: shared.slow_log.clone(),
+            rewrite: mode == PoolMode::Transaction && shared.config.pool.max_prepared_statements > 0,
             unnamed: mode == PoolMode::Transaction
-                && proxy.config.pool.max_prepared_statements > 0
-                && proxy.config.pool.prepare_unnamed_statements,
+                && shared.config.pool.max_prepared_statements > 0
+                && shared.config.pool.prepare_unnamed_statements,
             statements: ClientStatements::default(),
             pinned: false,
             local_skip: false,
             parse_without_server: false,
             mode,
-            proxy,
+            shared,
             upstream,
             client: stream,
             crbuf: rbuf,
@@ -274,7 +276,7 @@ impl Session {
     /// PGSIDECAR_MAX_MESSAGE_SIZE (read from the configuration rather than kept in every
     /// session).
     fn max_message(&self) -> usize {
-        self.proxy.config.client.max_message_size
+        self.shared.config.client.max_message_size
     }
 
     /// The client's address.
@@ -294,7 +296,7 @@ impl Session {
     }
 
     fn register(&self, fixed_pid: Option<i32>) -> Registration {
-        self.proxy.cancels.register(fixed_pid, self.info.clone())
+        self.shared.cancels.register(fixed_pid, self.info.clone())
     }
 
     /// Counts bytes read from the client (SHOW STATS total_received).
@@ -912,7 +914,7 @@ impl Session {
         // requests tells which ReadyForQuery is still owed.
         let mut relay = Relay::new();
         let max = self.max_message();
-        let cfg = &self.proxy.config.pool;
+        let cfg = &self.shared.config.pool;
         let mut t = Timeouts::new(cfg.query_timeout, cfg.idle_transaction_timeout);
         // One timer for the whole attachment, created only once a deadline is needed; it lives
         // in this (boxed) future, so it costs no allocation of its own.
@@ -1214,7 +1216,7 @@ impl Session {
         idle: Duration,
         doomed: bool,
     ) -> Flow {
-        let limit = self.proxy.config.pool.idle_transaction_timeout.unwrap_or_default();
+        let limit = self.shared.config.pool.idle_transaction_timeout.unwrap_or_default();
         tracing::warn!(
             database = %self.upstream.pool.database,
             user = %self.info.user,
@@ -1381,10 +1383,10 @@ impl Session {
         let delta = if pinned { 1 } else { -1 };
         self.upstream.counters.pinned.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
         if pinned {
-            self.proxy.pinned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.shared.pinned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(database = %self.upstream.pool.database, statement = %text, "client_pinned");
         } else {
-            self.proxy.pinned.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.shared.pinned.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(database = %self.upstream.pool.database, statement = %text, "client_unpinned");
         }
     }
@@ -1667,7 +1669,7 @@ mod tests {
             "postgres://app:pw@127.0.0.1:1/appdb?sslmode=disable".to_owned(),
         );
         let config = crate::config::Config::load(&BTreeMap::new(), &env).unwrap();
-        let proxy = crate::proxy::Proxy::new(config).unwrap();
+        let shared = std::sync::Arc::new(crate::shared::Shared::new(config).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -1678,12 +1680,12 @@ mod tests {
             startup: crate::wire::startup::Startup { major: 3, minor: 0, params: vec![] },
             user: "app".into(),
             database: "appdb".into(),
-            upstream: proxy.upstream("appdb").unwrap(),
+            upstream: shared.upstream("appdb").unwrap(),
             settings: Default::default(),
             sequence: Vec::new(),
             peer: addr,
         };
-        let mut session = super::Session::new(proxy.clone(), login);
+        let mut session = super::Session::new(shared.clone(), login);
         let session_size = std::mem::size_of_val(&session);
         // Every transaction allocates this future: up to 1,032 B glibc serves it from its
         // per-thread cache (≈30 instructions); past it, from the arena (≈300).

@@ -7,7 +7,7 @@
 
 use super::histogram::{Snapshot, BOUNDS_US};
 use super::stats::{CloseReason, Counters, PoolerError};
-use crate::proxy::Proxy;
+use crate::upstream::Upstream;
 use metrics::{Counter, Gauge, Label};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::Ordering;
@@ -32,20 +32,11 @@ fn labels(database: &str, user: &str) -> Vec<Label> {
 
 /// The pools of this process, from their creation on: /metrics shows their latency
 /// histograms, and a forwarded cancel request finds its pool's counters here.
-static POOLS: Mutex<Vec<Weak<crate::proxy::Upstream>>> = Mutex::new(Vec::new());
+static POOLS: Mutex<Vec<Weak<Upstream>>> = Mutex::new(Vec::new());
 
 /// Makes a pool's latency histograms part of /metrics while it exists.
-pub fn register_histograms(upstream: &Arc<crate::proxy::Upstream>) {
+pub fn register_histograms(upstream: &Arc<Upstream>) {
     POOLS.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(upstream));
-}
-
-/// Counts a cancel request forwarded to a server of `target` in `pgsidecar_cancels_total` of
-/// the pool that owns the target (the cancel registry knows the server, not the pool).
-pub fn cancel_forwarded(target: &Arc<crate::server::conn::Target>) {
-    let pools = POOLS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(up) = pools.iter().filter_map(Weak::upgrade).find(|u| Arc::ptr_eq(&u.pool.target, target)) {
-        up.counters.cancels.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 /// The whole /metrics text: the exporter's counters and gauges, then the process' own
@@ -56,12 +47,12 @@ pub fn render() -> String {
         out.push('\n');
     }
     render_process(&mut out);
-    let pools: Vec<Arc<crate::proxy::Upstream>> = {
+    let pools: Vec<Arc<Upstream>> = {
         let mut reg = POOLS.lock().unwrap_or_else(|p| p.into_inner());
         reg.retain(|w| w.strong_count() > 0);
         reg.iter().filter_map(Weak::upgrade).collect()
     };
-    type Read = fn(&crate::proxy::Upstream) -> Snapshot;
+    type Read = fn(&Upstream) -> Snapshot;
     let families: [(&str, Read); 3] = [
         ("pgsidecar_checkout_wait_seconds", |u| u.counters.wait_time.snapshot()),
         ("pgsidecar_query_duration_seconds", |u| u.counters.query_time.snapshot()),
@@ -255,26 +246,29 @@ fn cpu_seconds(stat: &str) -> Option<f64> {
     Some(ticks as f64 / CLOCK_TICKS_PER_SECOND)
 }
 
-/// Copies pool state into the exporter every second, until the proxy is gone.
-pub async fn sample(proxy: Weak<Proxy>) {
+/// Copies pool state into the exporter every second, until the pools are gone.
+pub async fn sample(upstreams: Vec<Weak<Upstream>>) {
     let exporter = handle();
-    let pools: Vec<(Arc<crate::proxy::Upstream>, PoolGauges)> = match proxy.upgrade() {
-        Some(p) => p
-            .upstreams()
-            .iter()
-            .map(|u| (u.clone(), PoolGauges::register(&u.pool.database, &u.credentials.user)))
-            .collect(),
-        None => return,
-    };
+    let pools: Vec<(Weak<Upstream>, PoolGauges)> = upstreams
+        .into_iter()
+        .filter_map(|w| {
+            let u = w.upgrade()?;
+            let gauges = PoolGauges::register(&u.pool.database, &u.credentials.user);
+            Some((w, gauges))
+        })
+        .collect();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if proxy.strong_count() == 0 {
-            return;
-        }
+        let mut alive = false;
         for (u, g) in &pools {
+            let Some(u) = u.upgrade() else { continue };
+            alive = true;
             g.update(&u.pool.stats(), &u.counters);
             g.update_budget(&u.budget);
+        }
+        if !alive {
+            return;
         }
         exporter.run_upkeep();
         tick.tick().await;

@@ -3,11 +3,11 @@
 //! same loop ends SHOW STATS' averaging periods.
 
 use crate::observe::histogram::Snapshot;
-use crate::proxy::{Proxy, Upstream};
+use crate::upstream::Upstream;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 /// Clients waiting continuously this long make a saturation warning.
@@ -210,37 +210,37 @@ fn advice(up: &Upstream, pool_size: usize) -> String {
     }
 }
 
-/// Runs the reports until the proxy is gone.
-pub async fn run(proxy: Weak<Proxy>, period: Option<Duration>, source: String) {
-    let pools: Vec<Arc<Upstream>> = match proxy.upgrade() {
-        Some(p) => p.upstreams().to_vec(),
-        None => return,
-    };
-    let mut reports: Vec<PoolReport> = pools.iter().map(|_| PoolReport::default()).collect();
+/// Runs the reports until the pools are gone.
+pub async fn run(upstreams: Vec<Weak<Upstream>>, period: Option<Duration>, source: String) {
+    let mut reports: Vec<PoolReport> = upstreams.iter().map(|_| PoolReport::default()).collect();
     let every = period.unwrap_or(DEFAULT_AVERAGES_PERIOD);
     let mut last_period = Instant::now();
-    for (u, r) in pools.iter().zip(reports.iter_mut()) {
-        l2met_line(u, r, &source); // baseline
+    for (u, r) in upstreams.iter().zip(reports.iter_mut()) {
+        let Some(u) = u.upgrade() else { return };
+        l2met_line(&u, r, &source); // baseline
         u.counters.end_period(last_period);
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if proxy.strong_count() == 0 {
-            return;
-        }
         let now = Instant::now();
         let due = now.duration_since(last_period) >= every;
-        for (u, r) in pools.iter().zip(reports.iter_mut()) {
-            saturation(u, r);
+        let mut alive = false;
+        for (u, r) in upstreams.iter().zip(reports.iter_mut()) {
+            let Some(u) = u.upgrade() else { continue };
+            alive = true;
+            saturation(&u, r);
             if due {
                 u.counters.end_period(now);
                 if period.is_some() {
-                    let line = l2met_line(u, r, &source);
+                    let line = l2met_line(&u, r, &source);
                     crate::logging::raw_line(tracing::Level::INFO, &line);
                 }
             }
+        }
+        if !alive {
+            return;
         }
         if due {
             last_period = now;
@@ -254,20 +254,20 @@ mod tests {
     use crate::config::sizing::{LimitSource, Sizing};
     use std::collections::BTreeMap;
 
-    /// A proxy in front of a database that is never contacted.
-    fn proxy() -> Arc<Proxy> {
+    /// An upstream database that is never contacted.
+    fn upstream() -> std::sync::Arc<Upstream> {
         let mut env = BTreeMap::new();
         env.insert(
             "DATABASE_URL".to_owned(),
             "postgres://app:pw@127.0.0.1:1/appdb?sslmode=disable".to_owned(),
         );
-        Proxy::new(crate::config::Config::load(&BTreeMap::new(), &env).unwrap()).unwrap()
+        let config = crate::config::Config::load(&BTreeMap::new(), &env).unwrap();
+        std::sync::Arc::new(Upstream::new(&config.upstreams[0], &config).unwrap())
     }
 
     #[test]
     fn the_warning_names_the_statements_that_ran_while_clients_waited() {
-        let p = proxy();
-        let up = &p.upstreams()[0];
+        let up = &upstream();
         let c = &up.counters;
         c.statement(1, || "all-time top".into(), Duration::from_secs(100), 1);
         c.statement(2, || "before and during".into(), Duration::from_secs(1), 1);
@@ -282,8 +282,7 @@ mod tests {
 
     #[test]
     fn the_advice_follows_what_is_known_of_the_pool_size() {
-        let p = proxy();
-        let up = &p.upstreams()[0];
+        let up = &upstream();
         // Sized at startup for one sidecar: 100 connections, 10 reserved.
         *up.sizing.lock().unwrap() = Some(Sizing {
             db: None,

@@ -155,9 +155,9 @@ pub struct ServerConn {
     pub login_notices: bytes::Bytes,
     /// The client settings its startup packet carried besides the URL's (session mode opens a
     /// server with its client's): what RESET returns to.
-    pub startup: Arc<crate::client::params::Settings>,
+    pub startup: Arc<crate::params::Settings>,
     /// Session settings the proxy has applied on behalf of clients (name -> value).
-    pub applied: crate::client::params::Settings,
+    pub applied: crate::params::Settings,
     /// Proxy-wide prepared statements this server holds.
     pub statements: crate::prepared::ServerStatements,
     pub created: Instant,
@@ -202,7 +202,7 @@ impl ServerConn {
     /// the URL's (PostgreSQL applies them in that order, so the client's win).
     pub async fn connect_with(
         target: &Target,
-        startup: Arc<crate::client::params::Settings>,
+        startup: Arc<crate::params::Settings>,
     ) -> Result<ServerConn, ServerError> {
         match tokio::time::timeout(target.connect_timeout, Self::connect_inner(target, startup)).await {
             Ok(r) => r,
@@ -216,7 +216,7 @@ impl ServerConn {
 
     async fn connect_inner(
         target: &Target,
-        startup: Arc<crate::client::params::Settings>,
+        startup: Arc<crate::params::Settings>,
     ) -> Result<ServerConn, ServerError> {
         let io = target.open().await?;
         let url = &target.url;

@@ -489,8 +489,8 @@ fn the_remembered_facts_do_not_depend_on_digits() {
             String::from_utf8_lossy(&sql)
         );
         assert_eq!(
-            super::super::params::may_name_custom_settings(&sql),
-            super::super::params::may_name_custom_settings(&other),
+            crate::params::may_name_custom_settings(&sql),
+            crate::params::may_name_custom_settings(&other),
             "{:?}",
             String::from_utf8_lossy(&sql)
         );

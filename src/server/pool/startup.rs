@@ -6,8 +6,8 @@
 //! size bounds them like any other server.
 
 use super::{Lease, Pool};
-use crate::client::params::Settings;
 use crate::observe::stats::CloseReason;
+use crate::params::Settings;
 use crate::server::conn::ServerConn;
 use crate::server::ServerError;
 use quanta::Instant;

@@ -2,7 +2,14 @@
 //!
 //! A client's settings are what it asked for at startup (parameters and `options`) and what
 //! it later changed with SET. When the client gets a server whose applied settings differ,
-//! the proxy re-applies them with one statement before forwarding anything.
+//! the proxy re-applies them with one statement before forwarding anything. [`canonical`]
+//! learns how PostgreSQL takes a startup setting, once per upstream.
+//!
+//! Neutral ground: both [`crate::client`] and [`crate::server`] use these types. May import
+//! [`crate::server::pool`] (canonical tries settings on a server) and [`crate::wire`]; never
+//! [`crate::client`] or [`crate::proxy`].
+
+pub mod canonical;
 
 /// Setting names and values, sorted by name. A client has a handful, so a sorted vector is
 /// both smaller (an idle client keeps two of these) and faster than a tree.
@@ -102,10 +109,21 @@ pub fn from_startup(sequence: &[(String, String)]) -> Settings {
     out
 }
 
+/// Settings the server reports that follow the client (re-applied on another server).
+pub const TRACKED_REPORTED: &[&str] = &[
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "standard_conforming_strings",
+    "application_name",
+    "search_path",
+];
+
 /// Postgres compares setting names case-insensitively; keep the spelling it reports for the
 /// common ones so that ParameterStatus names and ours line up.
 pub fn canonical_name(name: &str) -> String {
-    for known in super::relay::TRACKED_REPORTED {
+    for known in TRACKED_REPORTED {
         if known.eq_ignore_ascii_case(name) {
             return (*known).to_owned();
         }

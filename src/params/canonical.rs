@@ -11,8 +11,8 @@
 //! The answer is kept per upstream, for at most [`MAX_ENTRIES`] pairs, so that a login whose
 //! settings are all known needs no server.
 
-use super::params::{self, Settings};
-use crate::proxy::Upstream;
+use crate::params::{self, Settings};
+use crate::server::pool::Pool;
 use crate::server::ServerError;
 use crate::wire::messages::PgError;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -95,9 +95,12 @@ pub struct Refused {
 }
 
 /// The startup settings `sequence` (in the order PostgreSQL applies them, names as spelled)
-/// as PostgreSQL takes them; a server of `upstream`'s pool tries those not known yet.
-pub async fn resolve(upstream: &Upstream, sequence: &[(String, String)]) -> Result<Resolved, Refused> {
-    let cache = &upstream.startup_values;
+/// as PostgreSQL takes them; a server of `pool` tries those `cache` does not know yet.
+pub async fn resolve(
+    cache: &StartupValues,
+    pool: &Arc<Pool>,
+    sequence: &[(String, String)],
+) -> Result<Resolved, Refused> {
     // Unknown settings before the first refused one (in order, once each): their answers
     // are all that can change the outcome.
     let mut unknown: Vec<Key> = Vec::new();
@@ -120,7 +123,8 @@ pub async fn resolve(upstream: &Upstream, sequence: &[(String, String)]) -> Resu
             }
         }
     }
-    let tried = if unknown.is_empty() { HashMap::new() } else { try_on_server(upstream, &unknown).await? };
+    let tried =
+        if unknown.is_empty() { HashMap::new() } else { try_on_server(cache, pool, &unknown).await? };
     let mut settings = Settings::new();
     let mut notices = BytesMut::new();
     for (name, value) in sequence {
@@ -162,8 +166,11 @@ fn script(settings: &[Key]) -> String {
 
 /// Tries `settings` on a server of the pool and remembers the outcomes; those after a refused
 /// one stay unknown (PostgreSQL stops at the first).
-async fn try_on_server(upstream: &Upstream, settings: &[Key]) -> Result<HashMap<Key, Arc<Outcome>>, Refused> {
-    let pool = &upstream.pool;
+async fn try_on_server(
+    cache: &StartupValues,
+    pool: &Arc<Pool>,
+    settings: &[Key],
+) -> Result<HashMap<Key, Arc<Outcome>>, Refused> {
     let lease = match pool.checkout_now() {
         Some(lease) => Ok(lease),
         None => {
@@ -218,7 +225,7 @@ async fn try_on_server(upstream: &Upstream, settings: &[Key]) -> Result<HashMap<
         };
         let refused = matches!(outcome, Outcome::Refused { .. });
         let outcome = Arc::new(outcome);
-        upstream.startup_values.insert(key.clone(), outcome.clone());
+        cache.insert(key.clone(), outcome.clone());
         out.insert(key.clone(), outcome);
         if refused {
             break;
