@@ -7,7 +7,8 @@
 //! - the README's short settings table and every `PGSIDECAR_*` name in README.md and docs/
 //!   name settings that exist, with their real defaults;
 //! - every relative link in the repository's Markdown files leads to a file that exists, and
-//!   to a heading that exists when it names one.
+//!   to a heading that exists when it names one;
+//! - every repository path README.md and docs/ name in backticks exists.
 //!
 //! No PostgreSQL needed.
 
@@ -21,6 +22,9 @@ const TABLE_HEADER: &str = "| Variable | Flag | Aliases | Default | Meaning |";
 /// `PGSIDECAR_*` variables the docs may name that are not settings: the test harness's.
 const TEST_VARIABLES: &[&str] =
     &["PGSIDECAR_TEST_CHOP", "PGSIDECAR_TEST_POOL_MODE", "PGSIDECAR_INTEGRITY_QUERIES"];
+
+/// Paths the docs name that are not in this repository: heroku-buildpack-pgbouncer's script.
+const NOT_OURS: &[&str] = &["bin/start-pgbouncer"];
 
 /// Pages linked before they exist: docs/heroku.md is written on another branch of issue 23.
 /// A page here that exists is checked like any other.
@@ -316,6 +320,34 @@ fn relative_links_resolve() {
     }
     assert!(count > 50, "only {count} relative links found: is the link scanner broken?");
     assert!(broken.is_empty(), "broken links:\n  {}", broken.join("\n  "));
+}
+
+/// Every repository path that README.md and docs/ name in backticks (`src/...`, `tests/...`,
+/// ...) exists: a file moved or renamed in the code cannot leave the docs pointing at nothing.
+/// Placeholders (`fuzz/artifacts/<target>/`) and benchmark output are left out.
+#[test]
+fn named_paths_exist() {
+    const PREFIXES: &[&str] = &["src/", "tests/", "bench/", "fuzz/", "docker/", "bin/", "examples/", ".ci/"];
+    let mut missing = Vec::new();
+    let mut count = 0;
+    for page in markdown_files().iter().filter(|p| p.starts_with("docs/") || p.as_str() == "README.md") {
+        for (n, line) in prose_lines(&read(page)) {
+            for path in line.split('`').skip(1).step_by(2) {
+                let named = PREFIXES.iter().any(|p| path.starts_with(p))
+                    && !path.contains(['<', ' ', '*'])
+                    && !path.starts_with("bench/out/")
+                    && !NOT_OURS.contains(&path);
+                if named {
+                    count += 1;
+                    if !root().join(path).exists() {
+                        missing.push(format!("{page}:{n}: {path}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(count > 20, "only {count} paths found: is the scanner broken?");
+    assert!(missing.is_empty(), "the docs name paths that do not exist:\n  {}", missing.join("\n  "));
 }
 
 /// `a/b/../c` as `a/c`, for paths inside the repository.
