@@ -213,8 +213,9 @@ async fn logins_are_answered_as_postgres_answers_them() {
     for params in &cases {
         direct.push(login_lines(&RawClient::login(pg.port(), &db, params).await));
         // In session mode the server is sent the client's settings in the order of their
-        // names (README, Settings): what PostgreSQL answers to that order is the standard
-        // there. It differs only for the application_name noticed before a refused TimeZone.
+        // names (docs/prepared-statements.md, "In session mode"): what PostgreSQL answers to
+        // that order is the standard there. It differs only for the application_name noticed
+        // before a refused TimeZone.
         let mut sorted = params.clone();
         sorted.sort_by_key(|(k, _)| (*k != "options", pgsidecar::params::canonical_name(k)));
         by_name.push(login_lines(&RawClient::login(pg.port(), &db, &sorted).await));

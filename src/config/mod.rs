@@ -261,165 +261,25 @@ impl Config {
         Config::from_raw(&RawSettings::resolve(flags, env), env)
     }
 
+    /// The second stage: types every setting, section by section. Each section's settings are
+    /// checked in the order its helper reads them; the first invalid one is the error.
     pub fn from_raw(raw: &RawSettings, env: &dyn Env) -> Result<Config, ConfigError> {
-        let server_sslmode = raw.get("server-sslmode");
-        let default_sslmode = SslMode::parse(&server_sslmode.value).ok_or_else(|| {
-            invalid(server_sslmode, "use disable, allow, prefer, require, verify-ca or verify-full")
-        })?;
-        let mut upstreams = upstreams(raw.get("urls"), env)?;
-        for u in &mut upstreams {
-            if !u.url.sslmode_explicit {
-                u.url.sslmode = default_sslmode;
-            }
-        }
-        let listen = raw.get("listen");
-        if listen.value.parse::<SocketAddr>().is_err() && !listen.value.contains(':') {
-            return Err(invalid(listen, "expected host:port, e.g. 127.0.0.1:6432"));
-        }
-        let mode = match raw.get("pool-mode").value.as_str() {
-            "session" => PoolMode::Session,
-            "transaction" => PoolMode::Transaction,
-            other => {
-                return Err(invalid(raw.get("pool-mode"), format!("{other:?}: use session or transaction")))
-            }
-        };
-        let size_raw = raw.get("pool-size");
-        let auto = size_raw.value.eq_ignore_ascii_case("auto");
-        let size = if auto { sizing::FALLBACK_POOL_SIZE } else { number(size_raw, 1, 10_000)? };
-        let plan_raw = raw.get("plan");
-        let plan = if plan_raw.value.is_empty() {
-            None
-        } else {
-            let limit = sizing::plan_limit(&plan_raw.value).ok_or_else(|| {
-                invalid(
-                    plan_raw,
-                    format!("unknown plan {:?}: use e.g. essential-0, standard-0, premium-2", plan_raw.value),
-                )
-            })?;
-            Some((plan_raw.value.to_ascii_lowercase(), limit))
-        };
-        let reserved_raw = raw.get("reserved-connections");
-        let reserved = if reserved_raw.value.eq_ignore_ascii_case("auto") {
-            None
-        } else {
-            Some(number(reserved_raw, 0, 100_000)? as u32)
-        };
-        let budget_period = optional_duration(raw.get("budget-period"))?;
-        let sizing = SizingConfig {
-            auto,
-            plan,
-            processes: number(raw.get("processes"), 1, 100_000)? as u32,
-            reserved,
-            budget_period,
-        };
-        let min_size = number(raw.get("min-pool-size"), 0, 10_000)?;
-        if !auto && min_size > size {
-            return Err(invalid(
-                raw.get("min-pool-size"),
-                format!("{min_size} is larger than the pool size {size}"),
-            ));
-        }
-        let auth = match raw.get("client-auth").value.to_ascii_lowercase().as_str() {
-            "scram-sha-256" | "scram" => ClientAuth::ScramSha256,
-            "md5" => ClientAuth::Md5,
-            "trust" => ClientAuth::Trust,
-            other => {
-                return Err(invalid(
-                    raw.get("client-auth"),
-                    format!("{other:?}: use scram-sha-256, md5 or trust"),
-                ))
-            }
-        };
-        let tls_cert = optional_path(raw.get("client-tls-cert"));
-        let tls_key = optional_path(raw.get("client-tls-key"));
-        if tls_cert.is_some() != tls_key.is_some() {
-            return Err(invalid(
-                raw.get("client-tls-key"),
-                "set both PGSIDECAR_CLIENT_TLS_CERT and PGSIDECAR_CLIENT_TLS_KEY, or neither",
-            ));
-        }
-        let max_message_size = parse_size(&raw.get("max-message-size").value)
-            .filter(|&n| (64 * 1024..=1 << 30).contains(&n))
-            .ok_or_else(|| {
-                invalid(raw.get("max-message-size"), "use a size between 64kB and 1GB, e.g. 256MiB")
-            })?;
-        let log_level = match raw.get("log-level").value.to_ascii_lowercase().as_str() {
-            "error" => tracing::Level::ERROR,
-            "warn" | "warning" => tracing::Level::WARN,
-            "info" => tracing::Level::INFO,
-            "debug" => tracing::Level::DEBUG,
-            "trace" => tracing::Level::TRACE,
-            other => {
-                return Err(invalid(
-                    raw.get("log-level"),
-                    format!("{other:?}: use error, warn, info, debug or trace"),
-                ))
-            }
-        };
-        let millis = |raw: &Raw| -> Result<Option<Duration>, ConfigError> {
-            let v: i64 = raw
-                .value
-                .parse()
-                .map_err(|_| invalid(raw, format!("{:?} is not a number of milliseconds", raw.value)))?;
-            if v < -1 {
-                return Err(invalid(raw, "use -1 (off), 0 (everything) or a number of milliseconds"));
-            }
-            Ok((v >= 0).then(|| Duration::from_millis(v as u64)))
-        };
-        let metrics_listen = raw.get("metrics-listen").value.clone();
-        let observe = ObserveConfig {
-            slow_query: millis(raw.get("slow-query-ms"))?,
-            slow_query_max_length: number(raw.get("slow-query-max-length"), 16, 1 << 20)?,
-            slow_transaction: millis(raw.get("slow-transaction-ms"))?,
-            metrics_listen: (!metrics_listen.is_empty()).then_some(metrics_listen),
-            stats_period: {
-                let secs = number(raw.get("stats-period"), 0, 86_400)?;
-                (secs > 0).then(|| Duration::from_secs(secs as u64))
-            },
-        };
+        let upstreams = upstreams_config(raw, env)?;
+        let listen = listen(raw)?;
+        let pool = pool_config(raw)?;
+        let client = client_config(raw)?;
+        let log_level = log_level(raw)?;
+        let observe = observe_config(raw)?;
         Ok(Config {
-            listen: listen.value.clone(),
+            listen,
             observe,
             upstreams,
-            pool: PoolConfig {
-                mode,
-                size,
-                sizing,
-                min_size,
-                server_lifetime: optional_duration(raw.get("server-lifetime"))?,
-                server_idle_timeout: optional_duration(raw.get("server-idle-timeout"))?,
-                connect_timeout: duration(raw.get("server-connect-timeout"))?.max(Duration::from_millis(10)),
-                connect_parallelism: number(raw.get("server-connect-parallelism"), 1, 1000)?,
-                query_wait_timeout: optional_duration(raw.get("query-wait-timeout"))?,
-                max_prepared_statements: number(raw.get("max-prepared-statements"), 0, 100_000)?,
-                prepare_unnamed_statements: flag(raw.get("prepare-unnamed-statements"))?,
-                query_timeout: optional_duration(raw.get("query-timeout"))?,
-                idle_transaction_timeout: optional_duration(raw.get("idle-transaction-timeout"))?,
-                server_check_delay: duration(raw.get("server-check-delay"))?,
-            },
-            client: ClientConfig {
-                auth,
-                max_clients: number(raw.get("max-client-conn"), 1, 1_000_000)?,
-                tls_cert,
-                tls_key,
-                login_timeout: duration(raw.get("client-login-timeout"))?.max(Duration::from_millis(10)),
-                max_message_size,
-            },
-            admin: AdminConfig {
-                users: raw
-                    .get("admin-users")
-                    .value
-                    .split(|c: char| c == ',' || c.is_whitespace())
-                    .filter(|u| !u.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-            },
+            pool,
+            client,
+            admin: admin_config(raw),
             log_level,
             shutdown_timeout: duration(raw.get("shutdown-timeout"))?,
-            worker_threads: match raw.get("worker-threads").value.as_str() {
-                "auto" | "" => auto_worker_threads(),
-                _ => number(raw.get("worker-threads"), 1, 16)?,
-            },
+            worker_threads: worker_threads(raw)?,
             enabled: flag(raw.get("enabled"))?,
             ignored_vars: IGNORED_VARS.iter().filter(|(name, _)| env.get(name).is_some()).copied().collect(),
             aliases_used: raw.aliases_used.clone(),
@@ -430,6 +290,182 @@ impl Config {
     /// The upstream a client's database name selects.
     pub fn upstream(&self, database: &str) -> Option<&Upstream> {
         self.upstreams.iter().find(|u| u.url.database == database)
+    }
+}
+
+/// The upstreams named by `urls`, each with `server-sslmode` where its URL names no sslmode.
+fn upstreams_config(raw: &RawSettings, env: &dyn Env) -> Result<Vec<Upstream>, ConfigError> {
+    let server_sslmode = raw.get("server-sslmode");
+    let default_sslmode = SslMode::parse(&server_sslmode.value).ok_or_else(|| {
+        invalid(server_sslmode, "use disable, allow, prefer, require, verify-ca or verify-full")
+    })?;
+    let mut upstreams = upstreams(raw.get("urls"), env)?;
+    for u in &mut upstreams {
+        if !u.url.sslmode_explicit {
+            u.url.sslmode = default_sslmode;
+        }
+    }
+    Ok(upstreams)
+}
+
+fn listen(raw: &RawSettings) -> Result<String, ConfigError> {
+    let listen = raw.get("listen");
+    if listen.value.parse::<SocketAddr>().is_err() && !listen.value.contains(':') {
+        return Err(invalid(listen, "expected host:port, e.g. 127.0.0.1:6432"));
+    }
+    Ok(listen.value.clone())
+}
+
+fn pool_config(raw: &RawSettings) -> Result<PoolConfig, ConfigError> {
+    let mode = match raw.get("pool-mode").value.as_str() {
+        "session" => PoolMode::Session,
+        "transaction" => PoolMode::Transaction,
+        other => return Err(invalid(raw.get("pool-mode"), format!("{other:?}: use session or transaction"))),
+    };
+    let (size, sizing) = sizing_config(raw)?;
+    let min_size = number(raw.get("min-pool-size"), 0, 10_000)?;
+    if !sizing.auto && min_size > size {
+        return Err(invalid(
+            raw.get("min-pool-size"),
+            format!("{min_size} is larger than the pool size {size}"),
+        ));
+    }
+    Ok(PoolConfig {
+        mode,
+        size,
+        sizing,
+        min_size,
+        server_lifetime: optional_duration(raw.get("server-lifetime"))?,
+        server_idle_timeout: optional_duration(raw.get("server-idle-timeout"))?,
+        connect_timeout: duration(raw.get("server-connect-timeout"))?.max(Duration::from_millis(10)),
+        connect_parallelism: number(raw.get("server-connect-parallelism"), 1, 1000)?,
+        query_wait_timeout: optional_duration(raw.get("query-wait-timeout"))?,
+        max_prepared_statements: number(raw.get("max-prepared-statements"), 0, 100_000)?,
+        prepare_unnamed_statements: flag(raw.get("prepare-unnamed-statements"))?,
+        query_timeout: optional_duration(raw.get("query-timeout"))?,
+        idle_transaction_timeout: optional_duration(raw.get("idle-transaction-timeout"))?,
+        server_check_delay: duration(raw.get("server-check-delay"))?,
+    })
+}
+
+/// The pool's starting size and the inputs of `pool-size auto`.
+fn sizing_config(raw: &RawSettings) -> Result<(usize, SizingConfig), ConfigError> {
+    let size_raw = raw.get("pool-size");
+    let auto = size_raw.value.eq_ignore_ascii_case("auto");
+    let size = if auto { sizing::FALLBACK_POOL_SIZE } else { number(size_raw, 1, 10_000)? };
+    let plan_raw = raw.get("plan");
+    let plan = if plan_raw.value.is_empty() {
+        None
+    } else {
+        let limit = sizing::plan_limit(&plan_raw.value).ok_or_else(|| {
+            invalid(
+                plan_raw,
+                format!("unknown plan {:?}: use e.g. essential-0, standard-0, premium-2", plan_raw.value),
+            )
+        })?;
+        Some((plan_raw.value.to_ascii_lowercase(), limit))
+    };
+    let reserved_raw = raw.get("reserved-connections");
+    let reserved = if reserved_raw.value.eq_ignore_ascii_case("auto") {
+        None
+    } else {
+        Some(number(reserved_raw, 0, 100_000)? as u32)
+    };
+    let budget_period = optional_duration(raw.get("budget-period"))?;
+    let processes = number(raw.get("processes"), 1, 100_000)? as u32;
+    Ok((size, SizingConfig { auto, plan, processes, reserved, budget_period }))
+}
+
+fn client_config(raw: &RawSettings) -> Result<ClientConfig, ConfigError> {
+    let auth = match raw.get("client-auth").value.to_ascii_lowercase().as_str() {
+        "scram-sha-256" | "scram" => ClientAuth::ScramSha256,
+        "md5" => ClientAuth::Md5,
+        "trust" => ClientAuth::Trust,
+        other => {
+            return Err(invalid(
+                raw.get("client-auth"),
+                format!("{other:?}: use scram-sha-256, md5 or trust"),
+            ))
+        }
+    };
+    let tls_cert = optional_path(raw.get("client-tls-cert"));
+    let tls_key = optional_path(raw.get("client-tls-key"));
+    if tls_cert.is_some() != tls_key.is_some() {
+        return Err(invalid(
+            raw.get("client-tls-key"),
+            "set both PGSIDECAR_CLIENT_TLS_CERT and PGSIDECAR_CLIENT_TLS_KEY, or neither",
+        ));
+    }
+    let max_message_size = parse_size(&raw.get("max-message-size").value)
+        .filter(|&n| (64 * 1024..=1 << 30).contains(&n))
+        .ok_or_else(|| {
+            invalid(raw.get("max-message-size"), "use a size between 64kB and 1GB, e.g. 256MiB")
+        })?;
+    Ok(ClientConfig {
+        auth,
+        max_clients: number(raw.get("max-client-conn"), 1, 1_000_000)?,
+        tls_cert,
+        tls_key,
+        login_timeout: duration(raw.get("client-login-timeout"))?.max(Duration::from_millis(10)),
+        max_message_size,
+    })
+}
+
+fn admin_config(raw: &RawSettings) -> AdminConfig {
+    AdminConfig {
+        users: raw
+            .get("admin-users")
+            .value
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
+fn log_level(raw: &RawSettings) -> Result<tracing::Level, ConfigError> {
+    match raw.get("log-level").value.to_ascii_lowercase().as_str() {
+        "error" => Ok(tracing::Level::ERROR),
+        "warn" | "warning" => Ok(tracing::Level::WARN),
+        "info" => Ok(tracing::Level::INFO),
+        "debug" => Ok(tracing::Level::DEBUG),
+        "trace" => Ok(tracing::Level::TRACE),
+        other => {
+            Err(invalid(raw.get("log-level"), format!("{other:?}: use error, warn, info, debug or trace")))
+        }
+    }
+}
+
+/// A threshold in milliseconds: -1 is off, 0 is everything.
+fn millis(raw: &Raw) -> Result<Option<Duration>, ConfigError> {
+    let v: i64 = raw
+        .value
+        .parse()
+        .map_err(|_| invalid(raw, format!("{:?} is not a number of milliseconds", raw.value)))?;
+    if v < -1 {
+        return Err(invalid(raw, "use -1 (off), 0 (everything) or a number of milliseconds"));
+    }
+    Ok((v >= 0).then(|| Duration::from_millis(v as u64)))
+}
+
+fn observe_config(raw: &RawSettings) -> Result<ObserveConfig, ConfigError> {
+    let metrics_listen = raw.get("metrics-listen").value.clone();
+    Ok(ObserveConfig {
+        slow_query: millis(raw.get("slow-query-ms"))?,
+        slow_query_max_length: number(raw.get("slow-query-max-length"), 16, 1 << 20)?,
+        slow_transaction: millis(raw.get("slow-transaction-ms"))?,
+        metrics_listen: (!metrics_listen.is_empty()).then_some(metrics_listen),
+        stats_period: {
+            let secs = number(raw.get("stats-period"), 0, 86_400)?;
+            (secs > 0).then(|| Duration::from_secs(secs as u64))
+        },
+    })
+}
+
+fn worker_threads(raw: &RawSettings) -> Result<usize, ConfigError> {
+    match raw.get("worker-threads").value.as_str() {
+        "auto" | "" => Ok(auto_worker_threads()),
+        _ => number(raw.get("worker-threads"), 1, 16),
     }
 }
 
