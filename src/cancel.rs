@@ -11,7 +11,6 @@ use bytes::BytesMut;
 use quanta::Instant;
 use rand::Rng;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -41,7 +40,7 @@ pub struct ClientInfo {
     pub user: String,
     /// The database name the client asked for.
     pub database: String,
-    pub peer: SocketAddr,
+    pub peer: crate::stream::Peer,
     pub connected_at: SystemTime,
     pub tls: bool,
 }
@@ -53,7 +52,7 @@ pub struct CancelSlot {
     pub user: Box<str>,
     /// The database name the client asked for.
     pub database: Box<str>,
-    pub peer: SocketAddr,
+    pub peer: crate::stream::Peer,
     pub connected_at: SystemTime,
     pub tls: bool,
     activity: Mutex<Activity>,
@@ -297,7 +296,7 @@ mod tests {
             let info = ClientInfo {
                 user: "app".into(),
                 database: "appdb".into(),
-                peer: "127.0.0.1:40000".parse().unwrap(),
+                peer: crate::stream::Peer::Tcp("127.0.0.1:40000".parse().unwrap()),
                 connected_at: std::time::SystemTime::now(),
                 tls: false,
             };

@@ -2,7 +2,7 @@
 //! authentication) without starting the proxy, prints the limits found and the pool size it
 //! would use, and names every risky setting with what to change.
 
-use crate::config::{sizing, ClientAuth, Config};
+use crate::config::{sizing, ClientAuth, Config, Listen};
 use crate::server::conn::{ServerConn, Target};
 use crate::server::ServerError;
 use std::fmt::Write as _;
@@ -62,10 +62,11 @@ pub fn setting_findings(config: &Config) -> Vec<Finding> {
         )),
         _ => {}
     }
-    if config.client.auth == ClientAuth::Trust && !is_loopback(&config.listen) {
+    // A Unix socket is as local as loopback: its directory's permissions say who reaches it.
+    let exposed = config.listen.iter().find(|l| matches!(l, Listen::Tcp(a) if !is_loopback(a)));
+    if let (ClientAuth::Trust, Some(listen)) = (config.client.auth, exposed) {
         out.push(Finding::Warn(format!(
-            "PGSIDECAR_CLIENT_AUTH=trust while listening on {}: anyone who reaches that address gets in; use scram-sha-256 or listen on 127.0.0.1",
-            config.listen
+            "PGSIDECAR_CLIENT_AUTH=trust while listening on {listen}: anyone who reaches that address gets in; use scram-sha-256 or listen on 127.0.0.1"
         )));
     }
     for (name, why) in &config.ignored_vars {
@@ -179,7 +180,8 @@ pub async fn run(config: Config) -> std::process::ExitCode {
         ClientAuth::Md5 => "md5",
         ClientAuth::Trust => "trust",
     };
-    println!("ok    listen {} mode {} client auth {auth}", config.listen, config.pool.mode.as_str());
+    let listen: Vec<String> = config.listen.iter().map(|l| l.to_string()).collect();
+    println!("ok    listen {} mode {} client auth {auth}", listen.join(","), config.pool.mode.as_str());
     let found = findings(&config).await;
     for f in &found {
         println!("{}", f.line());

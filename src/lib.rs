@@ -15,6 +15,7 @@
 //! - [`demo`]: `pgsidecar demo`: temporary PostgreSQL, the proxy and a simulated app (entry point).
 //! - [`check`]: `pgsidecar check`, settings and upstream diagnosis without starting the proxy.
 //! - [`proxy`]: the wiring: builds [`shared`], starts the background tasks, runs the accept loop.
+//! - [`listen`]: binds `PGSIDECAR_LISTEN` (TCP, Unix-domain sockets) and accepts from all of it.
 //! - [`client`]: per client: the handshake, the session loop, the relay while a server is attached.
 //! - [`admin`]: the admin console (virtual database `pgsidecar` / `pgbouncer`), one file per command.
 //! - [`shared`]: what the parts share: settings, upstreams, client counts, the cancel registry.
@@ -25,7 +26,7 @@
 //! - [`budget`]: the cross-dyno connection budget, agreed through the database itself.
 //! - [`server`]: one server connection (connect, TLS, login) and the bounded FIFO pool with its lease.
 //! - [`auth`]: client authentication (SCRAM-SHA-256 server side, md5, trust).
-//! - [`stream`]: a TCP stream that may be TLS in either direction.
+//! - [`stream`]: a TCP stream that may be TLS in either direction, or a client's Unix socket; its peer.
 //! - [`tls`]: rustls configurations per `sslmode` towards Postgres and for client-facing TLS.
 //! - [`wire`]: the Postgres protocol without I/O: framing with limits, startup packets, messages.
 //! - [`observe`]: counters, latency histograms, slow-query log, SQL normalizing, metrics, reports.
@@ -43,6 +44,7 @@ pub mod config;
 pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod listen;
 pub mod logging;
 pub mod observe;
 pub mod params;

@@ -8,8 +8,9 @@
 use crate::client::handshake::{handshake, Login, Outcome};
 use crate::client::session::Session;
 use crate::config::Config;
+use crate::listen::Listeners;
 use crate::shared::Shared;
-use crate::stream::Stream;
+use crate::stream::{Peer, Stream};
 use bytes::BytesMut;
 use std::future::Future;
 use std::ops::Deref;
@@ -18,7 +19,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 
 pub use crate::shared::SharedError as ProxyError;
 
@@ -97,9 +97,10 @@ impl Proxy {
         }
     }
 
-    /// Accepts clients until `shutdown` completes, then stops accepting. Sessions already
-    /// running go on.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    /// Accepts clients until `shutdown` completes, then stops accepting (closing the
+    /// listeners, removing their socket files). Sessions already running go on.
+    pub async fn serve(self: Arc<Self>, listeners: impl Into<Listeners>, shutdown: impl Future<Output = ()>) {
+        let listeners = listeners.into();
         let maintenance = tokio::spawn(maintain(Arc::downgrade(&self.shared)));
         let sampler = tokio::spawn(crate::observe::metrics::sample(self.weak_upstreams()));
         let source = std::env::var("DYNO").unwrap_or_else(|_| "pgsidecar".to_owned());
@@ -112,11 +113,10 @@ impl Proxy {
         loop {
             let accepted = tokio::select! {
                 _ = &mut shutdown => break,
-                r = listener.accept() => r,
+                r = listeners.accept() => r,
             };
             match accepted {
-                Ok((tcp, peer)) => {
-                    let _ = tcp.set_nodelay(true);
+                Ok((stream, peer)) => {
                     let n = self.shared.client_connected();
                     let guard = ClientGuard(self.shared.clone());
                     let over_limit = n > self.config.client.max_clients;
@@ -124,8 +124,7 @@ impl Proxy {
                     // keeps the values it was given (socket, address) in its state for as
                     // long as it lives, even once moved out, so the task of every idle client
                     // would carry them. The task gets only the guard and the box.
-                    let admit =
-                        Box::pin(Proxy::admit(self.shared.clone(), Stream::Plain(tcp), peer, over_limit));
+                    let admit = Box::pin(Proxy::admit(self.shared.clone(), stream, peer, over_limit));
                     tokio::spawn(Proxy::client(guard, admit));
                 }
                 Err(e) => {
@@ -135,6 +134,7 @@ impl Proxy {
                 }
             }
         }
+        drop(listeners);
         maintenance.abort();
         sampler.abort();
         reports.abort();
@@ -168,12 +168,7 @@ impl Proxy {
 
     /// Startup and authentication; a pool client's login, or `None` when the connection was
     /// something else (the admin console, a cancel request) or was refused.
-    async fn admit(
-        shared: Arc<Shared>,
-        stream: Stream,
-        peer: std::net::SocketAddr,
-        over_limit: bool,
-    ) -> Option<Box<Login>> {
+    async fn admit(shared: Arc<Shared>, stream: Stream, peer: Peer, over_limit: bool) -> Option<Box<Login>> {
         let login_timeout = shared.config.client.login_timeout;
         let (stream, outcome) = match tokio::time::timeout(
             login_timeout,

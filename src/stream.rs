@@ -1,14 +1,67 @@
-//! A TCP connection that may have been upgraded to TLS, in either direction.
+//! A connection: TCP that may have been upgraded to TLS in either direction, or a client's
+//! Unix-domain socket (never TLS, as in PostgreSQL); and [`Peer`], who is at its other end.
+//!
+//! One enum rather than a stream generic over its transport: the hot path's methods below
+//! already branch between plain and TLS, and a Unix arm is one more case of the same match
+//! (the same jump on the discriminant), whereas a generic would compile the session, relay
+//! and console twice and spread a type parameter through every type that holds a stream.
 
 use bytes::BytesMut;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
+
+/// Who is at the other end of a client connection. Shown as PgBouncer shows it: a TCP
+/// client by its address and port; a Unix-socket client as address `unix`, with the port of
+/// the socket it came in on (the `PORT` of `.s.PGSQL.PORT`, 0 for a socket not named so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    Unix { port: u16 },
+}
+
+// Kept as small as the address it replaced: every client's cancel slot holds one.
+const _: () = assert!(std::mem::size_of::<Peer>() == std::mem::size_of::<SocketAddr>());
+
+impl Peer {
+    /// The address column of `SHOW CLIENTS`: the IP address, or `unix`.
+    pub fn addr(&self) -> String {
+        match self {
+            Peer::Tcp(a) => a.ip().to_string(),
+            Peer::Unix { .. } => "unix".to_owned(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        match self {
+            Peer::Tcp(a) => a.port(),
+            Peer::Unix { port } => *port,
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(a) => a.fmt(f),
+            Peer::Unix { .. } => f.write_str("unix"),
+        }
+    }
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(a: SocketAddr) -> Peer {
+        Peer::Tcp(a)
+    }
+}
 
 pub enum Stream {
     Plain(TcpStream),
+    /// A client on a Unix-domain socket.
+    Unix(UnixStream),
     /// TLS towards a client (the proxy is the TLS server).
     Accepted(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// TLS towards a Postgres server (the proxy is the TLS client).
@@ -17,7 +70,7 @@ pub enum Stream {
 
 impl Stream {
     pub fn is_tls(&self) -> bool {
-        !matches!(self, Stream::Plain(_))
+        !matches!(self, Stream::Plain(_) | Stream::Unix(_))
     }
 
     /// Waits until a read may find data, without holding a buffer meanwhile. A TLS stream may
@@ -30,6 +83,7 @@ impl Stream {
     pub async fn readable(&self) -> io::Result<()> {
         match self {
             Stream::Plain(s) => std::future::poll_fn(|cx| s.poll_read_ready(cx)).await,
+            Stream::Unix(s) => std::future::poll_fn(|cx| s.poll_read_ready(cx)).await,
             _ => Ok(()),
         }
     }
@@ -41,6 +95,7 @@ impl Stream {
     pub fn write_now(&mut self, buf: &[u8]) -> Option<usize> {
         match self {
             Stream::Plain(s) => s.try_write(buf).ok().filter(|&n| n > 0),
+            Stream::Unix(s) => s.try_write(buf).ok().filter(|&n| n > 0),
             _ => {
                 let mut cx = Context::from_waker(std::task::Waker::noop());
                 match Pin::new(self).poll_write(&mut cx, buf) {
@@ -62,19 +117,14 @@ impl Stream {
                 Err(e) => e.kind() != io::ErrorKind::WouldBlock,
                 Ok(_) => true, // data, or end of stream
             },
+            Stream::Unix(s) => match s.try_read_buf(buf) {
+                Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+                Ok(_) => true,
+            },
             _ => {
                 let mut cx = Context::from_waker(std::task::Waker::noop());
                 tokio_util::io::poll_read_buf(Pin::new(self), &mut cx, buf).is_ready()
             }
-        }
-    }
-
-    /// The underlying socket, for options such as `TCP_NODELAY`.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::Accepted(s) => s.get_ref().0,
-            Stream::Connected(s) => s.get_ref().0,
         }
     }
 }
@@ -83,6 +133,7 @@ impl AsyncRead for Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Accepted(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Connected(s) => Pin::new(s).poll_read(cx, buf),
         }
@@ -93,6 +144,7 @@ impl AsyncWrite for Stream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Accepted(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Connected(s) => Pin::new(s).poll_write(cx, buf),
         }
@@ -101,6 +153,7 @@ impl AsyncWrite for Stream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
             Stream::Accepted(s) => Pin::new(s).poll_flush(cx),
             Stream::Connected(s) => Pin::new(s).poll_flush(cx),
         }
@@ -109,6 +162,7 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Accepted(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Connected(s) => Pin::new(s).poll_shutdown(cx),
         }

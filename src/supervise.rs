@@ -18,9 +18,35 @@ use std::process::{ExitCode, ExitStatus};
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
+/// Where the application reaches the proxy, as its URL names it.
+#[derive(Debug, Clone, Copy)]
+pub enum LocalAddr<'a> {
+    Tcp(SocketAddr),
+    /// A Unix socket `DIR/.s.PGSQL.PORT`.
+    Socket(&'a std::path::Path, u16),
+}
+
 /// The URL the application gets for one upstream: same user, password and database, at the
 /// proxy's address, without TLS for the loopback hop; the application's own parameters kept.
-pub fn local_url(url: &crate::config::DbUrl, listen: SocketAddr) -> String {
+/// A socket is named as libpq, psycopg, Rails, node-postgres and Django take it:
+/// `postgres://user:pass@/db?host=DIR&port=PORT`.
+pub fn local_url(url: &crate::config::DbUrl, listen: LocalAddr<'_>) -> String {
+    let listen = match listen {
+        LocalAddr::Tcp(a) => a,
+        LocalAddr::Socket(dir, port) => {
+            let mut out = format!(
+                "postgres://{}:{}@/{}?host={}&port={port}",
+                percent_encode(&url.user),
+                percent_encode(url.password.expose()),
+                percent_encode(&url.database),
+                percent_encode(&dir.to_string_lossy()),
+            );
+            for (k, v) in &url.app_params {
+                out.push_str(&format!("&{}={}", percent_encode(k), percent_encode(v)));
+            }
+            return out;
+        }
+    };
     let host = match listen {
         SocketAddr::V4(a) if a.ip().is_unspecified() => "127.0.0.1".to_owned(),
         SocketAddr::V4(a) => a.ip().to_string(),
@@ -72,14 +98,15 @@ pub async fn run(config: Config, cmd: Vec<OsString>) -> ExitCode {
         return exec_unproxied(&cmd);
     }
     let shutdown_timeout = config.shutdown_timeout;
-    let listener = match tokio::net::TcpListener::bind(&config.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(listen = %config.listen, error = %e, "listen_failed");
-            return ExitCode::FAILURE;
-        }
+    let Some(listeners) = bind(&config).await else { return ExitCode::FAILURE };
+    let tcp = listeners.tcp_addrs().first().copied();
+    let socket = config.listen.iter().find_map(|l| l.libpq_dir()).map(|(d, p)| (d.to_owned(), p));
+    // The configuration guarantees the address its URL style needs.
+    let addr = match (config.url_style, tcp, &socket) {
+        (crate::config::UrlStyle::Socket, _, Some((dir, port))) => LocalAddr::Socket(dir, *port),
+        (_, Some(a), _) => LocalAddr::Tcp(a),
+        _ => return ExitCode::FAILURE,
     };
-    let Ok(addr) = listener.local_addr() else { return ExitCode::FAILURE };
     let proxy = match Proxy::new(config) {
         Ok(p) => p,
         Err(e) => {
@@ -91,10 +118,10 @@ pub async fn run(config: Config, cmd: Vec<OsString>) -> ExitCode {
     proxy.start_budget().await;
     start_metrics(&proxy.config).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut serving = tokio::spawn(proxy.clone().serve(listener, async move {
+    tracing::info!(listen = %listeners.describe(), "listening");
+    let mut serving = tokio::spawn(proxy.clone().serve(listeners, async move {
         let _ = stop_rx.await;
     }));
-    tracing::info!(listen = %addr, "listening");
 
     let mut command = tokio::process::Command::new(&cmd[0]);
     command.args(&cmd[1..]);
@@ -165,6 +192,10 @@ pub async fn run(config: Config, cmd: Vec<OsString>) -> ExitCode {
         status = child.wait().await.ok();
     }
     let _ = stop_tx.send(());
+    if !proxy_failed {
+        // The listeners close (socket files removed) before this process exits.
+        let _ = serving.await;
+    }
     proxy.close_pools();
     tracing::info!(clients = proxy.clients(), "stopped");
     if proxy_failed {
@@ -193,15 +224,8 @@ pub async fn serve(config: Config) -> ExitCode {
     // The hot path's clock calibrates itself against the OS clock on first use (under a
     // millisecond, spinning): here, before any client, not inside a checkout.
     let _ = quanta::Instant::now();
-    let listen = config.listen.clone();
     let shutdown_timeout = config.shutdown_timeout;
-    let listener = match tokio::net::TcpListener::bind(&listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(listen = %listen, error = %e, "listen_failed");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(listeners) = bind(&config).await else { return ExitCode::FAILURE };
     let proxy = match Proxy::new(config) {
         Ok(p) => p,
         Err(e) => {
@@ -214,8 +238,8 @@ pub async fn serve(config: Config) -> ExitCode {
     proxy.start_budget().await;
     start_metrics(&proxy.config).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or(listen), "listening");
-    let serving = tokio::spawn(proxy.clone().serve(listener, async move {
+    tracing::info!(listen = %listeners.describe(), "listening");
+    let serving = tokio::spawn(proxy.clone().serve(listeners, async move {
         let _ = stop_rx.await;
     }));
     let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
@@ -244,6 +268,17 @@ pub async fn serve(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Binds every listen address; a failure is logged.
+async fn bind(config: &Config) -> Option<crate::listen::Listeners> {
+    match crate::listen::Listeners::bind(&config.listen).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!(listen = %e.listen, error = %e.error, "listen_failed");
+            None
+        }
+    }
+}
+
 fn log_upstreams(proxy: &Arc<Proxy>) {
     for u in proxy.config.upstreams.iter() {
         tracing::info!(var = %u.var, upstream = %u.url.redacted(), mode = proxy.config.pool.mode.as_str(), "upstream");
@@ -259,13 +294,21 @@ mod tests {
     fn local_url_keeps_credentials_and_app_params() {
         let url =
             DbUrl::parse("postgres://u%40x:p%2Fw@db.example.com:5432/d1?sslmode=require&pool=5").unwrap();
-        let local = local_url(&url, "127.0.0.1:6432".parse().unwrap());
+        let local = local_url(&url, LocalAddr::Tcp("127.0.0.1:6432".parse().unwrap()));
         assert_eq!(local, "postgres://u%40x:p%2Fw@127.0.0.1:6432/d1?sslmode=disable&pool=5");
         let back = DbUrl::parse(&local).unwrap();
         assert_eq!((back.user.as_str(), back.password.expose()), ("u@x", "p/w"));
         assert_eq!(
-            local_url(&url, "0.0.0.0:7000".parse().unwrap()).split('@').nth(1).unwrap(),
+            local_url(&url, LocalAddr::Tcp("0.0.0.0:7000".parse().unwrap())).split('@').nth(1).unwrap(),
             "127.0.0.1:7000/d1?sslmode=disable&pool=5"
         );
+    }
+
+    #[test]
+    fn local_url_of_a_socket_names_its_directory_and_port() {
+        let url =
+            DbUrl::parse("postgres://u%40x:p%2Fw@db.example.com:5432/d1?sslmode=require&pool=5").unwrap();
+        let local = local_url(&url, LocalAddr::Socket(std::path::Path::new("/tmp/my sock"), 6432));
+        assert_eq!(local, "postgres://u%40x:p%2Fw@/d1?host=%2Ftmp%2Fmy%20sock&port=6432&pool=5");
     }
 }

@@ -46,7 +46,7 @@ impl ShowClients {
                 c.info.user.to_string(),
                 c.info.database.to_string(),
                 state.to_owned(),
-                c.info.peer.ip().to_string(),
+                c.info.peer.addr(),
                 c.info.peer.port().to_string(),
                 format_time(c.info.connected_at),
                 wait.as_secs().to_string(),

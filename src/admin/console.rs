@@ -42,7 +42,7 @@ pub struct ConsoleLogin {
     /// `pgsidecar` or `pgbouncer`, as the client asked.
     pub database: String,
     pub application_name: String,
-    pub peer: std::net::SocketAddr,
+    pub peer: crate::stream::Peer,
 }
 
 /// Serves an authenticated console client until it leaves.

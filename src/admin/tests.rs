@@ -186,7 +186,7 @@ async fn show_clients_lists_registered_clients() {
         crate::cancel::ClientInfo {
             user: "app".into(),
             database: "appdb".into(),
-            peer: "127.0.0.1:40000".parse().unwrap(),
+            peer: crate::stream::Peer::Tcp("127.0.0.1:40000".parse().unwrap()),
             connected_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             tls: true,
         },

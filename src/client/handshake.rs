@@ -15,7 +15,6 @@ use crate::wire::startup::{parse_options, split_startup, Startup, StartupPacket}
 use crate::wire::{tag, MAX_PRE_AUTH_MESSAGE};
 use bytes::BytesMut;
 use rand::RngCore;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -37,7 +36,7 @@ pub struct Login {
     /// The same in the order PostgreSQL applies them, names as spelled (dropped with the
     /// login: a session keeps only `settings`).
     pub sequence: Vec<(String, String)>,
-    pub peer: SocketAddr,
+    pub peer: crate::stream::Peer,
 }
 
 pub enum Outcome {
@@ -288,7 +287,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
 pub async fn handshake(
     shared: &Arc<Shared>,
     stream: Stream,
-    peer: SocketAddr,
+    peer: crate::stream::Peer,
     over_limit: bool,
 ) -> (Option<Stream>, Result<Outcome, Refusal>) {
     let mut rbuf = BytesMut::with_capacity(512);

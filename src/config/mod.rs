@@ -1,6 +1,7 @@
 //! Settings: gathered from flags and the environment ([`settings`]), parsed into a tree of
 //! small per-subsystem structs that is built once and passed down.
 
+pub mod listen;
 pub mod settings;
 pub mod sizing;
 pub mod url;
@@ -8,8 +9,8 @@ pub mod url;
 #[cfg(test)]
 mod tests;
 
+pub use listen::{Listen, UrlStyle};
 use settings::{Env, Raw, RawSettings};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 pub use url::{DbUrl, Secret, SslMode};
@@ -118,7 +119,10 @@ pub struct ObserveConfig {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: String,
+    /// Where the application reaches the proxy (TCP and Unix-domain sockets).
+    pub listen: Vec<Listen>,
+    /// The address `pgsidecar run` gives the application.
+    pub url_style: UrlStyle,
     pub observe: ObserveConfig,
     pub upstreams: Vec<Upstream>,
     pub pool: PoolConfig,
@@ -265,13 +269,14 @@ impl Config {
     /// checked in the order its helper reads them; the first invalid one is the error.
     pub fn from_raw(raw: &RawSettings, env: &dyn Env) -> Result<Config, ConfigError> {
         let upstreams = upstreams_config(raw, env)?;
-        let listen = listen(raw)?;
+        let (listen, url_style) = listen(raw)?;
         let pool = pool_config(raw)?;
         let client = client_config(raw)?;
         let log_level = log_level(raw)?;
         let observe = observe_config(raw)?;
         Ok(Config {
             listen,
+            url_style,
             observe,
             upstreams,
             pool,
@@ -308,12 +313,22 @@ fn upstreams_config(raw: &RawSettings, env: &dyn Env) -> Result<Vec<Upstream>, C
     Ok(upstreams)
 }
 
-fn listen(raw: &RawSettings) -> Result<String, ConfigError> {
-    let listen = raw.get("listen");
-    if listen.value.parse::<SocketAddr>().is_err() && !listen.value.contains(':') {
-        return Err(invalid(listen, "expected host:port, e.g. 127.0.0.1:6432"));
+fn listen(raw: &RawSettings) -> Result<(Vec<Listen>, UrlStyle), ConfigError> {
+    let listen = listen::parse(&raw.get("listen").value).map_err(|e| invalid(raw.get("listen"), e))?;
+    let style = raw.get("client-url-style");
+    let url_style = UrlStyle::parse(&style.value).ok_or_else(|| invalid(style, "use tcp or socket"))?;
+    let reachable = match url_style {
+        UrlStyle::Tcp => listen.iter().any(|l| matches!(l, Listen::Tcp(_))),
+        UrlStyle::Socket => listen.iter().any(|l| l.libpq_dir().is_some()),
+    };
+    if !reachable {
+        let need = match url_style {
+            UrlStyle::Tcp => "a host:port in PGSIDECAR_LISTEN, or PGSIDECAR_CLIENT_URL_STYLE=socket",
+            UrlStyle::Socket => "a socket directory in PGSIDECAR_LISTEN, e.g. 127.0.0.1:6432,/tmp/pgsidecar",
+        };
+        return Err(invalid(style, format!("{}: the application's URL needs {need}", style.value)));
     }
-    Ok(listen.value.clone())
+    Ok((listen, url_style))
 }
 
 fn pool_config(raw: &RawSettings) -> Result<PoolConfig, ConfigError> {

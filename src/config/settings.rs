@@ -54,7 +54,9 @@ settings! {
     "urls", "PGSIDECAR_URLS", ["PGBOUNCER_URLS"], "DATABASE_URL",
         "Space-separated names of the environment variables that hold upstream database URLs; one pool per URL";
     "listen", "PGSIDECAR_LISTEN", [], "127.0.0.1:6432",
-        "Address the proxy listens on for application connections";
+        "Where the proxy listens for the application: a comma-separated list of host:port, a Unix socket directory DIR[:PORT] (DIR/.s.PGSQL.PORT) and unix:PATH";
+    "client-url-style", "PGSIDECAR_CLIENT_URL_STYLE", [], "tcp",
+        "The URL pgsidecar run gives the application: tcp (127.0.0.1:PORT) or socket (host=DIR&port=PORT, the Unix socket)";
     "pool-mode", "PGSIDECAR_POOL_MODE", ["PGBOUNCER_POOL_MODE"], "transaction",
         "session (a server per client for its whole connection) or transaction (a server per transaction)";
     "pool-size", "PGSIDECAR_POOL_SIZE", ["PGBOUNCER_DEFAULT_POOL_SIZE"], "auto",

@@ -10,7 +10,8 @@ const URL: &str = "postgres://app:s3cret@db.example.com:5433/appdb?sslmode=requi
 #[test]
 fn defaults() {
     let c = Config::load(&BTreeMap::new(), &env(&[("DATABASE_URL", URL)])).unwrap();
-    assert_eq!(c.listen, "127.0.0.1:6432");
+    assert_eq!(c.listen, vec![Listen::Tcp("127.0.0.1:6432".into())]);
+    assert_eq!(c.url_style, UrlStyle::Tcp);
     assert_eq!(c.pool.mode, PoolMode::Transaction);
     assert_eq!(c.pool.size, 10);
     assert!(c.pool.sizing.auto);

@@ -292,7 +292,7 @@ impl Session {
     }
 
     /// The client's address.
-    pub fn peer(&self) -> std::net::SocketAddr {
+    pub fn peer(&self) -> crate::stream::Peer {
         self.info.peer
     }
 

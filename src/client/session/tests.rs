@@ -25,7 +25,7 @@ async fn an_idle_session_stays_small() {
         upstream: shared.upstream("appdb").unwrap(),
         settings: Default::default(),
         sequence: Vec::new(),
-        peer: addr,
+        peer: addr.into(),
     };
     let mut session = super::Session::new(shared.clone(), login);
     let session_size = std::mem::size_of_val(&session);
