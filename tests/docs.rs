@@ -20,8 +20,12 @@ const CONFIGURATION: &str = "docs/configuration.md";
 const TABLE_HEADER: &str = "| Variable | Flag | Aliases | Default | Meaning |";
 
 /// `PGSIDECAR_*` variables the docs may name that are not settings: the test harness's.
-const TEST_VARIABLES: &[&str] =
-    &["PGSIDECAR_TEST_CHOP", "PGSIDECAR_TEST_POOL_MODE", "PGSIDECAR_INTEGRITY_QUERIES"];
+const TEST_VARIABLES: &[&str] = &[
+    "PGSIDECAR_TEST_CHOP",
+    "PGSIDECAR_TEST_POOL_MODE",
+    "PGSIDECAR_TEST_TRANSPORT",
+    "PGSIDECAR_INTEGRITY_QUERIES",
+];
 
 /// Paths the docs name that are not in this repository: heroku-buildpack-pgbouncer's script.
 const NOT_OURS: &[&str] = &["bin/start-pgbouncer"];

@@ -333,7 +333,7 @@ async fn bytes_sent_after_ssl_request_are_refused() {
     )
     .await;
     // SSLRequest with a plaintext startup packet glued on (CVE-2021-23222 style).
-    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let mut s = TcpStream::connect(p.tcp).await.unwrap();
     let mut bytes = vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
     bytes.extend(startup(196_608, &[("user", SCRAM_USER), ("database", &db)]));
     s.write_all(&bytes).await.unwrap();

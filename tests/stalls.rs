@@ -146,7 +146,7 @@ fn a_64kb_query_in_one_byte_writes_over_tls_is_answered() {
                 ("PGSIDECAR_CLIENT_TLS_KEY", key.to_str().unwrap()),
             ],
         );
-        let mut c = blocking::tls(p.addr, &tls.ca_pem).login(SCRAM_USER, &db);
+        let mut c = blocking::tls(p.tcp, &tls.ca_pem).login(SCRAM_USER, &db);
         let sql = format!("select length('{}')", "y".repeat(64 * 1024));
         c.send_bytewise(&query(&sql));
         let got = shape(&c.until_ready());

@@ -5,15 +5,17 @@
 //!
 //! `common::proxy` puts one in front of the proxy and one in front of PostgreSQL when
 //! `PGSIDECAR_TEST_CHOP` is set (see [`from_env`]), so that the protocol, prepared-statement,
-//! integrity and driver tests run unchanged over chopped streams.
+//! integrity and driver tests run unchanged over chopped streams. With
+//! `PGSIDECAR_TEST_TRANSPORT=unix` the relay in front of the proxy forwards to its Unix
+//! socket instead ([`Chopper::to_unix`]), chopping or not.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 /// A small, seedable generator (xorshift64*): the same seed cuts the same way.
 #[derive(Clone)]
@@ -101,6 +103,30 @@ impl Chopper {
                     let (ur, uw) = up.into_split();
                     let a = Rng::new(seed ^ (n << 1));
                     let b = Rng::new(seed ^ (n << 1 | 1));
+                    tokio::join!(pump(dr, uw, Some(a)), pump(ur, dw, Some(b)));
+                });
+            }
+        });
+        Chopper { addr, accept }
+    }
+
+    /// Listens on 127.0.0.1:0 and relays every connection to the Unix socket at `socket`,
+    /// chopped both ways when `seed` is given, as received otherwise.
+    pub async fn to_unix(socket: PathBuf, seed: Option<u64>) -> Chopper {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay on port 0");
+        let addr = listener.local_addr().expect("relay address");
+        let counter = Arc::new(AtomicU64::new(0));
+        let accept = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    let Ok(up) = UnixStream::connect(&socket).await else { return };
+                    let _ = down.set_nodelay(true);
+                    let (dr, dw) = down.into_split();
+                    let (ur, uw) = up.into_split();
+                    let a = seed.map(|s| Rng::new(s ^ (n << 1)));
+                    let b = seed.map(|s| Rng::new(s ^ (n << 1 | 1)));
                     tokio::join!(pump(dr, uw, a), pump(ur, dw, b));
                 });
             }
@@ -109,14 +135,20 @@ impl Chopper {
     }
 }
 
-/// Copies one direction in random pieces until the source ends (then half-closes the
-/// destination) or either side fails.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut rng: Rng) {
+/// Copies one direction, in random pieces when `rng` is given, until the source ends (then
+/// half-closes the destination) or either side fails.
+async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, mut rng: Option<Rng>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
+        };
+        let Some(rng) = rng.as_mut() else {
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            continue;
         };
         let mut at = 0;
         while at < n {

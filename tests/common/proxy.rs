@@ -5,18 +5,47 @@ use super::pg::{TestPg, SCRAM_PASS, SCRAM_USER};
 use pgsidecar::{Config, Proxy};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub struct TestProxy {
-    /// Where clients connect: the proxy, or the chopper in front of it (see [`start_with_env`]).
+    /// Where clients connect over TCP: the proxy, or the relay in front of it (see
+    /// [`start_with_env`]), which forwards to the proxy's Unix socket in the unix transport.
     pub addr: SocketAddr,
-    /// The proxy's own listener.
+    /// A TCP way to the proxy's TCP listener, for client TLS (refused on a Unix socket):
+    /// `addr` itself, except in the unix transport.
+    pub tcp: SocketAddr,
+    /// The proxy's own TCP listener.
     pub direct: SocketAddr,
     pub proxy: Arc<Proxy>,
+    /// The proxy's Unix socket, `DIR/.s.PGSQL.PORT`, when it has one: its directory and port.
+    pub socket: Option<(PathBuf, u16)>,
+    /// Whether clients that can use a Unix socket (libpq, tokio-postgres) are sent to it
+    /// directly: the unix transport without chopping.
+    via_socket: bool,
     stop: Option<oneshot::Sender<()>>,
     _choppers: Vec<Chopper>,
+    _socket_dir: Option<tempfile::TempDir>,
+}
+
+/// How the tests reach the proxy: `PGSIDECAR_TEST_TRANSPORT` is `tcp` (the default) or
+/// `unix`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Unix,
+}
+
+impl Transport {
+    pub fn from_env() -> Transport {
+        match std::env::var("PGSIDECAR_TEST_TRANSPORT").as_deref() {
+            Ok("unix") => Transport::Unix,
+            Ok("tcp") | Ok("") | Err(_) => Transport::Tcp,
+            Ok(other) => panic!("PGSIDECAR_TEST_TRANSPORT is tcp or unix, not {other:?}"),
+        }
+    }
 }
 
 impl Drop for TestProxy {
@@ -45,13 +74,22 @@ pub fn env_for(
     env
 }
 
-/// Starts the proxy with `env`. Two switches of the test run apply to every test that starts
+/// Starts the proxy with `env`. Three switches of the test run apply to every test that starts
 /// its proxy here (the harness modes `.ci/run` uses):
 /// - `PGSIDECAR_TEST_CHOP` (see [`super::chop::from_env`]): both of the proxy's byte streams
 ///   are cut into random pieces with small delays, by a chopper in front of the proxy (which
 ///   `addr` then names) and one in front of the server of `DATABASE_URL`;
-/// - `PGSIDECAR_TEST_POOL_MODE`: the pool mode of tests that do not choose one.
-pub async fn start_with_env(mut env: BTreeMap<String, String>) -> TestProxy {
+/// - `PGSIDECAR_TEST_POOL_MODE`: the pool mode of tests that do not choose one;
+/// - `PGSIDECAR_TEST_TRANSPORT=unix` (see [`Transport`]): the proxy also listens on a Unix
+///   socket in a temporary directory, and every client goes through it: tokio-postgres,
+///   psql and pgbench directly, raw TCP clients of `addr` through a relay to the socket.
+///   Client TLS, refused on a socket, goes to `tcp`.
+pub async fn start_with_env(env: BTreeMap<String, String>) -> TestProxy {
+    start_on(env, Transport::from_env()).await
+}
+
+/// [`start_with_env`] on a chosen transport.
+pub async fn start_on(mut env: BTreeMap<String, String>, transport: Transport) -> TestProxy {
     if let Ok(mode) = std::env::var("PGSIDECAR_TEST_POOL_MODE") {
         env.entry("PGSIDECAR_POOL_MODE".into()).or_insert(mode);
     }
@@ -76,20 +114,62 @@ pub async fn start_with_env(mut env: BTreeMap<String, String>) -> TestProxy {
     let proxy = Proxy::new(config).expect("proxy starts");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
     let direct = listener.local_addr().unwrap();
+    let mut listeners = pgsidecar::listen::Listeners::from(listener);
+    let (mut socket, mut socket_dir) = (None, None);
+    if transport == Transport::Unix {
+        // The socket takes the TCP port's number, so `psql -h DIR -p PORT` names both.
+        let dir = tempfile::Builder::new().prefix("pgsc-sock").tempdir().expect("socket dir");
+        let path = dir.path().join(format!(".s.PGSQL.{}", direct.port()));
+        listeners.add_unix(&path, direct.port()).expect("bind the unix socket");
+        socket = Some((dir.path().to_owned(), direct.port()));
+        socket_dir = Some(dir);
+    }
     let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(proxy.clone().serve(listener, async move {
+    tokio::spawn(proxy.clone().serve(listeners, async move {
         let _ = rx.await;
     }));
-    let addr = match seed {
-        Some(seed) => {
-            let c = Chopper::start(direct, seed).await;
-            let addr = c.addr;
-            choppers.push(c);
-            addr
+    let chopped = |to: SocketAddr| async move {
+        match seed {
+            Some(seed) => Some(Chopper::start(to, seed).await),
+            None => None,
         }
-        None => direct,
     };
-    TestProxy { addr, direct, proxy, stop: Some(tx), _choppers: choppers }
+    let (addr, tcp) = match &socket {
+        Some((dir, port)) => {
+            let relay = Chopper::to_unix(dir.join(format!(".s.PGSQL.{port}")), seed).await;
+            let addr = relay.addr;
+            choppers.push(relay);
+            let tcp = match chopped(direct).await {
+                Some(c) => {
+                    let a = c.addr;
+                    choppers.push(c);
+                    a
+                }
+                None => direct,
+            };
+            (addr, tcp)
+        }
+        None => match chopped(direct).await {
+            Some(c) => {
+                let a = c.addr;
+                choppers.push(c);
+                (a, a)
+            }
+            None => (direct, direct),
+        },
+    };
+    let via_socket = socket.is_some() && seed.is_none();
+    TestProxy {
+        addr,
+        tcp,
+        direct,
+        proxy,
+        socket,
+        via_socket,
+        stop: Some(tx),
+        _choppers: choppers,
+        _socket_dir: socket_dir,
+    }
 }
 
 /// A proxy for scram_user on `db`, TLS to the server (sslmode=require).
@@ -102,8 +182,39 @@ impl TestProxy {
         self.addr.port()
     }
 
-    /// A libpq-style URL to the proxy for the given user and password.
+    /// The socket's directory and port when clients go to it directly (see [`start_with_env`]).
+    fn socket_target(&self) -> Option<(&Path, u16)> {
+        self.socket.as_ref().filter(|_| self.via_socket).map(|(d, p)| (d.as_path(), *p))
+    }
+
+    /// `host=H port=P` for libpq and tokio-postgres: the socket directory or 127.0.0.1.
+    pub fn host_port(&self) -> String {
+        match self.socket_target() {
+            Some((dir, port)) => format!("host={} port={port}", dir.display()),
+            None => format!("host=127.0.0.1 port={}", self.addr.port()),
+        }
+    }
+
+    /// `-h H -p P` for psql and pgbench.
+    pub fn host_port_args(&self) -> [String; 4] {
+        match self.socket_target() {
+            Some((dir, port)) => ["-h".into(), dir.display().to_string(), "-p".into(), port.to_string()],
+            None => ["-h".into(), "127.0.0.1".into(), "-p".into(), self.addr.port().to_string()],
+        }
+    }
+
+    /// A libpq-style URL to the proxy for the given user and password (the socket in the
+    /// form `postgres://u:p@/db?host=DIR&port=PORT`).
     pub fn url_as(&self, user: &str, password: &str, db: &str) -> String {
+        if let Some((dir, port)) = self.socket_target() {
+            return format!(
+                "postgres://{}:{}@/{}?host={}&port={port}&sslmode=disable",
+                enc(user),
+                enc(password),
+                enc(db),
+                enc(&dir.display().to_string())
+            );
+        }
         format!(
             "postgres://{}:{}@127.0.0.1:{}/{}?sslmode=disable",
             enc(user),
@@ -116,7 +227,8 @@ impl TestProxy {
     /// Runs pgbench through the proxy as scram_user; returns its output, panics if it failed.
     pub fn pgbench(&self, db: &str, args: &[&str]) -> String {
         let out = std::process::Command::new(super::pg::pg_tool("pgbench"))
-            .args(["-h", "127.0.0.1", "-p", &self.port().to_string(), "-U", SCRAM_USER])
+            .args(self.host_port_args())
+            .args(["-U", SCRAM_USER])
             .args(args)
             .arg(db)
             .env("PGPASSWORD", SCRAM_PASS)
@@ -159,8 +271,8 @@ impl TestProxy {
         extra: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let conn_str = format!(
-            "host=127.0.0.1 port={} user={SCRAM_USER} password='{}' dbname={db} sslmode=disable {extra}",
-            self.addr.port(),
+            "{} user={SCRAM_USER} password='{}' dbname={db} sslmode=disable {extra}",
+            self.host_port(),
             SCRAM_PASS.replace('\'', "\\'")
         );
         let (client, connection) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await?;
