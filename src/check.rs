@@ -1,6 +1,9 @@
 //! `pgsidecar check`: resolves the settings, connects to each upstream (DNS, TCP, TLS,
 //! authentication) without starting the proxy, prints the limits found and the pool size it
 //! would use, and names every risky setting with what to change.
+//!
+//! May import: [`crate::config`], [`crate::server`]. Entry point of its own
+//! subcommand; never [`crate::proxy`] (it starts no proxy).
 
 use crate::config::{sizing, ClientAuth, Config};
 use crate::server::conn::{ServerConn, Target};

@@ -1,4 +1,6 @@
 //! A TCP connection that may have been upgraded to TLS, in either direction.
+//!
+//! May import nothing else of the crate.
 
 use bytes::BytesMut;
 use std::io;
