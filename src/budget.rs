@@ -30,6 +30,10 @@
 //! loses it (its claim is no longer published, and peers count only the servers this sidecar
 //! holds) shrinks the pool to [`START_SIZE`] (or less, if it was less) until a round succeeds
 //! again.
+//!
+//! May import: [`crate::server`] (its pool and a connection of its own), [`crate::cancel`] (which
+//! servers clients hold), [`crate::config`]. It is handed its pool and state; never
+//! [`crate::upstream`], [`crate::shared`] or [`crate::proxy`].
 
 use crate::cancel::{Activity, Registry};
 use crate::config::sizing;

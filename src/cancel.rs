@@ -5,6 +5,9 @@
 //!
 //! The registry is also the list of logged-in clients: each slot carries who the client is
 //! (from [`ClientInfo`]) for SHOW CLIENTS, and the server it holds for SHOW SERVERS.
+//!
+//! May import: [`crate::server`] (a server's address and key), [`crate::stream`] (a client's
+//! peer). Sessions, the console and the budget read it; it reads none of them.
 
 use crate::server::conn::{ServerInfo, Target};
 use bytes::BytesMut;

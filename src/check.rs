@@ -1,6 +1,9 @@
 //! `pgsidecar check`: resolves the settings, connects to each upstream (DNS, TCP, TLS,
 //! authentication) without starting the proxy, prints the limits found and the pool size it
 //! would use, and names every risky setting with what to change.
+//!
+//! May import: [`crate::config`], [`crate::server`]. Entry point of its own
+//! subcommand; never [`crate::proxy`] (it starts no proxy).
 
 use crate::config::{sizing, ClientAuth, Config, Listen};
 use crate::server::conn::{ServerConn, Target};
@@ -85,7 +88,6 @@ fn is_loopback(listen: &str) -> bool {
 /// Connects to every upstream and reports.
 pub async fn findings(config: &Config) -> Vec<Finding> {
     let mut out = setting_findings(config);
-    let pool = &config.pool;
     for up in &config.upstreams {
         let name = format!("{} ({})", up.var, up.url.redacted());
         if !up.url.sslmode.tls_required() && !is_local_host(&up.url.host) {
@@ -94,79 +96,100 @@ pub async fn findings(config: &Config) -> Vec<Finding> {
                 up.url.sslmode.as_str()
             )));
         }
-        let target = match Target::new(up.url.clone(), pool.connect_timeout) {
-            Ok(t) => t,
-            Err(e) => {
-                out.push(Finding::Fail(format!("{name}: {e}")));
-                continue;
-            }
-        };
-        let started = Instant::now();
-        let mut conn = match ServerConn::connect(&target).await {
-            Ok(c) => c,
-            Err(e) => {
-                out.push(Finding::Fail(format!("{name}: {e}: {}", advice(&e))));
-                continue;
-            }
-        };
-        let version = conn.login_params.get("server_version").cloned().unwrap_or_default();
-        out.push(Finding::Ok(format!(
-            "{name}: connected in {} ms ({}, PostgreSQL {version})",
-            started.elapsed().as_millis(),
-            if conn.io.is_tls() { "TLS" } else { "no TLS" }
-        )));
-        let limits = conn
-            .exec(sizing::LIMITS_QUERY, &mut Vec::new())
-            .await
-            .ok()
-            .and_then(|rows| rows.first().and_then(|r| sizing::parse_limits(r)));
-        conn.close().await;
-        let s =
-            sizing::compute(limits, pool.sizing.plan.clone(), pool.sizing.reserved, pool.sizing.processes);
-        if let Some(d) = limits {
-            out.push(Finding::Ok(format!(
-                "{}: max_connections={} superuser_reserved={} role_limit={} in_use={}",
-                up.var,
-                d.max_connections,
-                d.superuser_reserved,
-                d.role_limit.map_or("none".into(), |r| r.to_string()),
-                d.in_use
-            )));
-        }
-        let mut line = String::new();
-        let size = if pool.sizing.auto { s.pool_size } else { pool.size };
-        let _ = write!(line, "{}: pool size {size}", up.var);
-        if pool.sizing.auto {
-            let _ = write!(
-                line,
-                " (auto: ({} limit - {} reserved) / {} processes)",
-                s.limit.map_or("?".into(), |l| l.to_string()),
-                s.reserved,
-                s.processes
-            );
-        }
-        out.push(Finding::Ok(line));
-        if let Some(limit) = s.limit {
-            let total = size as u64 * u64::from(s.processes);
-            if total + u64::from(s.reserved) > u64::from(limit) {
-                out.push(Finding::Warn(format!(
-                    "{}: pool size {size} x {} processes = {total} connections, more than the {limit} the database allows minus {} reserved: lower PGSIDECAR_POOL_SIZE or use auto",
-                    up.var, s.processes, s.reserved
-                )));
-            }
-        }
-        if let Some((plan, plan_limit)) = &s.plan {
-            if let Some(d) = limits {
-                if d.max_connections != *plan_limit {
-                    out.push(Finding::Warn(format!(
-                        "{}: PGSIDECAR_PLAN={plan} says {plan_limit} connections but the database says max_connections={}: update PGSIDECAR_PLAN",
-                        up.var, d.max_connections
-                    )));
-                }
-            }
+        if let Some(limits) = connect_findings(config, up, &name, &mut out).await {
+            sizing_findings(config, up, limits, &mut out);
         }
     }
     out
+}
+
+/// Connects to `up` as the proxy would and reads its limits. `None`: it could not connect
+/// (the reason is in `out`); `Some(None)`: connected, the limits unknown.
+async fn connect_findings(
+    config: &Config,
+    up: &crate::config::Upstream,
+    name: &str,
+    out: &mut Vec<Finding>,
+) -> Option<Option<sizing::DbLimits>> {
+    let target = match Target::new(up.url.clone(), config.pool.connect_timeout) {
+        Ok(t) => t,
+        Err(e) => {
+            out.push(Finding::Fail(format!("{name}: {e}")));
+            return None;
+        }
+    };
+    let started = Instant::now();
+    let mut conn = match ServerConn::connect(&target).await {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(Finding::Fail(format!("{name}: {e}: {}", advice(&e))));
+            return None;
+        }
+    };
+    let version = conn.login_params.get("server_version").cloned().unwrap_or_default();
+    out.push(Finding::Ok(format!(
+        "{name}: connected in {} ms ({}, PostgreSQL {version})",
+        started.elapsed().as_millis(),
+        if conn.io.is_tls() { "TLS" } else { "no TLS" }
+    )));
+    let limits = conn
+        .exec(sizing::LIMITS_QUERY, &mut Vec::new())
+        .await
+        .ok()
+        .and_then(|rows| rows.first().and_then(|r| sizing::parse_limits(r)));
+    conn.close().await;
+    Some(limits)
+}
+
+/// The limits found, the pool size the proxy would use, and whether it fits them.
+fn sizing_findings(
+    config: &Config,
+    up: &crate::config::Upstream,
+    limits: Option<sizing::DbLimits>,
+    out: &mut Vec<Finding>,
+) {
+    let pool = &config.pool;
+    let s = sizing::compute(limits, pool.sizing.plan.clone(), pool.sizing.reserved, pool.sizing.processes);
+    if let Some(d) = limits {
+        out.push(Finding::Ok(format!(
+            "{}: max_connections={} superuser_reserved={} role_limit={} in_use={}",
+            up.var,
+            d.max_connections,
+            d.superuser_reserved,
+            d.role_limit.map_or("none".into(), |r| r.to_string()),
+            d.in_use
+        )));
+    }
+    let mut line = String::new();
+    let size = if pool.sizing.auto { s.pool_size } else { pool.size };
+    let _ = write!(line, "{}: pool size {size}", up.var);
+    if pool.sizing.auto {
+        let _ = write!(
+            line,
+            " (auto: ({} limit - {} reserved) / {} processes)",
+            s.limit.map_or("?".into(), |l| l.to_string()),
+            s.reserved,
+            s.processes
+        );
+    }
+    out.push(Finding::Ok(line));
+    if let Some(limit) = s.limit {
+        let total = size as u64 * u64::from(s.processes);
+        if total + u64::from(s.reserved) > u64::from(limit) {
+            out.push(Finding::Warn(format!(
+                "{}: pool size {size} x {} processes = {total} connections, more than the {limit} the database allows minus {} reserved: lower PGSIDECAR_POOL_SIZE or use auto",
+                up.var, s.processes, s.reserved
+            )));
+        }
+    }
+    if let (Some((plan, plan_limit)), Some(d)) = (&s.plan, limits) {
+        if d.max_connections != *plan_limit {
+            out.push(Finding::Warn(format!(
+                "{}: PGSIDECAR_PLAN={plan} says {plan_limit} connections but the database says max_connections={}: update PGSIDECAR_PLAN",
+                up.var, d.max_connections
+            )));
+        }
+    }
 }
 
 fn is_local_host(host: &str) -> bool {

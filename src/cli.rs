@@ -1,5 +1,8 @@
 //! The command line: every setting is a flag on every subcommand and an environment
 //! variable, built from the table in `config::settings`.
+//!
+//! An entry point: may import anything; only [`crate::supervise`], [`crate::demo`] and
+//! [`crate::check`] are needed.
 
 use crate::config::settings::{OsEnv, SETTINGS};
 use crate::config::Config;

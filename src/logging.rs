@@ -1,5 +1,7 @@
 //! Log lines as logfmt on stderr: `level=info event=server_connected key=value ...`, with a
 //! timestamp unless the platform adds its own (on a dyno, `DYNO` is set).
+//!
+//! May import nothing else of the crate.
 
 use std::fmt::Write as _;
 use tracing::field::{Field, Visit};

@@ -5,6 +5,8 @@
 //! already branch between plain and TLS, and a Unix arm is one more case of the same match
 //! (the same jump on the discriminant), whereas a generic would compile the session, relay
 //! and console twice and spread a type parameter through every type that holds a stream.
+//!
+//! May import nothing else of the crate.
 
 use bytes::BytesMut;
 use std::io;

@@ -5,6 +5,8 @@
 //! passed to the application once, and the proxy keeps serving old and new client connections
 //! while the application drains; pgsidecar exits when the application has exited and its
 //! clients are gone, or at PGSIDECAR_SHUTDOWN_TIMEOUT. Its exit code is the application's.
+//!
+//! An entry point: may import [`crate::proxy`] and what it wires.
 
 use crate::config::url::percent_encode;
 use crate::config::Config;

@@ -1,5 +1,7 @@
 //! rustls configurations: towards Postgres per `sslmode`, and towards clients when a
 //! certificate is configured. Always the ring provider, chosen explicitly.
+//!
+//! May import: [`crate::config`].
 
 use crate::config::SslMode;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};

@@ -27,12 +27,23 @@ const TEST_VARIABLES: &[&str] = &[
     "PGSIDECAR_INTEGRITY_QUERIES",
 ];
 
-/// Paths the docs name that are not in this repository: heroku-buildpack-pgbouncer's script.
-const NOT_OURS: &[&str] = &["bin/start-pgbouncer"];
+/// `PGSIDECAR_*` variables the buildpacks read at build time (buildpack/lib/install.sh): not
+/// settings of the proxy.
+const BUILDPACK_VARIABLES: &[&str] = &[
+    "PGSIDECAR_VERSION",
+    "PGSIDECAR_BINARY_URL",
+    "PGSIDECAR_BINARY_SHA256",
+    "PGSIDECAR_DEFAULT_URL",
+    "PGSIDECAR_LOG_STYLE",
+];
 
-/// Pages linked before they exist: docs/heroku.md is written on another branch of issue 23.
-/// A page here that exists is checked like any other.
-const PENDING_PAGES: &[&str] = &["docs/heroku.md"];
+/// Paths the docs name that are not in this repository: heroku-buildpack-pgbouncer's script,
+/// and the binary's place inside a release tarball.
+const NOT_OURS: &[&str] = &["bin/start-pgbouncer", "bin/pgsidecar"];
+
+/// Pages linked before they exist (a page written on another branch); none now. A page here
+/// that exists is checked like any other.
+const PENDING_PAGES: &[&str] = &[];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -201,7 +212,9 @@ fn docs_name_only_settings_that_exist() {
             if name == "PGSIDECAR_" {
                 continue; // `PGSIDECAR_*`, the family
             }
-            let known = SETTINGS.iter().any(|s| s.env == name) || TEST_VARIABLES.contains(&name.as_str());
+            let known = SETTINGS.iter().any(|s| s.env == name)
+                || TEST_VARIABLES.contains(&name.as_str())
+                || BUILDPACK_VARIABLES.contains(&name.as_str());
             if !known {
                 unknown.push(format!("{page}: {name}"));
             }

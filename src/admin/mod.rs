@@ -5,6 +5,10 @@
 //! [`console`] runs a console session; every command lives in its own file with a `parse`
 //! that reads its arguments and an `execute` that returns the messages to send (RowDescription,
 //! DataRows and CommandComplete), never writing to a socket itself. [`Command`] dispatches.
+//!
+//! May import: [`crate::shared`], [`crate::upstream`], [`crate::cancel`], [`crate::server`],
+//! [`crate::observe`], [`crate::config`], [`crate::stream`], [`crate::wire`]. Never [`crate::client`]
+//! (a console login reaches it from the handshake) or [`crate::proxy`].
 
 pub mod console;
 

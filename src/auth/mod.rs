@@ -1,6 +1,8 @@
 //! Authentication of clients against the upstream URL's credentials: SCRAM-SHA-256 (server
 //! side, [`scram`]), md5 and trust. Server-side authentication (the proxy as a client of
 //! Postgres) lives in `server::conn` and uses postgres-protocol.
+//!
+//! May import: [`crate::config`] and [`crate::wire`]: nothing with a socket or a pool.
 
 pub mod scram;
 

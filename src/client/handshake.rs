@@ -323,7 +323,7 @@ pub async fn handshake(
 }
 
 /// Finishes a pool client's login with its startup settings as PostgreSQL takes them: in
-/// transaction mode (see [`super::canonical`]) their values as PostgreSQL shows them and its
+/// transaction mode (see [`crate::params::canonical`]) their values as PostgreSQL shows them and its
 /// notices go into the greeting, and a setting PostgreSQL refuses gets its FATAL error after
 /// AuthenticationOk (`None`: the client has been told). In session mode the client's server is
 /// opened with them, and its login says what PostgreSQL does with them. Not bounded by the

@@ -1,5 +1,7 @@
 //! Settings: gathered from flags and the environment ([`settings`]), parsed into a tree of
 //! small per-subsystem structs that is built once and passed down.
+//!
+//! May import nothing else of the crate: every other module reads its types.
 
 pub mod listen;
 pub mod settings;

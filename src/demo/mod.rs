@@ -2,6 +2,8 @@
 //! 20, as on essential-0), pgsidecar in front of it with `pool-size auto`, and a simulated
 //! application of many workers whose traffic saturates the pool for a while. A live line shows
 //! the pool; a summary follows. Everything is removed afterwards, on Ctrl-C too.
+//!
+//! An entry point: may import [`crate::proxy`] and what it wires.
 
 mod tempdb;
 

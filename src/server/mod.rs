@@ -1,4 +1,9 @@
 //! The server side: one backend connection ([`conn`]) and the bounded FIFO pool ([`pool`]).
+//!
+//! May import: [`crate::params`], [`crate::prepared`] (statements a server holds),
+//! [`crate::observe`] (counters), [`crate::config`], [`crate::stream`], [`crate::tls`],
+//! [`crate::wire`]. Never [`crate::client`], [`crate::admin`], [`crate::shared`] or
+//! [`crate::proxy`]: a server connection knows no client.
 
 pub mod conn;
 pub mod pool;

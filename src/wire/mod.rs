@@ -3,6 +3,8 @@
 //! Everything here works on byte slices and `BytesMut`: framing of regular messages
 //! ([`frame`]), the untyped startup packets ([`startup`]), and the few messages the proxy
 //! itself builds or reads ([`messages`]). Sockets are glued on in `client` and `server`.
+//!
+//! May import nothing else of the crate: no I/O, no state.
 
 pub mod frame;
 pub mod messages;
