@@ -3,6 +3,8 @@
 //!
 //! A Unix socket's file is replaced at start when it is stale (nothing accepts on it) and
 //! removed when its listener is dropped, with the directory pgsidecar created for it.
+//!
+//! May import: [`crate::config`] (the addresses), [`crate::stream`] (what it accepts).
 
 use crate::config::Listen;
 use crate::stream::{Peer, Stream};

@@ -212,3 +212,32 @@ fn run_hands_psql_psycopg_and_node_postgres_the_socket_url() {
     assert_eq!(stdout.matches("errors=0 wrong=0").count(), 2, "{stdout}");
     assert!(!Path::new(&dir).exists(), "the socket directory is gone after the run");
 }
+
+/// The harness's unix transport (`PGSIDECAR_TEST_TRANSPORT=unix`) really puts every kind of
+/// client on the socket: tokio-postgres and raw TCP clients of `p.addr` alike show as `unix`.
+#[tokio::test]
+async fn the_unix_transport_puts_every_client_on_the_socket() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("socktransport");
+    let p = start_on(
+        env_for(pg, SCRAM_USER, &db, "require", &[("PGSIDECAR_CLIENT_AUTH", "trust")]),
+        Transport::Unix,
+    )
+    .await;
+    let _raw = raw::trusted_login(p.addr, SCRAM_USER, &db).await;
+    let _client = p.connect(&db).await;
+    let console = p.connect("pgbouncer").await;
+    let rows = console.simple_query("SHOW CLIENTS").await.unwrap();
+    let addrs: Vec<(String, String)> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((r.get("addr").unwrap().to_owned(), r.get("port").unwrap().to_owned()))
+            }
+            _ => None,
+        })
+        .collect();
+    let port = p.socket.as_ref().unwrap().1.to_string();
+    assert_eq!(addrs.len(), 3, "{addrs:?}");
+    assert!(addrs.iter().all(|(a, p)| a == "unix" && *p == port), "{addrs:?}");
+}

@@ -166,6 +166,6 @@ mod tests {
         assert!(parse("nonsense").unwrap_err().contains("host:port"));
         assert!(parse("127.0.0.1:1,127.0.0.1:1").unwrap_err().contains("twice"));
         assert!(parse(&format!("unix:/{}", "a".repeat(120))).unwrap_err().contains("at most 107"));
-        assert!(parse(&vec!["127.0.0.1:1"; 9].join(",")).unwrap_err().contains("at most 8"));
+        assert!(parse(&["127.0.0.1:1"; 9].join(",")).unwrap_err().contains("at most 8"));
     }
 }
