@@ -2,6 +2,7 @@
 """pgsidecar benchmark harness (issue 6): pgsidecar vs PgBouncer vs direct PostgreSQL.
 
 One command:  python3 bench/run.py [--quick] [--rounds N] [--duration S] [--out DIR] [--binary PATH]
+                                  [--transport tcp|unix]
 
 It builds pgsidecar (release), starts a throwaway PostgreSQL 15, PgBouncer and pgsidecar on
 127.0.0.1 with equal settings, drives all of them with pgbench in alternating rounds, and writes
@@ -50,7 +51,8 @@ REUSES_EXTENDED = {"prepared": (PGBOUNCER,), "unnamed": (DIRECT, PGBOUNCER)}
 CSV_FIELDS = [
     "phase", "round", "target", "mode", "mode_run", "clients", "pool_size", "duration_s", "status",
     "tps", "transactions", "failed_transactions", "lat_avg_ms", "lat_p50_ms", "lat_p99_ms",
-    "lat_max_ms", "lat_mean_ms", "conn_time_ms", "proxy_cpu_s", "proxy_cpu_s_per_100k_tx", "service_ms", "ideal_latency_ms",
+    "lat_max_ms", "lat_mean_ms", "conn_time_ms", "proxy_cpu_s", "proxy_cpu_s_per_100k_tx", "proxy_cpu_us_per_tx",
+    "transport", "service_ms", "ideal_latency_ms",
     "ideal_wait_ms", "wait_p50_ms", "wait_p99_ms", "wait_max_ms", "steady_tps", "window_s", "connections_requested",
     "connections_open", "rss_base_kb", "rss_kb", "rss_per_conn_kb", "fd_limit", "note", "error",
 ]
@@ -293,11 +295,15 @@ class Postgres:
 
 
 class Proxy:
-    """One pooler process (PgBouncer or pgsidecar) listening on 127.0.0.1:port."""
+    """One pooler process (PgBouncer or pgsidecar) listening on 127.0.0.1:port and, with
+    transport unix, on the Unix socket DIR/.s.PGSQL.port as well (`host` is where pgbench goes)."""
 
     def __init__(self, kind, label, tmp, pool_size, pg_port, scram_secret, binary=None, client_auth="scram-sha-256",
-                 extra_env=None):
+                 extra_env=None, transport="tcp"):
         self.kind = kind
+        self.transport = transport
+        self.sockdir = os.path.join(tmp, f"{label}.sock") if transport == "unix" else None
+        self.host = self.sockdir or "127.0.0.1"
         self.extra_env = extra_env or {}
         self.label = label
         self.tmp = tmp
@@ -326,6 +332,10 @@ class Proxy:
         if os.geteuid() == 0:
             shutil.chown(self.logfile, "postgres", "postgres")
         if self.kind == PGBOUNCER:
+            if self.sockdir:
+                os.makedirs(self.sockdir, mode=0o700, exist_ok=True)
+                if os.geteuid() == 0:
+                    shutil.chown(self.sockdir, "postgres", "postgres")
             ini = self.write_pgbouncer_ini()
             self.proc = subprocess.Popen([shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", ini],
                                          stdout=logf, stderr=subprocess.STDOUT, cwd=self.tmp, env=clean_env(),
@@ -335,7 +345,8 @@ class Proxy:
             env.update({
                 "DATABASE_URL": f"postgres://{BENCH_USER}:{BENCH_PASSWORD}@127.0.0.1:{self.pg_port}/{BENCH_DB}"
                                 "?sslmode=disable",
-                "PGSIDECAR_LISTEN": f"127.0.0.1:{self.port}",
+                # With transport unix also DIR/.s.PGSQL.PORT (pgsidecar creates DIR, 0700).
+                "PGSIDECAR_LISTEN": f"127.0.0.1:{self.port}" + (f",{self.sockdir}:{self.port}" if self.sockdir else ""),
                 "PGSIDECAR_POOL_SIZE": str(self.pool_size),
                 "PGSIDECAR_POOL_MODE": "transaction",
                 "PGSIDECAR_CLIENT_AUTH": self.client_auth,
@@ -365,7 +376,7 @@ class Proxy:
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = {self.port}
-unix_socket_dir =
+unix_socket_dir = {self.sockdir or ""}
 auth_type = {self.client_auth}
 auth_file = {userlist}
 pool_mode = transaction
@@ -447,9 +458,10 @@ class Bench:
         self.incidents = []
 
     def pgbench(self, port, mode, clients, duration, select_only=True, script=None, connect=False,
-                tx_log=False, proxy=None):
+                tx_log=False, proxy=None, host=None):
         self.seq += 1
-        cmd = [self.bins["pgbench"], "-h", "127.0.0.1", "-p", str(port), "-U", BENCH_USER, "-n",
+        host = host or (proxy.host if proxy else "127.0.0.1")
+        cmd = [self.bins["pgbench"], "-h", host, "-p", str(port), "-U", BENCH_USER, "-n",
                "-c", str(clients), "-j", str(min(2, clients)), "-T", str(duration), "-M", PGBENCH_MODE.get(mode, mode)]
         if script:
             cmd += ["-f", script]
@@ -497,6 +509,8 @@ class Bench:
                 res["proxy_cpu_s"] = cpu1 - cpu0
                 if txns:
                     res["proxy_cpu_s_per_100k_tx"] = (cpu1 - cpu0) / txns * 1e5
+                    # The proxy's CPU per transaction: on a dyno, taken from the app.
+                    res["proxy_cpu_us_per_tx"] = (cpu1 - cpu0) / txns * 1e6
             if not proxy.alive():
                 res["status"] = "crash"
                 res["error"] = (res.get("error", "") + f" {proxy.label} exited with {proxy.proc.returncode}").strip()
@@ -727,6 +741,9 @@ def main():
     ap.add_argument("--duration", type=int, help="seconds per pgbench run (default 8, quick 3)")
     ap.add_argument("--out", help="output directory (default bench/out/<timestamp>)")
     ap.add_argument("--binary", help="use this pgsidecar binary instead of cargo build --release")
+    ap.add_argument("--transport", choices=("tcp", "unix"), default="tcp",
+                    help="how pgbench reaches every target: tcp (127.0.0.1) or unix (each one's Unix socket:"
+                         " PostgreSQL's, PgBouncer's unix_socket_dir, pgsidecar's socket directory)")
     ap.add_argument("--clients", help="comma-separated client counts (default 1,16,64,256; quick 1,64)")
     ap.add_argument("--modes", help="comma-separated query modes (default simple,extended,prepared,unnamed;"
                     " unnamed is -M extended with PGSIDECAR_PREPARE_UNNAMED_STATEMENTS=1)")
@@ -838,6 +855,7 @@ def run(args, out, tmp):
         "pgbench": subprocess.run([bins["pgbench"], "--version"], capture_output=True, text=True).stdout.strip(),
         "pgbouncer": subprocess.run(["pgbouncer", "--version"], capture_output=True, text=True).stdout.splitlines()[0],
         "nproc": os.cpu_count(), "loadavg_start": open("/proc/loadavg").read().strip(),
+        "transport": args.transport,
     }
     log(f"pgsidecar binary {src_binary} (sha256 {meta['binary_sha256'][:12]}; repo HEAD {meta['git_head'][:10]}"
         f"{' + uncommitted changes' if meta['git_dirty'] else ''}); {meta['pgbouncer']}; fd limit {fd_limit}")
@@ -850,12 +868,14 @@ def run(args, out, tmp):
     secret = pg.setup_bench(args.scale)
     log(f"  initialised in {time.monotonic() - t0:.0f} s")
 
-    pgb = Proxy(PGBOUNCER, "pgbouncer", tmp, args.pool_size, pg.port, secret)
-    sc = Proxy(SIDECAR, "pgsidecar", tmp, args.pool_size, pg.port, secret, binary=binary)
-    pgb_f = Proxy(PGBOUNCER, "pgbouncer-pool%d" % args.fair_pool, tmp, args.fair_pool, pg.port, secret)
-    sc_f = Proxy(SIDECAR, "pgsidecar-pool%d" % args.fair_pool, tmp, args.fair_pool, pg.port, secret, binary=binary)
+    tr = args.transport
+    pgb = Proxy(PGBOUNCER, "pgbouncer", tmp, args.pool_size, pg.port, secret, transport=tr)
+    sc = Proxy(SIDECAR, "pgsidecar", tmp, args.pool_size, pg.port, secret, binary=binary, transport=tr)
+    pgb_f = Proxy(PGBOUNCER, "pgbouncer-pool%d" % args.fair_pool, tmp, args.fair_pool, pg.port, secret, transport=tr)
+    sc_f = Proxy(SIDECAR, "pgsidecar-pool%d" % args.fair_pool, tmp, args.fair_pool, pg.port, secret, binary=binary,
+                 transport=tr)
     sc_u = Proxy(SIDECAR, "pgsidecar-unnamed", tmp, args.pool_size, pg.port, secret, binary=binary,
-                 extra_env={"PGSIDECAR_PREPARE_UNNAMED_STATEMENTS": "1"})
+                 extra_env={"PGSIDECAR_PREPARE_UNNAMED_STATEMENTS": "1"}, transport=tr)
     # The second pgsidecar (and its pool's connections) only when its mode is measured.
     unnamed_proxy = [sc_u] if "unnamed" in args.modes else []
     for p in [pgb, sc, pgb_f, sc_f] + unnamed_proxy:
@@ -866,10 +886,13 @@ def run(args, out, tmp):
     bench = Bench(args, bins, tmp)
     ports = {DIRECT: pg.port, PGBOUNCER: pgb.port, SIDECAR: sc.port}
     proxies = {DIRECT: None, PGBOUNCER: pgb, SIDECAR: sc}
+    # Direct PostgreSQL over its own socket with transport unix (pg_hba: trust there, SCRAM on TCP:
+    # only the connect-per-transaction rows see the difference).
+    hosts = {DIRECT: pg.sock if tr == "unix" else "127.0.0.1", PGBOUNCER: pgb.host, SIDECAR: sc.host}
 
     # Login check through every target, then a short warm-up (opens pool servers, warms caches).
     for t in TARGETS:
-        r = bench.pgbench(ports[t], "simple", 20, 2, proxy=proxies[t])
+        r = bench.pgbench(ports[t], "simple", 20, 2, proxy=proxies[t], host=hosts[t])
         if r["status"] != "ok":
             die(f"warm-up through {t} failed: {r.get('error')}\n{r['cmd']}")
     for p in [pgb_f, sc_f] + unnamed_proxy:
@@ -894,6 +917,7 @@ def run(args, out, tmp):
                "tps": res.get("tps"), "transactions": res.get("transactions"),
                "failed_transactions": res.get("failed_transactions"), "lat_avg_ms": res.get("lat_avg_ms"),
                "proxy_cpu_s": res.get("proxy_cpu_s"), "conn_time_ms": res.get("conn_time_ms"), "proxy_cpu_s_per_100k_tx": res.get("proxy_cpu_s_per_100k_tx"),
+               "proxy_cpu_us_per_tx": res.get("proxy_cpu_us_per_tx"), "transport": args.transport,
                "error": res.get("error", "")}
         row.update(extra)
         rows.append(row)
@@ -922,10 +946,10 @@ def run(args, out, tmp):
                     if t == SIDECAR and mode == "extended" and "unnamed" in args.modes:
                         runs.append((t, "unnamed"))
                 for t, m in runs:
-                    proxy, port = (sc_u, sc_u.port) if m == "unnamed" else (proxies[t], ports[t])
+                    proxy, port, host = (sc_u, sc_u.port, sc_u.host) if m == "unnamed" else (proxies[t], ports[t], hosts[t])
                     if proxy:
                         ensure_alive(proxy, bench, f"{m} c={clients}")
-                    res = bench.pgbench(port, m, clients, args.duration, tx_log=(clients == 1), proxy=proxy)
+                    res = bench.pgbench(port, m, clients, args.duration, tx_log=(clients == 1), proxy=proxy, host=host)
                     extra = {}
                     if res.get("txlog"):
                         lats = sorted(l for _, l in res["txlog"])
@@ -937,8 +961,8 @@ def run(args, out, tmp):
                             record("select_only", rnd, t, other, clients, res, args.pool_size, args.duration,
                                    mode_run="extended", note=f"its -M extended run, reused for the {other} row", **extra)
                     s = fmt_num(row["tps"]) if row["status"] == "ok" else f"{row['status'].upper()}"
-                    if row.get("proxy_cpu_s_per_100k_tx") is not None:
-                        s += f" ({row['proxy_cpu_s_per_100k_tx']:.2f} cpu-s/100k)"
+                    if row.get("proxy_cpu_us_per_tx") is not None:
+                        s += f" ({row['proxy_cpu_us_per_tx']:.1f} cpu-us/tx)"
                     parts[(t, m)] = f"{t}{' unnamed' if m == 'unnamed' else ''} {s}"
                     if row["status"] != "ok":
                         msg = f"round {rnd}: {t} -S -M {m} -c {clients}: {row['status']}: {row['error']}"
@@ -950,7 +974,7 @@ def run(args, out, tmp):
         for t in order:
             if proxies[t]:
                 ensure_alive(proxies[t], bench, "connect-per-tx")
-            res = bench.pgbench(ports[t], "simple", 16, args.duration, connect=True, proxy=proxies[t])
+            res = bench.pgbench(ports[t], "simple", 16, args.duration, connect=True, proxy=proxies[t], host=hosts[t])
             row = record("connect_per_tx", rnd, t, "simple", 16, res, args.pool_size, args.duration)
             if row["status"] != "ok":
                 bench.incidents.append(f"round {rnd}: {t} -C: {row['status']}: {row['error']}\n    reproduce: {res['cmd']}")
@@ -1108,8 +1132,14 @@ def ext(target, mode):
 def summarize(rows, args, meta):
     L = []
 
+    def value(r, key):
+        v = r.get(key)
+        if key == "proxy_cpu_us_per_tx" and v in (None, "") and r.get("proxy_cpu_s_per_100k_tx") not in (None, ""):
+            v = float(r["proxy_cpu_s_per_100k_tx"]) * 10  # results.csv of runs before the column
+        return v
+
     def get(target, mode, clients, key="tps", phase="select_only"):
-        return [r.get(key) for r in rows if r["phase"] == phase and r["target"] == target
+        return [value(r, key) for r in rows if r["phase"] == phase and r["target"] == target
                 and r["mode"] == mode and r["clients"] == clients and r["status"] == "ok"]
 
     def status_of(target, mode, clients, phase="select_only"):
@@ -1129,7 +1159,10 @@ def summarize(rows, args, meta):
              f"{' (dirty)' if meta['git_dirty'] else ''}  {meta['pgbouncer']}  {meta['pgbench']}")
     L.append(f"{meta['nproc']} cores; load at start {meta['loadavg_start'].split()[0]}; rounds {args.rounds};"
              f" {args.duration} s per run; pool {args.pool_size}, transaction mode, client auth SCRAM-SHA-256 on both"
-             f" proxies; no TLS on any hop (client or server); all on 127.0.0.1.")
+             f" proxies; no TLS on any hop (client or server); "
+             + ("pgbench reaches every target over its Unix socket (PostgreSQL's, PgBouncer's unix_socket_dir,"
+                " pgsidecar's socket directory); servers over 127.0.0.1."
+                if meta.get("transport") == "unix" else "all on 127.0.0.1."))
     L.append("Cells: median [min-max] over rounds. sc/pgb and sc/direct are ratios of those medians; 'per round' is the"
              " median [min-max] of the ratios")
     L.append("within each round (the runs it pairs are a minute apart at most, so slow drifts in machine load cancel)."
@@ -1168,17 +1201,18 @@ def summarize(rows, args, meta):
         L.append(f"{mode:<9}  {cells[0] + ext(DIRECT, mode):<22}{cells[1] + ext(PGBOUNCER, mode):<22}{cells[2]:<22}"
                  f"{ratio(med[SIDECAR][0], med[PGBOUNCER][0]):>11}{ratio(med[SIDECAR][1], med[PGBOUNCER][1]):>11}")
     L.append("")
-    L.append("Proxy CPU seconds per 100,000 transactions (utime+stime of the proxy process from /proc; direct: n/a)")
+    L.append("Proxy CPU microseconds per transaction (utime+stime of the proxy process from /proc; direct: n/a;"
+             " on a dyno this CPU is taken from the app)")
     hdr = f"{'mode':<9}{'clients':>7}  {'pgbouncer':<24}{'pgsidecar':<24}{'sc/pgb':>7}  {'sc/pgb per round':<18}"
     L.append(hdr)
     L.append("-" * len(hdr))
     for mode in args.modes:
         for c in args.clients:
-            b = median(get(PGBOUNCER, mode, c, "proxy_cpu_s_per_100k_tx"))
-            s = median(get(SIDECAR, mode, c, "proxy_cpu_s_per_100k_tx"))
-            L.append(f"{mode:<9}{c:>7}  {cell(PGBOUNCER, mode, c, 'proxy_cpu_s_per_100k_tx', 2) + ext(PGBOUNCER, mode):<24}"
-                     f"{cell(SIDECAR, mode, c, 'proxy_cpu_s_per_100k_tx', 2):<24}{ratio(s, b):>7}  "
-                     f"{ratio_spread(paired_ratios(rows, 'select_only', mode, c, 'proxy_cpu_s_per_100k_tx', SIDECAR, PGBOUNCER))}")
+            b = median(get(PGBOUNCER, mode, c, "proxy_cpu_us_per_tx"))
+            s = median(get(SIDECAR, mode, c, "proxy_cpu_us_per_tx"))
+            L.append(f"{mode:<9}{c:>7}  {cell(PGBOUNCER, mode, c, 'proxy_cpu_us_per_tx', 1) + ext(PGBOUNCER, mode):<24}"
+                     f"{cell(SIDECAR, mode, c, 'proxy_cpu_us_per_tx', 1):<24}{ratio(s, b):>7}  "
+                     f"{ratio_spread(paired_ratios(rows, 'select_only', mode, c, 'proxy_cpu_us_per_tx', SIDECAR, PGBOUNCER))}")
     L.append("")
     L.append("Connect per transaction (pgbench -S -C -c 16 -M simple; every transaction logs in with SCRAM-SHA-256)")
     d, b, s = (median(get(t, "simple", 16, "tps", "connect_per_tx")) for t in TARGETS)
