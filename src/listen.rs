@@ -22,7 +22,7 @@ pub struct Listeners {
 
 enum Bound {
     Tcp(TcpListener),
-    Unix { listener: UnixListener, port: u16, _file: SocketFile },
+    Unix { listener: UnixListener, port: u16, file: SocketFile },
 }
 
 /// Removes a socket file (and the directory pgsidecar created for it, if empty) on drop.
@@ -93,7 +93,7 @@ impl Listeners {
             .iter()
             .map(|b| match b {
                 Bound::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-                Bound::Unix { _file, .. } => format!("unix:{}", _file.path.display()),
+                Bound::Unix { file, .. } => format!("unix:{}", file.path.display()),
             })
             .collect();
         names.join(",")
@@ -142,7 +142,7 @@ fn bind_unix(path: &Path, port: u16, dir: bool) -> io::Result<Bound> {
     }
     remove_stale(path)?;
     let listener = UnixListener::bind(path)?;
-    Ok(Bound::Unix { listener, port, _file: SocketFile { path: path.to_owned(), created_dir } })
+    Ok(Bound::Unix { listener, port, file: SocketFile { path: path.to_owned(), created_dir } })
 }
 
 /// Removes a socket file that nothing accepts on (left by a process that was killed).
