@@ -2,7 +2,7 @@
 """pgsidecar benchmark harness (issue 6): pgsidecar vs PgBouncer vs direct PostgreSQL.
 
 One command:  python3 bench/run.py [--quick] [--rounds N] [--duration S] [--out DIR] [--binary PATH]
-                                  [--transport tcp|unix]
+                                  [--transport tcp|unix] [--pgbouncer PATH ...]
 
 It builds pgsidecar (release), starts a throwaway PostgreSQL 15, PgBouncer and pgsidecar on
 127.0.0.1 with equal settings, drives all of them with pgbench in alternating rounds, and writes
@@ -299,8 +299,10 @@ class Proxy:
     transport unix, on the Unix socket DIR/.s.PGSQL.port as well (`host` is where pgbench goes)."""
 
     def __init__(self, kind, label, tmp, pool_size, pg_port, scram_secret, binary=None, client_auth="scram-sha-256",
-                 extra_env=None, transport="tcp"):
+                 extra_env=None, transport="tcp", pgbouncer_path=None, max_prepared=None):
         self.kind = kind
+        self.pgbouncer_path = pgbouncer_path
+        self.max_prepared = max_prepared
         self.transport = transport
         self.sockdir = os.path.join(tmp, f"{label}.sock") if transport == "unix" else None
         self.host = self.sockdir or "127.0.0.1"
@@ -337,7 +339,8 @@ class Proxy:
                 if os.geteuid() == 0:
                     shutil.chown(self.sockdir, "postgres", "postgres")
             ini = self.write_pgbouncer_ini()
-            self.proc = subprocess.Popen([shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", ini],
+            exe = self.pgbouncer_path or shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+            self.proc = subprocess.Popen([exe, ini],
                                          stdout=logf, stderr=subprocess.STDOUT, cwd=self.tmp, env=clean_env(),
                                          start_new_session=True, **postgres_user_kw())
         else:
@@ -396,6 +399,8 @@ log_pooler_errors = 1
 stats_period = 3600
 pidfile = {os.path.join(self.tmp, self.label + '.pid')}
 """)
+            if self.max_prepared is not None and self.max_prepared >= 0:
+                f.write(f"max_prepared_statements = {self.max_prepared}\n")
         if os.geteuid() == 0:
             for p in (userlist, ini):
                 shutil.chown(p, "postgres", "postgres")
@@ -741,6 +746,12 @@ def main():
     ap.add_argument("--duration", type=int, help="seconds per pgbench run (default 8, quick 3)")
     ap.add_argument("--out", help="output directory (default bench/out/<timestamp>)")
     ap.add_argument("--binary", help="use this pgsidecar binary instead of cargo build --release")
+    ap.add_argument("--pgbouncer", metavar="PATH", action="append", default=[],
+                    help="another PgBouncer build to add to the select-only runs, with max_prepared_statements"
+                         " set (its prepared rows are real prepared runs); repeatable")
+    ap.add_argument("--max-prepared-statements", type=int, default=200,
+                    help="max_prepared_statements of the --pgbouncer builds (default 200; -1 leaves it unset,"
+                         " for a build older than 1.21, which refuses the setting)")
     ap.add_argument("--transport", choices=("tcp", "unix"), default="tcp",
                     help="how pgbench reaches every target: tcp (127.0.0.1) or unix (each one's Unix socket:"
                          " PostgreSQL's, PgBouncer's unix_socket_dir, pgsidecar's socket directory)")
@@ -878,7 +889,18 @@ def run(args, out, tmp):
                  extra_env={"PGSIDECAR_PREPARE_UNNAMED_STATEMENTS": "1"}, transport=tr)
     # The second pgsidecar (and its pool's connections) only when its mode is measured.
     unnamed_proxy = [sc_u] if "unnamed" in args.modes else []
-    for p in [pgb, sc, pgb_f, sc_f] + unnamed_proxy:
+    # --pgbouncer builds: each a target of its own, named by its version, prepared statements on.
+    extras = []
+    meta["pgbouncer_extra"] = {}
+    for path in args.pgbouncer:
+        version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout.split("\n")[0].strip()
+        label = "pgbouncer-" + (version.split()[-1] if version else f"build{len(extras) + 1}")
+        while label in [x.label for x in extras] or label in TARGETS:
+            label += "+"
+        extras.append(Proxy(PGBOUNCER, label, tmp, args.pool_size, pg.port, secret, transport=tr,
+                            pgbouncer_path=path, max_prepared=args.max_prepared_statements))
+        meta["pgbouncer_extra"][label] = f"{version} ({path}), max_prepared_statements={args.max_prepared_statements}"
+    for p in [pgb, sc, pgb_f, sc_f] + unnamed_proxy + extras:
         p.start()
         log(f"  {p.label}: 127.0.0.1:{p.port} pid {p.pid} pool {p.pool_size} fd limit {proc_fd_limit(p.pid)}")
     meta["fd_limit_proxies"] = {p.label: proc_fd_limit(p.pid) for p in (pgb, sc)}
@@ -889,13 +911,15 @@ def run(args, out, tmp):
     # Direct PostgreSQL over its own socket with transport unix (pg_hba: trust there, SCRAM on TCP:
     # only the connect-per-transaction rows see the difference).
     hosts = {DIRECT: pg.sock if tr == "unix" else "127.0.0.1", PGBOUNCER: pgb.host, SIDECAR: sc.host}
+    for x in extras:
+        ports[x.label], proxies[x.label], hosts[x.label] = x.port, x, x.host
 
     # Login check through every target, then a short warm-up (opens pool servers, warms caches).
     for t in TARGETS:
         r = bench.pgbench(ports[t], "simple", 20, 2, proxy=proxies[t], host=hosts[t])
         if r["status"] != "ok":
             die(f"warm-up through {t} failed: {r.get('error')}\n{r['cmd']}")
-    for p in [pgb_f, sc_f] + unnamed_proxy:
+    for p in [pgb_f, sc_f] + unnamed_proxy + extras:
         r = bench.pgbench(p.port, "simple", 20, 1, proxy=p)
         if r["status"] != "ok":
             die(f"warm-up through {p.label} failed: {r.get('error')}")
@@ -945,6 +969,7 @@ def run(args, out, tmp):
                     runs.append((t, mode))
                     if t == SIDECAR and mode == "extended" and "unnamed" in args.modes:
                         runs.append((t, "unnamed"))
+                runs += [(x.label, mode) for x in (extras if rnd % 2 else extras[::-1])]
                 for t, m in runs:
                     proxy, port, host = (sc_u, sc_u.port, sc_u.host) if m == "unnamed" else (proxies[t], ports[t], hosts[t])
                     if proxy:
@@ -968,7 +993,8 @@ def run(args, out, tmp):
                         msg = f"round {rnd}: {t} -S -M {m} -c {clients}: {row['status']}: {row['error']}"
                         bench.incidents.append(msg + f"\n    reproduce: {res['cmd']}")
                 log(f"  -S -M {mode:<8} c={clients:<4} " + " | ".join(
-                    parts[k] for k in sorted(parts, key=lambda k: (TARGETS.index(k[0]), k[1] == "unnamed"))))
+                    parts[k] for k in sorted(parts, key=lambda k: (TARGETS.index(k[0]) if k[0] in TARGETS else len(TARGETS),
+                                                             k[0], k[1] == "unnamed"))))
         # Connect-per-transaction.
         parts = {}
         for t in order:
@@ -998,7 +1024,7 @@ def run(args, out, tmp):
         log(f"  fairness c={args.fair_clients} pool={args.fair_pool}: " + " | ".join(parts))
 
     # Idle memory: fresh proxies, one at a time.
-    for p in [pgb, sc, pgb_f, sc_f] + unnamed_proxy:
+    for p in [pgb, sc, pgb_f, sc_f] + unnamed_proxy + extras:
         p.stop()
     if args.idle_conns > 0:
         log(f"\n== idle memory: {args.idle_conns} authenticated idle client connections per proxy (SCRAM-SHA-256)")
@@ -1213,6 +1239,23 @@ def summarize(rows, args, meta):
             L.append(f"{mode:<9}{c:>7}  {cell(PGBOUNCER, mode, c, 'proxy_cpu_us_per_tx', 1) + ext(PGBOUNCER, mode):<24}"
                      f"{cell(SIDECAR, mode, c, 'proxy_cpu_us_per_tx', 1):<24}{ratio(s, b):>7}  "
                      f"{ratio_spread(paired_ratios(rows, 'select_only', mode, c, 'proxy_cpu_us_per_tx', SIDECAR, PGBOUNCER))}")
+    for label, desc in (meta.get("pgbouncer_extra") or {}).items():
+        L.append("")
+        L.append(f"{label}: {desc}. Its prepared rows are -M prepared runs of its own; sc = pgsidecar.")
+        hdr = (f"{'mode':<9}{'clients':>7}  {'TPS ' + label:<26}{'sc/it':>7}  {'cpu-us/tx':<12}{'sc cpu-us/tx':<14}"
+               f"{'p50/p99 ms (1 client)':<24}")
+        L.append(hdr)
+        L.append("-" * len(hdr))
+        for mode in args.modes:
+            if mode == "unnamed":
+                continue
+            for c in args.clients:
+                x, s = median(get(label, mode, c)), median(get(SIDECAR, mode, c))
+                lat = ""
+                if c == 1:
+                    lat = f"{fmt_num(median(get(label, mode, 1, 'lat_p50_ms')), 3)} / {fmt_num(median(get(label, mode, 1, 'lat_p99_ms')), 3)}"
+                L.append(f"{mode:<9}{c:>7}  {cell(label, mode, c):<26}{ratio(s, x):>7}  "
+                         f"{cell(label, mode, c, 'proxy_cpu_us_per_tx', 1):<12}{cell(SIDECAR, mode, c, 'proxy_cpu_us_per_tx', 1):<14}{lat:<24}")
     L.append("")
     L.append("Connect per transaction (pgbench -S -C -c 16 -M simple; every transaction logs in with SCRAM-SHA-256)")
     d, b, s = (median(get(t, "simple", 16, "tps", "connect_per_tx")) for t in TARGETS)
