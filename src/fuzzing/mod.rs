@@ -10,11 +10,12 @@
 //!
 //! # Files
 //!
-//! One per target: [`startup_packet`] (`startup`), [`frame`] (`frame`), [`pre_auth`]
-//! (`pre_auth`, with the in-memory client it scripts in `script`) and [`post_auth`]
-//! (`post_auth`). This one holds what they share: the reading of an input's control bytes
-//! and a socket-like reader. The targets import this file (and `pre_auth` imports `script`),
-//! never each other. May import any part of the crate but [`crate::proxy`].
+//! One per target: `startup_packet` (startup.rs), `frame` (frame.rs), `pre_auth`
+//! (pre_auth.rs, with the in-memory client it scripts in script.rs) and `post_auth`
+//! (post_auth.rs). This one holds what they share: the reading of an input's control bytes
+//! and a socket-like reader, and the seed replay. The targets import this file (and
+//! pre_auth.rs imports script.rs), never each other. May import any part of the crate but
+//! [`crate::proxy`].
 
 mod frame;
 mod post_auth;

@@ -11,17 +11,17 @@
 //! # Files
 //!
 //! - this one: a proxy-wide [`Statement`] and its [`Shape`], the maps keyed by names.
-//! - `names`: new statements and their names ([`statement`], [`instance_name`]), and the
+//! - `names.rs`: new statements and their names ([`statement`], [`instance_name`]), and the
 //!   per-thread cache of unnamed texts ([`unnamed_statement`]).
-//! - `client`: one client's names ([`ClientStatements`]).
-//! - `server`: the instances one server holds, by name, text and shape ([`ServerStatements`]).
-//! - `messages`: the rewriting: Parse, Bind, Describe and Close read and written.
-//! - `sql`: the SQL commands about prepared statements the proxy reads (`DEALLOCATE`,
+//! - `client.rs`: one client's names ([`ClientStatements`]).
+//! - `server.rs`: the instances one server holds, by name, text and shape ([`ServerStatements`]).
+//! - `messages.rs`: the rewriting: Parse, Bind, Describe and Close read and written.
+//! - `sql.rs`: the SQL commands about prepared statements the proxy reads (`DEALLOCATE`,
 //!   `DISCARD ALL`, `EXECUTE`).
 //!
 //! Everything is used as `crate::prepared::X` (re-exported here). May import:
 //! [`crate::wire`] and [`crate::observe`] (the hashing seed); never the client or server
-//! side. Within it, the files import this one, and `names` imports `messages`; no other.
+//! side. Within it, the files import this one, and names.rs imports messages.rs; no other.
 
 mod client;
 mod messages;

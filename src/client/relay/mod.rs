@@ -16,21 +16,22 @@
 //!
 //! # Files
 //!
-//! - this one: the [`Relay`] and its state, the queue of expected answers ([`Kind`],
-//!   [`Payload`]), the thresholds, the small accessors the session reads, the answers the
+//! - this one: the [`Relay`] and its state, the queue of expected answers (`Kind`,
+//!   `Payload`), the thresholds, the small accessors the session reads, the answers the
 //!   proxy gives itself.
-//! - [`client`]: the client-to-server direction ([`Relay::client_to_server`]): named
+//! - `client.rs`: the client-to-server direction ([`Relay::client_to_server`]): named
 //!   statements rewritten, instances resolved and prepared, requests queued.
-//! - [`server`]: the server-to-client direction ([`Relay::server_to_client`]): answers matched
-//!   to the queue, probes read, what an error skips taken back.
-//! - [`facts`]: what the relay finds in a statement's text (session state, custom settings,
+//! - `server.rs`: the server-to-client direction ([`Relay::server_to_client`]): answers
+//!   matched to the queue, probes read, what an error skips taken back.
+//! - `facts.rs`: what the relay finds in a statement's text (session state, custom settings,
 //!   `set_config`).
+//! - `tests/`: the unit tests, by subject.
 //!
 //! Each file adds an `impl Relay` block of its own. May import: [`crate::prepared`],
 //! [`crate::wire`], [`crate::params`], [`crate::observe`] (`normalize`) and the client's
-//! [`super::timing`]. Within the relay, [`client`] and [`server`] import this file and
-//! [`facts`], never each other; [`facts`] imports none of the others; this file imports none
-//! of them (it only re-exports [`managed_statement`]).
+//! [`super::timing`]. Within the relay, `client.rs` and `server.rs` import this file and
+//! `facts.rs`, never each other; `facts.rs` imports none of the others; this file imports
+//! none of them (it only re-exports [`managed_statement`]).
 
 mod client;
 mod facts;
