@@ -1,31 +1,27 @@
 //! The client-to-server direction of the relay ([`Relay::client_to_server`]): client messages
 //! move towards the server, each request queued with the answer it expects. In transaction
 //! mode named statements are rewritten: a client's statement runs as an instance the server
-//! holds ([`Relay::resolve`]), prepared and described first on a server that has none, and
-//! the proxy answers a Close or DEALLOCATE of a statement it manages itself.
+//! holds (found or prepared by instances.rs), and the proxy answers a Close or DEALLOCATE of
+//! a statement it manages itself.
 //!
-//! May import: the relay's state ([`super`]) and its scans ([`super::facts`]), never the other
-//! direction ([`super::server`]); [`crate::prepared`], [`crate::wire`], [`crate::params`].
+//! May import: the relay's state ([`super`]), its scans ([`super::facts`]) and instances
+//! (instances.rs), never the other direction (server.rs); [`crate::prepared`],
+//! [`crate::wire`], [`crate::params`].
 
 use super::facts::{
-    mark, scan_facts, text_facts, CALLS_SET_CONFIG, MAY_NAME_CUSTOM_SETTINGS, MENTIONS_SESSION_STATE,
+    scan_facts, text_facts, CALLS_SET_CONFIG, MAY_NAME_CUSTOM_SETTINGS, MENTIONS_SESSION_STATE,
 };
 use super::{
-    read_whole, stream_rest, Barrier, Kind, Payload, Relay, Statements, Stop, Undo, MAX_EXPECTED, WRITE_HIGH,
+    read_whole, stream_rest, Barrier, Kind, Payload, Relay, Statements, Stop, Undo, FLUSH, MAX_EXPECTED,
+    WRITE_HIGH,
 };
-use crate::prepared::{self, ServerStatements, Shape, SqlCommand, Statement};
+use crate::prepared::{self, SqlCommand, Statement};
 use crate::wire::frame::{FrameError, Header, HEADER_LEN};
 use crate::wire::tag;
 use bytes::{Buf, Bytes, BytesMut};
 use std::ops::Range;
-use std::sync::Arc;
 
-const FLUSH: &[u8] = b"H\0\0\0\x04";
-const SYNC: &[u8] = b"S\0\0\0\x04";
 const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
-
-/// A statement name no server has (the prefix is the proxy's): a message sent to it fails.
-pub(super) const NO_STATEMENT: &str = "pgsidecar_stale";
 
 impl Relay {
     /// Moves client messages towards the server while there is room, rewriting named
@@ -373,40 +369,6 @@ impl Relay {
         facts
     }
 
-    /// A client's named Parse with rewriting: refused here when the name is taken (or the
-    /// client holds too many), else always prepared on the server, under a name of its own:
-    /// the client gets PostgreSQL's answer to its text as the database is now (an error
-    /// included), and a Describe the proxy adds records the shape PostgreSQL gave it.
-    fn prepare_named(
-        &mut self,
-        name: &[u8],
-        query: &[u8],
-        types: &[u8],
-        facts: u8,
-        out: &mut BytesMut,
-        st: &mut Statements<'_>,
-    ) {
-        let name = name.to_vec();
-        let mut stmt = prepared::statement(query, types);
-        mark(&mut stmt, query, facts);
-        if let Some(error) = st.client.refuse_parse(&name) {
-            let mut buf = BytesMut::new();
-            error.encode(&mut buf);
-            self.push_local(buf.freeze(), Undo::Nothing);
-            self.client_skip = true;
-            return;
-        }
-        let stmt = Arc::new(stmt);
-        st.client.insert(name.clone(), stmt.clone());
-        st.server.insert(stmt.name.clone(), stmt.base.clone());
-        self.close_evicted(st.server, out);
-        prepared::put_parse(out, &stmt.name, &stmt, None);
-        self.push(Kind::Parse, false, Some(Payload::Parse(stmt.name.clone(), Some(name))));
-        prepared::put_statement_message(out, tag::DESCRIBE, &stmt.name);
-        let probe = Payload::Probe { instance: stmt.name.clone(), stmt, barrier: Barrier::None };
-        self.push(Kind::Probe, true, Some(probe));
-    }
-
     /// A Bind: of a statement the proxy manages, rewritten to name its instance on this
     /// server (false while that is being prepared); otherwise sent as it is.
     #[inline]
@@ -495,122 +457,6 @@ impl Relay {
             self.expect_server(Kind::Close);
         }
         Ok(true)
-    }
-
-    /// Queues Close for statements the server's cache evicted, answers dropped.
-    fn close_evicted(&mut self, server: &mut ServerStatements, to_server: &mut BytesMut) {
-        for name in server.to_close.drain(..) {
-            prepared::put_statement_message(to_server, tag::CLOSE, &name);
-            self.push(Kind::Close, true, Some(Payload::Close(name)));
-        }
-    }
-
-    /// The instance on this server that runs the client's `stmt`: its own, or one of the
-    /// same text and shape (PostgreSQL fixes a statement's result shape when it is prepared).
-    /// When the server has none, one is prepared and described, and the client's message
-    /// waits for the answer (`None`): an instance of another shape would hand the client rows
-    /// it cannot read, where PostgreSQL says 0A000.
-    fn resolve(
-        &mut self,
-        stmt: &Arc<Statement>,
-        st: &mut Statements<'_>,
-        out: &mut BytesMut,
-        barrier: Barrier,
-    ) -> Option<Arc<str>> {
-        if self.stale_next {
-            self.stale_next = false;
-            self.replace_next_error = true;
-            return Some(NO_STATEMENT.into());
-        }
-        if st.server.touch(&stmt.name) {
-            return Some(stmt.name.clone());
-        }
-        let shape = stmt.shape.get();
-        if !stmt.tracked || shape.is_some() {
-            let fingerprint = shape.map_or(0, |s| s.fingerprint);
-            if let Some(found) = st.server.find(&stmt.base, fingerprint) {
-                return Some(found);
-            }
-        }
-        if !stmt.tracked {
-            // A shared unnamed statement: prepared under its name, answer dropped.
-            st.server.insert(stmt.name.clone(), stmt.base.clone());
-            self.close_evicted(st.server, out);
-            prepared::put_parse(out, &stmt.name, stmt, None);
-            self.push(Kind::Parse, true, Some(Payload::Parse(stmt.name.clone(), None)));
-            return Some(stmt.name.clone());
-        }
-        self.prepare_instance(stmt, shape, st, out, barrier);
-        None
-    }
-
-    /// Prepares and describes a new instance of the client's `stmt` on this server; the
-    /// client's message (`barrier`) is held until the Describe is answered.
-    fn prepare_instance(
-        &mut self,
-        stmt: &Arc<Statement>,
-        shape: Option<&Shape>,
-        st: &mut Statements<'_>,
-        out: &mut BytesMut,
-        barrier: Barrier,
-    ) {
-        let name: Arc<str> = prepared::instance_name(&stmt.base).into();
-        st.server.insert(name.clone(), stmt.base.clone());
-        self.close_evicted(st.server, out);
-        // With the parameter types PostgreSQL inferred for the client's statement.
-        prepared::put_parse(out, &name, stmt, shape.map(|s| &s.param_types[..]));
-        self.push(Kind::Parse, true, Some(Payload::Parse(name.clone(), None)));
-        prepared::put_statement_message(out, tag::DESCRIBE, &name);
-        let probe = Payload::Probe { instance: name, stmt: stmt.clone(), barrier };
-        self.push(Kind::Probe, true, Some(probe));
-        if barrier == Barrier::Query {
-            // A Flush would leave the server skipping the query after an error.
-            out.extend_from_slice(SYNC);
-            self.outstanding += 1;
-            self.push(Kind::Sync, true, None);
-        } else {
-            out.extend_from_slice(FLUSH);
-        }
-        self.held = true;
-    }
-
-    /// An unnamed Parse prepared under the proxy-wide name of its text: answered here when the
-    /// server already holds that statement. The client's "" names it until its next unnamed
-    /// Parse or simple query, as Postgres' unnamed statement would. False (nothing done) when
-    /// the statement's Parse is still unanswered in this attachment: the client's Parse then
-    /// goes as it is, so that if that Parse fails this one gets Postgres' own error too.
-    fn prepare_unnamed(
-        &mut self,
-        key: &[u8],
-        query: &[u8],
-        types: &[u8],
-        facts: u8,
-        out: &mut BytesMut,
-        st: &mut Statements<'_>,
-    ) -> bool {
-        // Drivers send the same text again and again: compared with the client's current
-        // unnamed statement first, it is neither hashed nor stored again.
-        let stmt = match st.client.get(b"") {
-            Some(s) if s.text == key => s.clone(),
-            _ => {
-                let s = prepared::unnamed_statement(key, query, types, |s| mark(s, query, facts));
-                st.client.insert(Vec::new(), s.clone());
-                s
-            }
-        };
-        if st.server.touch(&stmt.name) {
-            let pending = self.payloads.iter().any(|p| matches!(p, Payload::Parse(n, _) if *n == stmt.name));
-            if pending {
-                return false;
-            }
-            self.push(Kind::LocalParse, false, None);
-        } else {
-            st.server.insert(stmt.name.clone(), stmt.base.clone());
-            self.close_evicted(st.server, out);
-            prepared::put_parse(out, &stmt.name, &stmt, None);
-            self.push(Kind::Parse, false, Some(Payload::Parse(stmt.name.clone(), Some(Vec::new()))));
-        }
-        true
     }
 }
 

@@ -19,8 +19,10 @@
 //! - this one: the [`Relay`] and its state, the queue of expected answers (`Kind`,
 //!   `Payload`), the thresholds, the small accessors the session reads, the answers the
 //!   proxy gives itself.
-//! - `client.rs`: the client-to-server direction ([`Relay::client_to_server`]): named
-//!   statements rewritten, instances resolved and prepared, requests queued.
+//! - `client.rs`: the client-to-server direction ([`Relay::client_to_server`]): each message
+//!   type read, named statements rewritten, requests queued.
+//! - `instances.rs`: the statement instances on the attached server: the one that runs a
+//!   client's statement, found or prepared and described while the client's message waits.
 //! - `server.rs`: the server-to-client direction ([`Relay::server_to_client`]): answers
 //!   matched to the queue, probes read, what an error skips taken back.
 //! - `facts.rs`: what the relay finds in a statement's text (session state, custom settings,
@@ -29,12 +31,14 @@
 //!
 //! Each file adds an `impl Relay` block of its own. May import: [`crate::prepared`],
 //! [`crate::wire`], [`crate::params`], [`crate::observe`] (`normalize`) and the client's
-//! [`super::timing`]. Within the relay, `client.rs` and `server.rs` import this file and
-//! `facts.rs`, never each other; `facts.rs` imports none of the others; this file imports
-//! none of them (it only re-exports [`managed_statement`]).
+//! [`super::timing`]. Within the relay, every file may import this one and `facts.rs`;
+//! `client.rs` calls into `instances.rs`; the two directions never import each other;
+//! `facts.rs` imports none of the others; this file imports none of them (it only
+//! re-exports [`managed_statement`]).
 
 mod client;
 mod facts;
+mod instances;
 mod server;
 
 pub use facts::managed_statement;
@@ -58,6 +62,7 @@ pub const MAX_STREAMED: usize = i32::MAX as usize;
 pub const MAX_EXPECTED: usize = 4096;
 
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+const FLUSH: &[u8] = b"H\0\0\0\x04";
 
 /// Why [`Relay::client_to_server`] or [`Relay::server_to_client`] stopped moving messages:
 /// the session waits on a socket only when neither direction can move anything more.

@@ -5,7 +5,7 @@
 //! message that waited for it, and after an error what Postgres skips up to Sync is taken
 //! back ([`Relay::on_error`]).
 //!
-//! May import: the relay's state ([`super`]), never the other direction ([`super::client`]);
+//! May import: the relay's state ([`super`]), never the other direction (client.rs, instances.rs);
 //! [`crate::prepared`] and [`crate::wire`].
 
 use super::{

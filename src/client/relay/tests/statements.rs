@@ -2,7 +2,7 @@
 //! names, described for their shape, closed and deallocated here, taken back after errors,
 //! and run by SQL EXECUTE.
 
-use super::super::client::NO_STATEMENT;
+use super::super::instances::NO_STATEMENT;
 use super::*;
 use crate::prepared;
 
