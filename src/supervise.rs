@@ -100,49 +100,99 @@ pub async fn run(config: Config, cmd: Vec<OsString>) -> ExitCode {
         return exec_unproxied(&cmd);
     }
     let shutdown_timeout = config.shutdown_timeout;
-    let Some(listeners) = bind(&config).await else { return ExitCode::FAILURE };
-    let tcp = listeners.tcp_addrs().first().copied();
-    let socket = config.listen.iter().find_map(|l| l.libpq_dir()).map(|(d, p)| (d.to_owned(), p));
-    // The configuration guarantees the address its URL style needs.
-    let addr = match (config.url_style, tcp, &socket) {
-        (crate::config::UrlStyle::Socket, _, Some((dir, port))) => LocalAddr::Socket(dir, *port),
-        (_, Some(a), _) => LocalAddr::Tcp(a),
-        _ => return ExitCode::FAILURE,
+    let Some((proxy, listeners)) = start(config).await else { return ExitCode::FAILURE };
+    let Some(addr) = app_addr(&proxy.config, &listeners) else { return ExitCode::FAILURE };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tracing::info!(listen = %listeners.describe(), "listening");
+    let serving = tokio::spawn(proxy.clone().serve(listeners, async move {
+        let _ = stop_rx.await;
+    }));
+    let child = match spawn_app(&cmd, &proxy, addr) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
+    let Some(ended) = supervise(&proxy, child, serving, shutdown_timeout).await else {
+        return ExitCode::FAILURE;
+    };
+    let _ = stop_tx.send(());
+    if !ended.proxy_failed {
+        // The listeners close (socket files removed) before this process exits.
+        let _ = ended.serving.await;
+    }
+    proxy.close_pools();
+    tracing::info!(clients = proxy.clients(), "stopped");
+    if ended.proxy_failed {
+        return ExitCode::FAILURE;
+    }
+    ended.status.map_or(ExitCode::FAILURE, exit_code)
+}
+
+/// The address the application is given, in the URL style the configuration asks for (the
+/// configuration guarantees a listener of that kind).
+fn app_addr<'a>(config: &'a Config, listeners: &crate::listen::Listeners) -> Option<LocalAddr<'a>> {
+    let tcp = listeners.tcp_addrs().first().copied();
+    let socket = config.listen.iter().find_map(|l| l.libpq_dir());
+    match (config.url_style, tcp, socket) {
+        (crate::config::UrlStyle::Socket, _, Some((dir, port))) => Some(LocalAddr::Socket(dir, port)),
+        (_, Some(a), _) => Some(LocalAddr::Tcp(a)),
+        _ => None,
+    }
+}
+
+/// Binds the listeners, builds the proxy, sizes its pools and starts the metrics endpoint.
+/// `None`: it failed, and said why.
+async fn start(config: Config) -> Option<(Arc<Proxy>, crate::listen::Listeners)> {
+    let listeners = bind(&config).await?;
     let proxy = match Proxy::new(config) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "startup_failed");
-            return ExitCode::FAILURE;
+            return None;
         }
     };
     proxy.size_pools().await;
     proxy.start_budget().await;
     start_metrics(&proxy.config).await;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tracing::info!(listen = %listeners.describe(), "listening");
-    let mut serving = tokio::spawn(proxy.clone().serve(listeners, async move {
-        let _ = stop_rx.await;
-    }));
+    Some((proxy, listeners))
+}
 
+/// Starts the application with every upstream's variable pointing at the proxy.
+fn spawn_app(cmd: &[OsString], proxy: &Proxy, addr: LocalAddr) -> Result<tokio::process::Child, ExitCode> {
     let mut command = tokio::process::Command::new(&cmd[0]);
     command.args(&cmd[1..]);
     for up in &proxy.config.upstreams {
         command.env(&up.var, local_url(&up.url, addr));
     }
-    let mut child = match command.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, command = ?cmd[0], "child_start_failed");
-            return ExitCode::from(127);
-        }
-    };
-    let pid = child.id();
-    tracing::info!(pid = pid.unwrap_or(0), vars = proxy.config.upstreams.len(), "child_started");
+    let child = command.spawn().map_err(|e| {
+        tracing::error!(error = %e, command = ?cmd[0], "child_start_failed");
+        ExitCode::from(127)
+    })?;
+    tracing::info!(pid = child.id().unwrap_or(0), vars = proxy.config.upstreams.len(), "child_started");
+    Ok(child)
+}
 
+/// How supervision ended.
+struct Ended {
+    /// The application's exit status, once it exited.
+    status: Option<ExitStatus>,
+    /// The accept loop ended on its own (the application was told to stop).
+    proxy_failed: bool,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+/// Runs until the application has exited and its clients are gone, or the drain's deadline
+/// passes, or the proxy fails. A first SIGTERM or SIGINT is passed on to the application and
+/// starts the drain; the application exiting starts it too. `None`: signals could not be set up.
+async fn supervise(
+    proxy: &Proxy,
+    mut child: tokio::process::Child,
+    mut serving: tokio::task::JoinHandle<()>,
+    shutdown_timeout: std::time::Duration,
+) -> Option<Ended> {
+    let pid = child.id();
     let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(t), Ok(i)) => (t, i),
-        _ => return ExitCode::FAILURE,
+        _ => return None,
     };
     let deadline = tokio::time::sleep(std::time::Duration::from_secs(u64::MAX / 4));
     tokio::pin!(deadline);
@@ -193,17 +243,7 @@ pub async fn run(config: Config, cmd: Vec<OsString>) -> ExitCode {
         signal_child(pid, Signal::SIGKILL);
         status = child.wait().await.ok();
     }
-    let _ = stop_tx.send(());
-    if !proxy_failed {
-        // The listeners close (socket files removed) before this process exits.
-        let _ = serving.await;
-    }
-    proxy.close_pools();
-    tracing::info!(clients = proxy.clients(), "stopped");
-    if proxy_failed {
-        return ExitCode::FAILURE;
-    }
-    status.map_or(ExitCode::FAILURE, exit_code)
+    Some(Ended { status, proxy_failed, serving })
 }
 
 /// Starts the Prometheus endpoint when one is configured. A port that cannot be bound is

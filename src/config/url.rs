@@ -148,6 +148,43 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
+/// The user and password of the URL's userinfo (empty when it has none), percent-decoded.
+fn credentials(userinfo: Option<&str>) -> Result<(String, String), UrlError> {
+    Ok(match userinfo {
+        Some(u) => match u.split_once(':') {
+            Some((user, pass)) => (percent_decode(user, "user")?, percent_decode(pass, "password")?),
+            None => (percent_decode(u, "user")?, String::new()),
+        },
+        None => (String::new(), String::new()),
+    })
+}
+
+/// The host (an IPv6 address in brackets too), percent-decoded, and the port, 5432 when none
+/// is given.
+fn host_and_port(hostport: &str) -> Result<(String, u16), UrlError> {
+    if hostport.contains(',') {
+        return Err(UrlError::MultiHost);
+    }
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or(UrlError::NoHost)?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    let host = percent_decode(host, "host")?;
+    if host.is_empty() {
+        return Err(UrlError::NoHost);
+    }
+    let port = match port {
+        None | Some("") => 5432,
+        Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0).ok_or(UrlError::Port)?,
+    };
+    Ok((host, port))
+}
+
 impl DbUrl {
     pub fn parse(url: &str) -> Result<DbUrl, UrlError> {
         let rest = url
@@ -172,33 +209,8 @@ impl DbUrl {
             Some((u, h)) => (Some(u), h),
             None => (None, authority),
         };
-        let (user, password) = match userinfo {
-            Some(u) => match u.split_once(':') {
-                Some((user, pass)) => (percent_decode(user, "user")?, percent_decode(pass, "password")?),
-                None => (percent_decode(u, "user")?, String::new()),
-            },
-            None => (String::new(), String::new()),
-        };
-        if hostport.contains(',') {
-            return Err(UrlError::MultiHost);
-        }
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or(UrlError::NoHost)?;
-            (h.to_owned(), after.strip_prefix(':'))
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p)),
-                None => (hostport.to_owned(), None),
-            }
-        };
-        let host = percent_decode(&host, "host")?;
-        if host.is_empty() {
-            return Err(UrlError::NoHost);
-        }
-        let port = match port {
-            None | Some("") => 5432,
-            Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0).ok_or(UrlError::Port)?,
-        };
+        let (user, password) = credentials(userinfo)?;
+        let (host, port) = host_and_port(hostport)?;
         let database = percent_decode(path, "database name")?;
         if user.is_empty() {
             return Err(UrlError::NoUser);
@@ -220,29 +232,36 @@ impl DbUrl {
             options: None,
             app_params: Vec::new(),
         };
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        url.apply_query(query.unwrap_or(""))?;
+        Ok(url)
+    }
+
+    /// Applies the URL's query parameters: the libpq ones pgsidecar uses, and those it passes
+    /// on to the application; anything else is refused by name.
+    fn apply_query(&mut self, query: &str) -> Result<(), UrlError> {
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let key = percent_decode(k, "query")?;
             let value = percent_decode(&v.replace('+', " "), "query")?;
             let bad = || UrlError::Value { key: key.clone(), value: value.clone() };
             match key.as_str() {
                 "sslmode" => {
-                    url.sslmode = SslMode::parse(&value).ok_or_else(bad)?;
-                    url.sslmode_explicit = true;
+                    self.sslmode = SslMode::parse(&value).ok_or_else(bad)?;
+                    self.sslmode_explicit = true;
                 }
-                "sslrootcert" => url.sslrootcert = Some(value),
-                "application_name" => url.application_name = Some(value),
+                "sslrootcert" => self.sslrootcert = Some(value),
+                "application_name" => self.application_name = Some(value),
                 "connect_timeout" => {
                     let secs: u64 = value.parse().map_err(|_| bad())?;
                     // libpq treats 0 as "wait forever" and values below 2 as 2.
-                    url.connect_timeout = (secs > 0).then(|| Duration::from_secs(secs.max(2)));
+                    self.connect_timeout = (secs > 0).then(|| Duration::from_secs(secs.max(2)));
                 }
-                "options" => url.options = Some(value),
-                k if APP_PARAMS.contains(&k) => url.app_params.push((key, value)),
+                "options" => self.options = Some(value),
+                k if APP_PARAMS.contains(&k) => self.app_params.push((key, value)),
                 _ => return Err(UrlError::UnsupportedParam(key)),
             }
         }
-        Ok(url)
+        Ok(())
     }
 
     /// The URL without its password, for logs and messages.
