@@ -101,6 +101,7 @@ fn saturation(up: &Upstream, r: &mut PoolReport) {
     if s.waiting == 0 {
         if r.warned {
             tracing::info!(database = %up.pool.database, "pool_saturation_ended");
+            super::status::event(&up.pool.database, "saturation ended: no client is waiting");
         }
         r.waiting_since = None;
         r.warned = false;
@@ -138,6 +139,18 @@ fn saturation(up: &Upstream, r: &mut PoolReport) {
             format!("{fp:016x} ({calls} calls, {:.0}ms total)", total.as_secs_f64() * 1000.0)
         })
         .collect();
+    let advice = advice(up, s.max_size);
+    super::status::event(
+        &up.pool.database,
+        format!(
+            "pool saturated: {} clients waiting for {}s on {} servers, p99 wait {:.0}ms; {}{advice}",
+            s.waiting,
+            now.duration_since(since).as_secs(),
+            s.max_size,
+            p99.as_secs_f64() * 1000.0,
+            if busiest.is_empty() { String::new() } else { format!("busiest statement: {busiest}; ") }
+        ),
+    );
     tracing::warn!(
         database = %up.pool.database,
         pool_size = s.max_size,
@@ -147,7 +160,7 @@ fn saturation(up: &Upstream, r: &mut PoolReport) {
         db_limit = %limit,
         top_statements = %top.join(", "),
         top_statement = %busiest,
-        advice = %advice(up, s.max_size),
+        advice = %advice,
         "pool_saturated"
     );
 }
