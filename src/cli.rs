@@ -53,7 +53,8 @@ pub fn command() -> Command {
         .subcommand(
             Command::new("demo")
                 .about("Temporary PostgreSQL + pgsidecar + a simulated app that saturates the pool; live view and summary")
-                .arg(Arg::new("duration").long("duration").value_name("SECONDS").default_value("20").value_parser(clap::value_parser!(u64).range(4..=3600))),
+                .arg(Arg::new("duration").long("duration").value_name("SECONDS").default_value("20").value_parser(clap::value_parser!(u64).range(4..=3600)))
+                .arg(Arg::new("out-dir").long("out-dir").value_name("DIR").value_parser(clap::value_parser!(std::path::PathBuf)).help("Where the demo writes its log (in a terminal) and its chart; default: the temporary directory")),
         )
 }
 
@@ -73,11 +74,12 @@ pub fn flags(matches: &clap::ArgMatches) -> BTreeMap<String, String> {
 pub fn main() -> ExitCode {
     let matches = command().get_matches();
     if let Some(("demo", m)) = matches.subcommand() {
-        // The demo brings its own database: no settings are read from the environment.
-        crate::logging::init(tracing::Level::WARN, true);
+        // The demo brings its own database: no settings are read from the environment. It
+        // sets up its own logging (to a file in a terminal).
         let secs = m.get_one::<u64>("duration").copied().unwrap_or(20);
+        let out_dir = m.get_one::<std::path::PathBuf>("out-dir").cloned().unwrap_or_else(std::env::temp_dir);
         return match runtime(crate::config::auto_worker_threads()) {
-            Ok(rt) => rt.block_on(crate::demo::run(std::time::Duration::from_secs(secs))),
+            Ok(rt) => rt.block_on(crate::demo::run(std::time::Duration::from_secs(secs), out_dir)),
             Err(_) => ExitCode::FAILURE,
         };
     }
@@ -89,7 +91,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::logging::init(config.log_level, std::env::var_os("DYNO").is_none());
+    crate::logging::init_with(crate::logging::Options {
+        format: config.log_format,
+        ..crate::logging::Options::stderr(config.log_level, std::env::var_os("DYNO").is_none())
+    });
     for (alias, name) in &config.aliases_used {
         tracing::info!(alias = *alias, setting = *name, "alias_used");
     }

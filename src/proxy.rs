@@ -152,7 +152,12 @@ impl Proxy {
             let Some(login) = admit.await else {
                 return;
             };
-            tracing::debug!(peer = %login.peer, user = %login.user, database = %login.database, "client_login");
+            let log_connections = guard.0.config.observe.log_connections;
+            if log_connections {
+                tracing::info!(peer = %login.peer, user = %login.user, database = %login.database, "client_login");
+            } else {
+                tracing::debug!(peer = %login.peer, user = %login.user, database = %login.database, "client_login");
+            }
             // Moved out of its box inside a block, so the box is freed now rather than when the
             // client leaves: moving out of a `Box` frees it only when the (shadowed, but still
             // live) `Box` binding goes out of scope, which here would be the end of the session.
@@ -162,7 +167,11 @@ impl Proxy {
             };
             let mut session = Session::new(guard.0.clone(), login);
             session.run().await;
-            tracing::debug!(peer = %session.peer(), "client_disconnect");
+            if log_connections {
+                tracing::info!(peer = %session.peer(), "client_disconnect");
+            } else {
+                tracing::debug!(peer = %session.peer(), "client_disconnect");
+            }
         }
     }
 

@@ -108,7 +108,7 @@ impl Shared {
     }
 
     /// Client connections that are not admin console sessions.
-    fn app_clients(&self) -> usize {
+    pub fn app_clients(&self) -> usize {
         self.clients().saturating_sub(self.consoles.load(Ordering::Acquire))
     }
 

@@ -221,7 +221,7 @@ async fn errors_unknown_commands_and_extended_protocol() {
     let db = pg.create_db("adminerr");
     let p = start(pg, &db, &[]).await;
     let admin = console(&p).await;
-    let e = admin.simple_query("SHOW FDS").await.unwrap_err();
+    let e = admin.simple_query("SHOW SOCKETS").await.unwrap_err();
     assert_eq!(code(&e), "42601");
     let e = admin.simple_query("select 1").await.unwrap_err();
     assert_eq!(code(&e), "42601");

@@ -45,7 +45,10 @@ impl Sidecar {
             }
         });
         let s = Sidecar { child, listen, metrics, lines, seen: Default::default() };
-        s.wait_for_line(|l| l.contains("event=listening"), Duration::from_secs(20));
+        s.wait_for_line(
+            |l| l.contains("event=listening") || l.contains("\"event\":\"listening\""),
+            Duration::from_secs(20),
+        );
         s
     }
 
@@ -416,4 +419,61 @@ async fn timed_out_waits_count_in_the_log_show_stats_and_prometheus_alike() {
     let sum = sum.expect("pgsidecar_checkout_wait_seconds_sum");
     assert!((sum * 1e6 - total as f64).abs() <= 2.0, "Prometheus {sum} s, SHOW STATS {total} µs");
     sc.stop();
+}
+
+/// Issue 24: PGSIDECAR_LOG_FORMAT=json writes one JSON object per line with the same fields;
+/// PGSIDECAR_LOG_CONNECTIONS=1 logs logins and disconnects at info; a client idle inside a
+/// transaction past PGSIDECAR_IDLE_TRANSACTION_WARN gets one warning naming its application
+/// and its last statement, normalized (no literal), and keeps its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_connection_lines_and_the_idle_in_transaction_warning() {
+    let pg = TestPg::shared();
+    let db = pg.create_db("jsonlog");
+    let sc = Sidecar::start(
+        &db,
+        &[
+            ("PGSIDECAR_LOG_FORMAT", "json"),
+            ("PGSIDECAR_LOG_CONNECTIONS", "1"),
+            ("PGSIDECAR_IDLE_TRANSACTION_WARN", "300ms"),
+            ("PGSIDECAR_IDLE_TRANSACTION_TIMEOUT", "30s"),
+        ],
+    );
+    let conn_str = format!("{} application_name=billing-job", sc.conn_str(&db));
+    let (c, conn) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    c.batch_execute("BEGIN").await.unwrap();
+    c.simple_query("SELECT 'hunter2-literal' AS secret, 42 AS answer").await.unwrap();
+    // Idle inside the transaction: the warning comes, the connection stays.
+    let warned = tokio::task::block_in_place(|| {
+        sc.wait_for_line(|l| l.contains("\"event\":\"idle_in_transaction\""), Duration::from_secs(10))
+    });
+    assert!(warned.contains("\"level\":\"warn\""), "{warned}");
+    assert!(warned.contains("\"application_name\":\"billing-job\""), "{warned}");
+    assert!(warned.contains("\"last_statement\":\"SELECT $1 AS secret, $2 AS answer\""), "{warned}");
+    assert!(!warned.contains("hunter2"), "{warned}");
+    c.batch_execute("COMMIT").await.unwrap();
+    drop(c);
+    let _ = conn.await;
+    tokio::task::block_in_place(|| {
+        sc.wait_for_line(|l| l.contains("\"event\":\"client_disconnect\""), Duration::from_secs(10))
+    });
+    let lines = sc.stop();
+    let login = lines.iter().find(|l| l.contains("\"event\":\"client_login\"")).expect("a login line");
+    assert!(login.contains("\"level\":\"info\""), "{login}");
+    assert_eq!(lines.iter().filter(|l| l.contains("idle_in_transaction")).count(), 1, "{lines:#?}");
+    // Every line is one JSON object (checked by a real parser), with a level and an event.
+    let mut check = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys\n\
+             for line in sys.stdin:\n\
+             \x20   o = json.loads(line)\n\
+             \x20   assert isinstance(o, dict) and 'level' in o and 'event' in o and 'ts' in o, line\n",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    check.stdin.take().unwrap().write_all(lines.join("\n").as_bytes()).unwrap();
+    assert!(check.wait().unwrap().success(), "{lines:#?}");
 }

@@ -161,6 +161,9 @@ async fn idle_transaction_ends_the_client_and_rolls_its_server_back() {
                 ("PGSIDECAR_POOL_SIZE", "1"),
                 ("PGSIDECAR_POOL_MODE", mode),
                 ("PGSIDECAR_IDLE_TRANSACTION_TIMEOUT", "300ms"),
+                // The warning fires first (issue 24); the timeout still counts from the same
+                // start, not from the warning.
+                ("PGSIDECAR_IDLE_TRANSACTION_WARN", "100ms"),
             ],
         )
         .await;

@@ -3,7 +3,7 @@
 
 use super::{Table, Words};
 use crate::shared::Shared;
-use crate::wire::messages::PgError;
+use crate::wire::messages::{PgError, INT4_OID, TEXT_OID};
 use bytes::BytesMut;
 
 pub const COLUMNS: [&str; 13] = [
@@ -22,6 +22,12 @@ pub const COLUMNS: [&str; 13] = [
     "disabled",
 ];
 
+/// PgBouncer's types: names, host and mode as `text`, numbers as `int4`.
+pub const TYPES: [i32; 13] = [
+    TEXT_OID, TEXT_OID, INT4_OID, TEXT_OID, TEXT_OID, INT4_OID, INT4_OID, INT4_OID, TEXT_OID, INT4_OID,
+    INT4_OID, INT4_OID, INT4_OID,
+];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShowDatabases;
 
@@ -32,7 +38,7 @@ impl ShowDatabases {
     }
 
     pub fn execute(&self, shared: &Shared) -> BytesMut {
-        let mut t = Table::new(&COLUMNS);
+        let mut t = Table::typed(&COLUMNS, &TYPES);
         for up in shared.upstreams() {
             let s = up.pool.stats();
             let url = &up.pool.target.url;

@@ -7,6 +7,7 @@ use bytes::BytesMut;
 /// Every command, one per line, for SHOW HELP.
 pub const USAGE: &str = "\
 SHOW HELP|VERSION|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|STATS|QUERIES
+SHOW LISTS|USERS|FDS
 PAUSE [<db>]
 RESUME [<db>]
 RECONNECT [<db>]
@@ -15,7 +16,7 @@ SHUTDOWN";
 
 /// The same list on one line, as the hint of a syntax error.
 pub const USAGE_HINT: &str =
-    "commands: SHOW HELP|VERSION|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|STATS|QUERIES; \
+    "commands: SHOW HELP|VERSION|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|STATS|QUERIES|LISTS|USERS|FDS; \
 PAUSE [<db>]; RESUME [<db>]; RECONNECT [<db>]; RELOAD; SHUTDOWN";
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,9 @@ pub mod console;
 mod clients;
 mod config;
 mod databases;
+mod fds;
 mod help;
+mod lists;
 mod pause;
 mod pools;
 mod queries;
@@ -25,6 +27,8 @@ mod resume;
 mod servers;
 mod shutdown;
 mod stats;
+mod unsupported;
+mod users;
 mod version;
 
 #[cfg(test)]
@@ -56,6 +60,10 @@ pub enum Command {
     Config(config::ShowConfig),
     Databases(databases::ShowDatabases),
     Queries(queries::ShowQueries),
+    Lists(lists::ShowLists),
+    Users(users::ShowUsers),
+    Fds(fds::ShowFds),
+    Unsupported(unsupported::Unsupported),
     Pause(pause::Pause),
     Resume(resume::Resume),
     Reconnect(reconnect::Reconnect),
@@ -89,6 +97,9 @@ impl Command {
                     "CONFIG" => Command::Config(config::ShowConfig::parse(words)?),
                     "DATABASES" => Command::Databases(databases::ShowDatabases::parse(words)?),
                     "QUERIES" => Command::Queries(queries::ShowQueries::parse(words)?),
+                    "LISTS" => Command::Lists(lists::ShowLists::parse(words)?),
+                    "USERS" => Command::Users(users::ShowUsers::parse(words)?),
+                    "FDS" => Command::Fds(fds::ShowFds::parse(words)?),
                     _ => return Err(unknown(text)),
                 }
             }
@@ -97,6 +108,7 @@ impl Command {
             "RECONNECT" => Command::Reconnect(reconnect::Reconnect::parse(words)?),
             "RELOAD" => Command::Reload(reload::Reload::parse(words)?),
             "SHUTDOWN" => Command::Shutdown(shutdown::Shutdown::parse(words)?),
+            "KILL" | "SUSPEND" => Command::Unsupported(unsupported::Unsupported::parse(first, words)?),
             _ => return Err(unknown(text)),
         };
         Ok(Some(command))
@@ -115,6 +127,10 @@ impl Command {
             Command::Config(c) => Ok(c.execute(shared)),
             Command::Databases(c) => Ok(c.execute(shared)),
             Command::Queries(c) => Ok(c.execute(shared)),
+            Command::Lists(c) => Ok(c.execute(shared)),
+            Command::Users(c) => Ok(c.execute(shared)),
+            Command::Fds(c) => Ok(c.execute()),
+            Command::Unsupported(c) => Err(c.execute()),
             Command::Pause(c) => c.execute(shared).await,
             Command::Resume(c) => c.execute(shared),
             Command::Reconnect(c) => c.execute(shared),
@@ -213,6 +229,16 @@ impl Table {
     pub fn new(columns: &[&str]) -> Table {
         let mut buf = BytesMut::with_capacity(256);
         messages::row_description(&mut buf, columns);
+        Table { buf, width: columns.len() }
+    }
+
+    /// Columns with PgBouncer's types (`text`, `int4`, `int8` OIDs from [`messages`]), so
+    /// that drivers hand monitoring tools numbers where PgBouncer's do.
+    pub fn typed(columns: &[&str], types: &[i32]) -> Table {
+        debug_assert_eq!(columns.len(), types.len(), "one type per column");
+        let typed: Vec<(&str, i32)> = columns.iter().copied().zip(types.iter().copied()).collect();
+        let mut buf = BytesMut::with_capacity(256);
+        messages::row_description_typed(&mut buf, &typed);
         Table { buf, width: columns.len() }
     }
 

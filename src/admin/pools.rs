@@ -4,7 +4,7 @@
 
 use super::{Table, Words};
 use crate::shared::Shared;
-use crate::wire::messages::PgError;
+use crate::wire::messages::{PgError, INT4_OID, TEXT_OID};
 use bytes::BytesMut;
 use std::sync::atomic::Ordering;
 
@@ -29,6 +29,15 @@ pub const COLUMNS: [&str; 18] = [
     "cl_pinned",
 ];
 
+/// PgBouncer's types: names and the mode as `text`, counts as `int4`.
+pub const TYPES: [i32; 18] = {
+    let mut t = [INT4_OID; 18];
+    t[0] = TEXT_OID;
+    t[1] = TEXT_OID;
+    t[15] = TEXT_OID;
+    t
+};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShowPools;
 
@@ -40,7 +49,7 @@ impl ShowPools {
 
     pub fn execute(&self, shared: &Shared) -> BytesMut {
         let mode = shared.config.pool.mode.as_str();
-        let mut t = Table::new(&COLUMNS);
+        let mut t = Table::typed(&COLUMNS, &TYPES);
         for up in shared.upstreams() {
             let s = up.pool.stats();
             let clients = up.counters.clients.load(Ordering::Relaxed).max(0) as usize;

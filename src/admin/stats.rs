@@ -6,11 +6,11 @@
 
 use super::{Table, Words};
 use crate::shared::Shared;
-use crate::wire::messages::PgError;
+use crate::wire::messages::{PgError, INT8_OID, TEXT_OID};
 use bytes::BytesMut;
 use std::sync::atomic::Ordering;
 
-pub const COLUMNS: [&str; 15] = [
+pub const COLUMNS: [&str; 16] = [
     "database",
     "total_xact_count",
     "total_query_count",
@@ -26,7 +26,17 @@ pub const COLUMNS: [&str; 15] = [
     "avg_xact_time",
     "avg_query_time",
     "avg_wait_time",
+    // PgBouncer before 1.8 called total_query_count this; Debian's prometheus-pgbouncer-exporter
+    // (1.7) and Datadog's check still read it.
+    "total_requests",
 ];
+
+/// PgBouncer's types: the database name, then `int8` counters.
+pub const TYPES: [i32; 16] = {
+    let mut t = [INT8_OID; 16];
+    t[0] = TEXT_OID;
+    t
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShowStats;
@@ -38,7 +48,7 @@ impl ShowStats {
     }
 
     pub fn execute(&self, shared: &Shared) -> BytesMut {
-        let mut t = Table::new(&COLUMNS);
+        let mut t = Table::typed(&COLUMNS, &TYPES);
         for up in shared.upstreams() {
             let c = &up.counters;
             let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -59,6 +69,7 @@ impl ShowStats {
                 avg.xact_time.to_string(),
                 avg.query_time.to_string(),
                 avg.wait_time.to_string(),
+                load(&c.queries).to_string(),
             ]);
         }
         t.finish()

@@ -90,7 +90,7 @@ fn parsing_is_case_insensitive_and_takes_one_command() {
     assert_eq!(Command::parse("resume").unwrap(), Some(Command::Resume(resume::Resume { database: None })));
     assert_eq!(Command::parse("").unwrap(), None);
     assert_eq!(Command::parse(" ; ").unwrap(), None);
-    for bad in ["SHOW", "SHOW FDS", "KILL appdb", "select 1", "SHOW POOLS; SHOW STATS", "RELOAD now"] {
+    for bad in ["SHOW", "SHOW SOCKETS", "DISABLE appdb", "select 1", "SHOW POOLS; SHOW STATS", "RELOAD now"] {
         let e = Command::parse(bad).unwrap_err();
         assert_eq!(e.code, "42601", "{bad}");
         if bad != "SHOW POOLS; SHOW STATS" {
@@ -260,4 +260,62 @@ fn times_are_shown_in_utc() {
     assert_eq!(format_time(UNIX_EPOCH), "1970-01-01 00:00:00 UTC");
     assert_eq!(format_time(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29 00:00:00 UTC");
     assert_eq!(format_time(UNIX_EPOCH + Duration::from_secs(1_798_761_599)), "2026-12-31 23:59:59 UTC");
+}
+
+/// The column types of a RowDescription, in order.
+fn column_types(mut buf: BytesMut) -> Vec<i32> {
+    let (t, body) = split_frame(&mut buf, 1 << 20).unwrap().unwrap();
+    assert_eq!(t, b'T');
+    let mut rest = &body[2..];
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let end = rest.iter().position(|&b| b == 0).unwrap();
+        let oid = &rest[end + 1 + 6..end + 1 + 10];
+        out.push(i32::from_be_bytes([oid[0], oid[1], oid[2], oid[3]]));
+        rest = &rest[end + 1 + 18..];
+    }
+    out
+}
+
+/// Issue 24: the commands PgBouncer's monitoring tools read, with PgBouncer's column types
+/// (prometheus-pgbouncer-exporter 1.7 reads SHOW LISTS by row and total_requests in SHOW STATS).
+#[tokio::test]
+async fn lists_users_and_fds_answer_as_pgbouncer_does() {
+    let p = proxy(&[("PGSIDECAR_POOL_SIZE", "3")]);
+    let lists = run(&p, "SHOW LISTS").await;
+    assert_eq!(lists.columns, ["list", "items"]);
+    let names: Vec<&str> = lists.rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(names, lists::LISTS);
+    let item = |name: &str| lists.rows.iter().find(|r| r[0] == name).unwrap()[1].clone();
+    assert_eq!(
+        (item("databases"), item("users"), item("pools"), item("used_servers")),
+        ("1".into(), "1".into(), "1".into(), "0".into())
+    );
+    let users = run(&p, "SHOW USERS").await;
+    assert_eq!(users.columns, users::COLUMNS);
+    assert_eq!(users.rows.len(), 1);
+    assert_eq!(value(&users, 0, "name"), "app");
+    assert_eq!(value(&users, 0, "pool_size"), "3");
+    assert!(!format!("{users:?}").contains("t0psecret"));
+    let fds = run(&p, "SHOW FDS").await;
+    assert_eq!(fds.columns, fds::COLUMNS);
+    assert!(fds.rows.is_empty());
+    let stats = run(&p, "SHOW STATS").await;
+    assert_eq!(value(&stats, 0, "total_requests"), value(&stats, 0, "total_query_count"));
+
+    let types = |sql: &'static str| {
+        let p = p.clone();
+        async move { column_types(Command::parse(sql).unwrap().unwrap().execute(&p).await.unwrap()) }
+    };
+    assert_eq!(types("SHOW LISTS").await, [25, 23]);
+    assert_eq!(types("SHOW STATS").await[..3], [25, 20, 20]);
+    let pools = types("SHOW POOLS").await;
+    assert_eq!((pools[0], pools[2], pools[15]), (25, 23, 25));
+    assert_eq!(types("SHOW DATABASES").await[..3], [25, 25, 23]);
+
+    for (sql, word) in [("SUSPEND", "SUSPEND"), ("KILL appdb", "KILL")] {
+        let e = Command::parse(sql).unwrap().unwrap().execute(&p).await.unwrap_err();
+        assert_eq!(e.code, "0A000", "{sql}");
+        assert!(e.message.starts_with(word), "{e:?}");
+    }
 }

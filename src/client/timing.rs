@@ -55,6 +55,8 @@ pub struct Timing {
     pub finished: Vec<Finished>,
     /// Transactions finished since the session last looked.
     pub transactions: Vec<Duration>,
+    /// The fingerprint of the last statement counted, for the idle-in-transaction warning.
+    pub last_statement: Option<u64>,
 }
 
 /// The row count at the end of a command tag ("SELECT 5", "INSERT 0 1", "COPY 10").

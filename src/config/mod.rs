@@ -80,6 +80,8 @@ pub struct PoolConfig {
     pub query_timeout: Option<Duration>,
     /// Longest a client may sit idle inside a transaction; `None` when off.
     pub idle_transaction_timeout: Option<Duration>,
+    /// A client idle inside a transaction this long is logged once; `None` when off.
+    pub idle_transaction_warn: Option<Duration>,
     /// Servers idle longer than this are checked with a round trip before use (zero: always).
     pub server_check_delay: Duration,
 }
@@ -117,6 +119,8 @@ pub struct ObserveConfig {
     pub metrics_listen: Option<String>,
     /// `None` when l2met lines are off.
     pub stats_period: Option<Duration>,
+    /// Client logins and disconnects at info rather than debug.
+    pub log_connections: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +135,7 @@ pub struct Config {
     pub client: ClientConfig,
     pub admin: AdminConfig,
     pub log_level: tracing::Level,
+    pub log_format: crate::logging::Format,
     pub shutdown_timeout: Duration,
     /// Threads of the runtime that serves clients.
     pub worker_threads: usize,
@@ -245,8 +250,14 @@ pub const IGNORED_VARS: &[(&str, &str)] = &[
         "session mode always runs DISCARD ALL; transaction mode re-applies each client's settings",
     ),
     ("PGBOUNCER_IGNORE_STARTUP_PARAMETERS", "every startup parameter is applied as a session setting"),
-    ("PGBOUNCER_LOG_CONNECTIONS", "connection lines are logged at debug level"),
-    ("PGBOUNCER_LOG_DISCONNECTIONS", "disconnection lines are logged at debug level"),
+    (
+        "PGBOUNCER_LOG_CONNECTIONS",
+        "connection lines are logged at debug level; PGSIDECAR_LOG_CONNECTIONS=1 logs them at info",
+    ),
+    (
+        "PGBOUNCER_LOG_DISCONNECTIONS",
+        "disconnection lines are logged at debug level; PGSIDECAR_LOG_CONNECTIONS=1 logs them at info",
+    ),
     ("PGBOUNCER_LOG_POOLER_ERRORS", "pooler errors are always logged at warn level"),
     (
         "PGBOUNCER_PREPARED_STATEMENTS",
@@ -275,6 +286,7 @@ impl Config {
         let pool = pool_config(raw)?;
         let client = client_config(raw)?;
         let log_level = log_level(raw)?;
+        let log_format = log_format(raw)?;
         let observe = observe_config(raw)?;
         Ok(Config {
             listen,
@@ -285,6 +297,7 @@ impl Config {
             client,
             admin: admin_config(raw),
             log_level,
+            log_format,
             shutdown_timeout: duration(raw.get("shutdown-timeout"))?,
             worker_threads: worker_threads(raw)?,
             enabled: flag(raw.get("enabled"))?,
@@ -361,6 +374,7 @@ fn pool_config(raw: &RawSettings) -> Result<PoolConfig, ConfigError> {
         prepare_unnamed_statements: flag(raw.get("prepare-unnamed-statements"))?,
         query_timeout: optional_duration(raw.get("query-timeout"))?,
         idle_transaction_timeout: optional_duration(raw.get("idle-transaction-timeout"))?,
+        idle_transaction_warn: optional_duration(raw.get("idle-transaction-warn"))?,
         server_check_delay: duration(raw.get("server-check-delay"))?,
     })
 }
@@ -440,6 +454,14 @@ fn admin_config(raw: &RawSettings) -> AdminConfig {
     }
 }
 
+fn log_format(raw: &RawSettings) -> Result<crate::logging::Format, ConfigError> {
+    match raw.get("log-format").value.to_ascii_lowercase().as_str() {
+        "logfmt" | "" => Ok(crate::logging::Format::Logfmt),
+        "json" => Ok(crate::logging::Format::Json),
+        other => Err(invalid(raw.get("log-format"), format!("{other:?}: use logfmt or json"))),
+    }
+}
+
 fn log_level(raw: &RawSettings) -> Result<tracing::Level, ConfigError> {
     match raw.get("log-level").value.to_ascii_lowercase().as_str() {
         "error" => Ok(tracing::Level::ERROR),
@@ -476,6 +498,7 @@ fn observe_config(raw: &RawSettings) -> Result<ObserveConfig, ConfigError> {
             let secs = number(raw.get("stats-period"), 0, 86_400)?;
             (secs > 0).then(|| Duration::from_secs(secs as u64))
         },
+        log_connections: flag(raw.get("log-connections"))?,
     })
 }
 

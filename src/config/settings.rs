@@ -85,6 +85,8 @@ settings! {
         "The proxy's own backstop for a request the server does not answer (statement_timeout is the usual tool): past it the server is sent a cancel, and closed if it still does not answer; the client gets 57014 (0 = off)";
     "idle-transaction-timeout", "PGSIDECAR_IDLE_TRANSACTION_TIMEOUT", ["PGBOUNCER_IDLE_TRANSACTION_TIMEOUT"], "60s",
         "A client idle inside a transaction longer than this gets FATAL 25P03 and its server is rolled back (0 = off)";
+    "idle-transaction-warn", "PGSIDECAR_IDLE_TRANSACTION_WARN", [], "10s",
+        "A client idle inside a transaction longer than this gets one event=idle_in_transaction warning naming its application_name and last statement, before PGSIDECAR_IDLE_TRANSACTION_TIMEOUT cuts it (0 = off)";
     "server-check-delay", "PGSIDECAR_SERVER_CHECK_DELAY", ["PGBOUNCER_SERVER_CHECK_DELAY"], "30s",
         "A pooled server idle longer than this answers an empty query before it is handed out; a failed check replaces it (0 = check every time)";
     "server-connect-parallelism", "PGSIDECAR_SERVER_CONNECT_PARALLELISM", [], "4",
@@ -125,6 +127,10 @@ settings! {
         "0 makes `pgsidecar run` start the application directly, without the proxy";
     "log-level", "PGSIDECAR_LOG_LEVEL", ["LOG_LEVEL"], "info",
         "error, warn, info, debug or trace";
+    "log-format", "PGSIDECAR_LOG_FORMAT", [], "logfmt",
+        "logfmt, or json for one JSON object per line with the same fields";
+    "log-connections", "PGSIDECAR_LOG_CONNECTIONS", [], "0",
+        "1 logs each client's login and disconnect at info (else at debug)";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

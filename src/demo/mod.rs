@@ -1,11 +1,16 @@
 //! `pgsidecar demo`: a temporary PostgreSQL sized like a small Heroku plan (max_connections
 //! 20, as on essential-0), pgsidecar in front of it with `pool-size auto`, and a simulated
-//! application of many workers whose traffic saturates the pool for a while. A live line shows
-//! the pool; a summary follows. Everything is removed afterwards, on Ctrl-C too.
+//! application of many workers whose traffic saturates the pool for a while. In a terminal, a
+//! status block redrawn in place shows the pool, the saturation events are told above it in
+//! words and the log goes to a file; piped, one plain line a second and the log on stderr. A
+//! summary and a chart of the run (SVG) follow. The database is removed afterwards, on Ctrl-C
+//! too; the log and the chart stay.
 //!
 //! An entry point: may import [`crate::proxy`] and what it wires.
 
+mod chart;
 mod tempdb;
+mod view;
 
 use crate::config::settings::Env;
 use crate::config::Config;
@@ -13,6 +18,7 @@ use crate::proxy::Proxy;
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -86,10 +92,6 @@ async fn worker(
     }
 }
 
-fn bar(used: usize, max: usize) -> String {
-    (0..max).map(|i| if i < used { '#' } else { '.' }).collect()
-}
-
 struct Peak {
     waiting: usize,
     active: usize,
@@ -97,7 +99,56 @@ struct Peak {
     ticks: u32,
 }
 
-pub async fn run(duration: Duration) -> ExitCode {
+/// Where the demo's files go and how it talks: decided before the proxy logs anything.
+struct Output {
+    tty: bool,
+    log: Option<PathBuf>,
+    chart: PathBuf,
+    events: std::sync::mpsc::Receiver<crate::logging::Record>,
+}
+
+/// Events kept for the view between two redraws; more are dropped (they are in the log).
+const MAX_PENDING_EVENTS: usize = 64;
+
+/// Logging for the demo: to a file in a terminal (the screen is the view's), else to stderr
+/// at warn as before; either way the saturation events are also handed to the view.
+fn output(out_dir: &Path) -> Result<Output, String> {
+    let tty = std::io::stdout().is_terminal();
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    let stem = format!("pgsidecar-demo-{}", std::process::id());
+    let chart = out_dir.join(format!("{stem}.svg"));
+    let (tx, events) = std::sync::mpsc::sync_channel(MAX_PENDING_EVENTS);
+    let tap: crate::logging::Tap = Box::new(move |r| {
+        if view::wanted(r) {
+            let _ = tx.try_send(r.clone());
+        }
+    });
+    let (sink, level, log) = if tty {
+        let path = out_dir.join(format!("{stem}.log"));
+        let file =
+            std::fs::File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        (crate::logging::Sink::File(std::sync::Mutex::new(file)), tracing::Level::INFO, Some(path))
+    } else {
+        (crate::logging::Sink::Stderr, tracing::Level::WARN, None)
+    };
+    crate::logging::init_with(crate::logging::Options {
+        level,
+        timestamps: true,
+        format: crate::logging::Format::Logfmt,
+        sink,
+        tap: Some(tap),
+    });
+    Ok(Output { tty, log, chart, events })
+}
+
+pub async fn run(duration: Duration, out_dir: PathBuf) -> ExitCode {
+    let out = match output(&out_dir) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let db = match tokio::task::spawn_blocking(|| TempDb::start(20)).await {
         Ok(Ok(db)) => db,
         Ok(Err(e)) => {
@@ -107,8 +158,11 @@ pub async fn run(duration: Duration) -> ExitCode {
         Err(_) => return ExitCode::FAILURE,
     };
     println!("pgsidecar demo: temporary PostgreSQL on 127.0.0.1:{} (max_connections=20, like essential-0), data in {}", db.port, db.dir().display());
+    if let Some(log) = &out.log {
+        println!("the proxy's log (logfmt) goes to {}", log.display());
+    }
     let outcome = tokio::select! {
-        r = demo(&db, duration) => r,
+        r = demo(&db, duration, &out) => r,
         _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
     };
     drop(db);
@@ -143,7 +197,7 @@ async fn setup(db: &TempDb) -> Result<(), String> {
     .map_err(pg_err)
 }
 
-async fn demo(db: &TempDb, duration: Duration) -> Result<(), String> {
+async fn demo(db: &TempDb, duration: Duration, out: &Output) -> Result<(), String> {
     setup(db).await?;
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     env.insert(
@@ -183,15 +237,20 @@ async fn demo(db: &TempDb, duration: Duration) -> Result<(), String> {
     let workers: Vec<_> = (0..WORKERS)
         .map(|id| tokio::spawn(worker(id, url.clone(), started, duration, stop.clone(), counters.clone())))
         .collect();
-    let tty = std::io::stdout().is_terminal();
+    let tty = out.tty;
     let mut peak = Peak { waiting: 0, active: 0, saturated_ticks: 0, ticks: 0 };
-    let mut tick = tokio::time::interval(Duration::from_millis(if tty { 250 } else { 1000 }));
+    let window = Duration::from_millis(if tty { 250 } else { 1000 });
+    let mut tick = tokio::time::interval(window);
     let mut last = up.counters.wait_time.snapshot();
+    let mut screen = view::Screen::default();
+    let mut samples = chart::Samples::default();
+    let mut events = Vec::new();
+    let mut status = view::Status::default();
     while started.elapsed() < duration {
         tick.tick().await;
         let st = pool.stats();
         let now = up.counters.wait_time.snapshot();
-        let window = now.since(&last);
+        let since = now.since(&last);
         last = now;
         peak.waiting = peak.waiting.max(st.waiting);
         peak.active = peak.active.max(st.active);
@@ -199,32 +258,48 @@ async fn demo(db: &TempDb, duration: Duration) -> Result<(), String> {
         if st.waiting > 0 {
             peak.saturated_ticks += 1;
         }
-        let line = format!(
-            "{:5.1}s  servers [{}] {}/{} busy  clients {:3} connected {:3} waiting  wait p99 {:>6.1}ms  tx {:6}  slow {:3}  errors {}",
-            started.elapsed().as_secs_f64(),
-            bar(st.active, st.max_size),
-            st.active,
-            st.max_size,
-            proxy.clients(),
-            st.waiting,
-            window.quantile(0.99).as_secs_f64() * 1000.0,
-            counters.transactions.load(Ordering::Relaxed),
-            counters.slow.load(Ordering::Relaxed),
-            counters.errors.load(Ordering::Relaxed),
-        );
-        if tty {
-            print!("\r\x1b[2K{line}");
-        } else {
-            println!("{line}");
+        let elapsed = started.elapsed();
+        status = view::Status {
+            elapsed_s: elapsed.as_secs_f64(),
+            total_s: duration.as_secs_f64(),
+            workers: phase_workers(elapsed, duration),
+            busy: st.active,
+            idle: st.idle,
+            pool_size: st.max_size,
+            connected: proxy.clients(),
+            waiting: st.waiting,
+            wait_p99_ms: ms(since.quantile(0.99)),
+            window_s: window.as_secs_f64(),
+            transactions: counters.transactions.load(Ordering::Relaxed),
+            slow: counters.slow.load(Ordering::Relaxed),
+            errors: counters.errors.load(Ordering::Relaxed),
+        };
+        samples.push(chart::Sample {
+            t_s: status.elapsed_s,
+            busy: st.active,
+            pool_size: st.max_size,
+            waiting: st.waiting,
+            wait_p99_ms: status.wait_p99_ms,
+        });
+        events.clear();
+        while let Ok(r) = out.events.try_recv() {
+            events.extend(view::event_lines(&r, status.elapsed_s));
         }
-        let _ = std::io::stdout().flush();
+        let text = if tty {
+            screen.frame(&events, &view::block(&status))
+        } else {
+            let mut t: String = events.iter().map(|l| format!("{l}\n")).collect();
+            t.push_str(&view::plain_line(&status));
+            t.push('\n');
+            t
+        };
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(text.as_bytes());
+        let _ = stdout.flush();
     }
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         let _ = w.await;
-    }
-    if tty {
-        println!();
     }
     let waits = up.counters.wait_time.snapshot();
     let st = pool.stats();
@@ -260,6 +335,19 @@ async fn demo(db: &TempDb, duration: Duration) -> Result<(), String> {
         println!(
             "  diagnosis           the pool saturated during the rush: shorten the slow transactions, or raise PGSIDECAR_POOL_SIZE within the plan's limit (pgsidecar check shows it)"
         );
+    }
+    let title = format!(
+        "pgsidecar demo: pool of {} servers, {WORKERS} app workers, {:.0}s ({} transactions)",
+        st.max_size, status.elapsed_s, tx
+    );
+    match std::fs::write(&out.chart, chart::svg(samples.list(), &title)) {
+        Ok(()) => {
+            println!("\nchart of the run (servers busy, clients waiting, p99 wait): {}", out.chart.display())
+        }
+        Err(e) => println!("\ncannot write the chart to {}: {e}", out.chart.display()),
+    }
+    if let Some(log) = &out.log {
+        println!("the proxy's log: {}", log.display());
     }
     let _ = stop_tx.send(());
     proxy.close_pools();

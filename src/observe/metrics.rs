@@ -39,6 +39,13 @@ pub fn register_histograms(upstream: &Arc<Upstream>) {
     POOLS.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(upstream));
 }
 
+/// The registered pools that still exist.
+fn live_pools() -> Vec<Arc<Upstream>> {
+    let mut reg = POOLS.lock().unwrap_or_else(|p| p.into_inner());
+    reg.retain(|w| w.strong_count() > 0);
+    reg.iter().filter_map(Weak::upgrade).collect()
+}
+
 /// The whole /metrics text: the exporter's counters and gauges, then the process' own
 /// figures and the latency histograms.
 pub fn render() -> String {
@@ -47,11 +54,7 @@ pub fn render() -> String {
         out.push('\n');
     }
     render_process(&mut out);
-    let pools: Vec<Arc<Upstream>> = {
-        let mut reg = POOLS.lock().unwrap_or_else(|p| p.into_inner());
-        reg.retain(|w| w.strong_count() > 0);
-        reg.iter().filter_map(Weak::upgrade).collect()
-    };
+    let pools = live_pools();
     type Read = fn(&Upstream) -> Snapshot;
     let families: [(&str, Read); 3] = [
         ("pgsidecar_checkout_wait_seconds", |u| u.counters.wait_time.snapshot()),
@@ -266,6 +269,7 @@ pub async fn sample(upstreams: Vec<Weak<Upstream>>) {
             alive = true;
             g.update(&u.pool.stats(), &u.counters);
             g.update_budget(&u.budget);
+            super::status::record(&u);
         }
         if !alive {
             return;
@@ -275,7 +279,8 @@ pub async fn sample(upstreams: Vec<Weak<Upstream>>) {
     }
 }
 
-/// Serves `GET /metrics` on `listener` with the exporter's text format.
+/// Serves `GET /metrics` on `listener` with the exporter's text format, and `GET /` with the
+/// live status page. Only the first 1 KiB of a request is read (the request line).
 pub async fn serve(listener: tokio::net::TcpListener) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
@@ -290,10 +295,11 @@ pub async fn serve(listener: tokio::net::TcpListener) {
                 _ => return,
             };
             let line = String::from_utf8_lossy(&req[..n]);
-            let (status, body, kind) = if line.starts_with("GET /metrics") {
-                ("200 OK", render(), "text/plain; version=0.0.4")
-            } else {
-                ("404 Not Found", "try /metrics\n".to_owned(), "text/plain")
+            let path = line.strip_prefix("GET ").and_then(|r| r.split(' ').next()).unwrap_or("");
+            let (status, body, kind) = match path.split('?').next().unwrap_or("") {
+                "/metrics" => ("200 OK", render(), "text/plain; version=0.0.4"),
+                "/" => ("200 OK", super::status::page(&live_pools()), "text/html; charset=utf-8"),
+                _ => ("404 Not Found", "try / or /metrics\n".to_owned(), "text/plain"),
             };
             let head = format!("HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
             let _ = sock.write_all(head.as_bytes()).await;

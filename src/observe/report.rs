@@ -101,6 +101,7 @@ fn saturation(up: &Upstream, r: &mut PoolReport) {
     if s.waiting == 0 {
         if r.warned {
             tracing::info!(database = %up.pool.database, "pool_saturation_ended");
+            super::status::event(&up.pool.database, "saturation ended: no client is waiting");
         }
         r.waiting_since = None;
         r.warned = false;
@@ -125,12 +126,31 @@ fn saturation(up: &Upstream, r: &mut PoolReport) {
         .as_ref()
         .and_then(|z| z.limit)
         .map_or("unknown".to_owned(), |l| l.to_string());
-    let top: Vec<String> = top_in_window(up, r, 3)
+    let top_in = top_in_window(up, r, 3);
+    // The busiest statement by name (normalized: literals hidden), shortened for a log line.
+    let busiest = top_in
+        .first()
+        .and_then(|&(fp, _, _)| up.counters.statement_text_of(fp))
+        .map(|t| shorten(&t, BUSIEST_MAX))
+        .unwrap_or_default();
+    let top: Vec<String> = top_in
         .into_iter()
         .map(|(fp, calls, total)| {
             format!("{fp:016x} ({calls} calls, {:.0}ms total)", total.as_secs_f64() * 1000.0)
         })
         .collect();
+    let advice = advice(up, s.max_size);
+    super::status::event(
+        &up.pool.database,
+        format!(
+            "pool saturated: {} clients waiting for {}s on {} servers, p99 wait {:.0}ms; {}{advice}",
+            s.waiting,
+            now.duration_since(since).as_secs(),
+            s.max_size,
+            p99.as_secs_f64() * 1000.0,
+            if busiest.is_empty() { String::new() } else { format!("busiest statement: {busiest}; ") }
+        ),
+    );
     tracing::warn!(
         database = %up.pool.database,
         pool_size = s.max_size,
@@ -139,9 +159,25 @@ fn saturation(up: &Upstream, r: &mut PoolReport) {
         wait_p99_ms = p99.as_secs_f64() * 1000.0,
         db_limit = %limit,
         top_statements = %top.join(", "),
-        advice = %advice(up, s.max_size),
+        top_statement = %busiest,
+        advice = %advice,
         "pool_saturated"
     );
+}
+
+/// Longest busiest-statement text in a saturation warning, in bytes.
+const BUSIEST_MAX: usize = 300;
+
+/// `text` cut to at most `max` bytes on a character boundary, with `...` when cut.
+fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
 }
 
 /// Clients began to wait: what the warning will compare with.

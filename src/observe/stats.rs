@@ -270,7 +270,7 @@ impl Counters {
     /// Adds one execution of a statement given by its raw text, and its fingerprint when the
     /// relay already has it (else it is computed here, with no allocation); the normalized
     /// text is built when the statement is new.
-    pub fn statement_text(&self, text: &[u8], fingerprint: Option<u64>, d: Duration, rows: u64) {
+    pub fn statement_text(&self, text: &[u8], fingerprint: Option<u64>, d: Duration, rows: u64) -> u64 {
         let fp = fingerprint.unwrap_or_else(|| super::normalize::fingerprint(text));
         self.statement(
             fp,
@@ -278,13 +278,14 @@ impl Counters {
             d,
             rows,
         );
+        fp
     }
 
     /// [`Counters::statement_text`] for a text that came with a Parse: its fingerprint is
     /// remembered by the raw text's hash, for every client (a simple query's text usually
     /// carries literals that differ every time: the relay remembers those per thread, for
     /// texts that differ only in numbers).
-    pub fn statement_parsed(&self, text: &[u8], d: Duration, rows: u64) {
+    pub fn statement_parsed(&self, text: &[u8], d: Duration, rows: u64) -> u64 {
         let raw = super::normalize::text_hash(text);
         let known = self.parsed.lock().unwrap_or_else(|p| p.into_inner()).get(&raw).copied();
         let fp = known.unwrap_or_else(|| {
@@ -302,6 +303,7 @@ impl Counters {
             d,
             rows,
         );
+        fp
     }
 
     /// Calls and total time of every remembered statement, by fingerprint: subtracted from a
@@ -309,6 +311,12 @@ impl Counters {
     pub fn statement_times(&self) -> HashMap<u64, (u64, Duration)> {
         let map = self.statements.lock().unwrap_or_else(|p| p.into_inner());
         map.iter().map(|(k, t)| (*k, (t.calls, t.total))).collect()
+    }
+
+    /// The normalized text of a remembered statement.
+    pub fn statement_text_of(&self, fingerprint: u64) -> Option<String> {
+        let map = self.statements.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&fingerprint).map(|t| t.text.clone())
     }
 
     /// Statements by total time, largest first.

@@ -173,14 +173,29 @@ pub fn terminate(buf: &mut BytesMut) {
 
 /// A RowDescription with text columns, and DataRows, for answers the proxy makes itself.
 pub fn row_description(buf: &mut BytesMut, columns: &[&str]) {
+    let typed: Vec<(&str, i32)> = columns.iter().map(|c| (*c, TEXT_OID)).collect();
+    row_description_typed(buf, &typed);
+}
+
+/// Type OIDs the admin console declares, as PgBouncer does: `text`, `int4`, `int8`.
+pub const TEXT_OID: i32 = 25;
+pub const INT4_OID: i32 = 23;
+pub const INT8_OID: i32 = 20;
+
+/// A RowDescription with each column's type OID (values still in text format).
+pub fn row_description_typed(buf: &mut BytesMut, columns: &[(&str, i32)]) {
     let at = begin(buf, b'T');
     buf.put_i16(columns.len() as i16);
-    for name in columns {
+    for (name, oid) in columns {
         put_cstr(buf, name.as_bytes());
         buf.put_i32(0); // table oid
         buf.put_i16(0); // column number
-        buf.put_i32(25); // text
-        buf.put_i16(-1);
+        buf.put_i32(*oid);
+        buf.put_i16(match *oid {
+            INT4_OID => 4,
+            INT8_OID => 8,
+            _ => -1,
+        });
         buf.put_i32(-1);
         buf.put_i16(0); // text format
     }

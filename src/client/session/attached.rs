@@ -35,7 +35,7 @@ impl Session {
             // was pipelined up to the next Sync, simple queries included, and only the queue
             // of requests tells which ReadyForQuery is still owed.
             relay: Relay::new(),
-            t: Timeouts::new(cfg.query_timeout, cfg.idle_transaction_timeout),
+            t: Timeouts::new(cfg.query_timeout, cfg.idle_transaction_timeout, cfg.idle_transaction_warn),
             client_owed: false,
             hold_client: false,
         };
@@ -65,7 +65,8 @@ impl Session {
                 return self.end(lease, a, Ending::Terminated).await;
             }
             if a.t.enabled {
-                a.t.update(&a.relay, self.crbuf.is_empty(), timer.as_mut());
+                let warn = self.shared.config.pool.idle_transaction_warn;
+                a.t.update(&a.relay, self.crbuf.is_empty(), warn, timer.as_mut());
             }
             if stops.1 == Stop::Rest && self.mode == PoolMode::Session {
                 self.shrink_session_buffers(&mut lease);
@@ -78,6 +79,7 @@ impl Session {
                 match a.t.expired(timer.as_mut()) {
                     Expired::No => {}
                     Expired::Query => self.start_cancel(&mut a.t, &mut lease, timer.as_mut()),
+                    Expired::IdleWarn(idle) => self.warn_idle_transaction(idle),
                     Expired::IdleTransaction(idle) => {
                         return Box::pin(self.idle_transaction_expired(lease, &a.relay, idle, a.t.doomed))
                             .await;
@@ -374,6 +376,24 @@ impl Session {
         }
         let _ = tokio::time::timeout(CLIENT_FLUSH_LIMIT, self.flush_client()).await;
         Flow::End
+    }
+
+    /// The client has sat inside a transaction past PGSIDECAR_IDLE_TRANSACTION_WARN, holding
+    /// a server: one warning naming the application and its last statement (normalized:
+    /// literals and parameters never reach the log).
+    fn warn_idle_transaction(&self, idle: Duration) {
+        let last = self.timing.as_ref().and_then(|t| t.last_statement);
+        let statement = last.and_then(|fp| self.upstream.counters.statement_text_of(fp)).unwrap_or_default();
+        let timeout = self.shared.config.pool.idle_transaction_timeout;
+        tracing::warn!(
+            database = %self.upstream.pool.database,
+            user = %self.info.user,
+            application_name = %self.app_name(),
+            idle_ms = idle.as_millis() as u64,
+            timeout_ms = timeout.map_or(0, |t| t.as_millis() as u64),
+            last_statement = %statement,
+            "idle_in_transaction"
+        );
     }
 
     /// The client sat inside a transaction past PGSIDECAR_IDLE_TRANSACTION_TIMEOUT: FATAL

@@ -68,11 +68,11 @@ impl Session {
         for f in timing.finished.drain(..) {
             up.counters.query(f.duration);
             if let Some(text) = &f.text {
-                if f.parsed {
-                    up.counters.statement_parsed(text, f.duration, f.rows);
+                timing.last_statement = Some(if f.parsed {
+                    up.counters.statement_parsed(text, f.duration, f.rows)
                 } else {
-                    up.counters.statement_text(text, f.fingerprint, f.duration, f.rows);
-                }
+                    up.counters.statement_text(text, f.fingerprint, f.duration, f.rows)
+                });
             }
             if self.slow.is_slow_query(f.duration) {
                 up.counters.slow_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -1,5 +1,6 @@
 //! The timeouts of one server attachment (PGSIDECAR_QUERY_TIMEOUT,
-//! PGSIDECAR_IDLE_TRANSACTION_TIMEOUT) as a small state machine over one timer.
+//! PGSIDECAR_IDLE_TRANSACTION_TIMEOUT, and the warning of PGSIDECAR_IDLE_TRANSACTION_WARN
+//! before it) as a small state machine over one timer.
 
 use super::*;
 
@@ -22,6 +23,8 @@ pub(super) enum Expired {
     /// Nothing (yet): the deadline moved later since the timer was set.
     No,
     Query,
+    /// Idle inside a transaction past the warning threshold (once per idle stretch).
+    IdleWarn(Duration),
     IdleTransaction(Duration),
     Cancel,
 }
@@ -45,12 +48,19 @@ pub(super) struct Timeouts {
     pub(super) reply: Option<bytes::Bytes>,
     /// A cancel may still reach the server: close it rather than give it to anyone else.
     pub(super) doomed: bool,
+    /// The idle-in-transaction warning is due in this idle stretch (the threshold itself is
+    /// read from the configuration, to keep the attachment small).
+    pub(super) warn_pending: bool,
 }
 
 impl Timeouts {
-    pub(super) fn new(query: Option<Duration>, idle_transaction: Option<Duration>) -> Timeouts {
+    pub(super) fn new(
+        query: Option<Duration>,
+        idle_transaction: Option<Duration>,
+        warn: Option<Duration>,
+    ) -> Timeouts {
         Timeouts {
-            enabled: query.is_some() || idle_transaction.is_some(),
+            enabled: query.is_some() || idle_transaction.is_some() || warn.is_some(),
             query,
             idle_transaction,
             phase: Phase::Other,
@@ -60,12 +70,24 @@ impl Timeouts {
             cancel: None,
             reply: None,
             doomed: false,
+            warn_pending: false,
         }
+    }
+
+    /// The warning threshold when it comes before the timeout.
+    fn warn_before(&self, warn: Option<Duration>) -> Option<Duration> {
+        warn.filter(|w| self.idle_transaction.is_none_or(|t| *w < t))
     }
 
     /// Follows the relay's state; a new phase (or an answer while more are owed) restarts
     /// the deadline that applies to it.
-    pub(super) fn update(&mut self, relay: &Relay, client_quiet: bool, timer: Pin<&mut Option<Sleep>>) {
+    pub(super) fn update(
+        &mut self,
+        relay: &Relay,
+        client_quiet: bool,
+        warn: Option<Duration>,
+        timer: Pin<&mut Option<Sleep>>,
+    ) {
         if self.phase == Phase::Cancelling {
             return;
         }
@@ -83,9 +105,11 @@ impl Timeouts {
             return;
         }
         self.phase = phase;
+        let warn = self.warn_before(warn);
+        self.warn_pending = phase == Phase::IdleInTransaction && warn.is_some();
         let limit = match phase {
             Phase::Busy => self.query,
-            Phase::IdleInTransaction => self.idle_transaction,
+            Phase::IdleInTransaction => warn.or(self.idle_transaction),
             _ => None,
         };
         match limit {
@@ -117,7 +141,7 @@ impl Timeouts {
     }
 
     /// The timer fired: what it means now.
-    pub(super) fn expired(&mut self, timer: Pin<&mut Option<Sleep>>) -> Expired {
+    pub(super) fn expired(&mut self, mut timer: Pin<&mut Option<Sleep>>) -> Expired {
         let Some(at) = self.deadline else { return Expired::No };
         let now = tokio::time::Instant::now();
         if now < at {
@@ -129,9 +153,22 @@ impl Timeouts {
         self.deadline = None;
         match self.phase {
             Phase::Busy => Expired::Query,
-            Phase::IdleInTransaction => {
+            Phase::IdleInTransaction if self.warn_pending => {
+                // The warning; the timeout (if any) is next, counted from the same start.
+                self.warn_pending = false;
+                let since = self.since.unwrap_or(now);
+                if let Some(limit) = self.idle_transaction {
+                    self.deadline = Some(since + limit);
+                    if let Some(sleep) = timer.as_mut().as_pin_mut() {
+                        sleep.reset(since + limit);
+                    }
+                }
+                Expired::IdleWarn(now - since)
+            }
+            Phase::IdleInTransaction if self.idle_transaction.is_some() => {
                 Expired::IdleTransaction(self.since.map(|s| now - s).unwrap_or_default())
             }
+            Phase::IdleInTransaction => Expired::No,
             Phase::Cancelling => Expired::Cancel,
             Phase::Other => Expired::No,
         }
