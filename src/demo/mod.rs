@@ -199,6 +199,50 @@ async fn setup(db: &TempDb) -> Result<(), String> {
 
 async fn demo(db: &TempDb, duration: Duration, out: &Output) -> Result<(), String> {
     setup(db).await?;
+    let (proxy, addr, stop_proxy) = start_proxy(db).await?;
+    let up = proxy.upstreams()[0].clone();
+    print_plan(&up, addr, duration);
+    let url = format!("host=127.0.0.1 port={} user=app password={} dbname=app", addr.port(), db.password);
+    let counters = Arc::new(Counters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|id| tokio::spawn(worker(id, url.clone(), started, duration, stop.clone(), counters.clone())))
+        .collect();
+    let watched = watch(&proxy, &up, &counters, started, duration, out).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    let tx = print_summary(&up, &counters, &watched.peak, started);
+    let title = format!(
+        "pgsidecar demo: pool of {} servers, {WORKERS} app workers, {:.0}s ({} transactions)",
+        up.pool.stats().max_size,
+        watched.status.elapsed_s,
+        tx
+    );
+    match std::fs::write(&out.chart, chart::svg(watched.samples.list(), &title)) {
+        Ok(()) => {
+            println!("\nchart of the run (servers busy, clients waiting, p99 wait): {}", out.chart.display())
+        }
+        Err(e) => println!("\ncannot write the chart to {}: {e}", out.chart.display()),
+    }
+    if let Some(log) = &out.log {
+        println!("the proxy's log: {}", log.display());
+    }
+    let _ = stop_proxy.send(());
+    proxy.close_pools();
+    if counters.errors.load(Ordering::Relaxed) > 0 {
+        return Err("some simulated requests failed".into());
+    }
+    Ok(())
+}
+
+/// The proxy in front of the temporary database, sized as one of two dynos would size it, on
+/// a port of its own; it serves until the sender is used.
+async fn start_proxy(
+    db: &TempDb,
+) -> Result<(Arc<Proxy>, std::net::SocketAddr, tokio::sync::oneshot::Sender<()>), String> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     env.insert(
         "DATABASE_URL".into(),
@@ -216,8 +260,11 @@ async fn demo(db: &TempDb, duration: Duration, out: &Output) -> Result<(), Strin
     tokio::spawn(proxy.clone().serve(listener, async move {
         let _ = stop_rx.await;
     }));
-    let up = proxy.upstreams()[0].clone();
-    let pool = up.pool.clone();
+    Ok((proxy, addr, stop_tx))
+}
+
+/// The first line: where the proxy listens, how its pool was sized, what the run will do.
+fn print_plan(up: &crate::upstream::Upstream, addr: std::net::SocketAddr, duration: Duration) {
     if let Some(s) = up.sizing.lock().unwrap_or_else(|p| p.into_inner()).clone() {
         println!(
             "pgsidecar on {addr}: pool size {} = ({} usable - {} reserved) / {} processes; {} simulated app workers, rush from {:.0}s to {:.0}s",
@@ -230,13 +277,26 @@ async fn demo(db: &TempDb, duration: Duration, out: &Output) -> Result<(), Strin
             duration.as_secs_f64() * 0.7
         );
     }
-    let url = format!("host=127.0.0.1 port={} user=app password={} dbname=app", addr.port(), db.password);
-    let counters = Arc::new(Counters::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|id| tokio::spawn(worker(id, url.clone(), started, duration, stop.clone(), counters.clone())))
-        .collect();
+}
+
+/// What the live view saw over the run.
+struct Watched {
+    peak: Peak,
+    samples: chart::Samples,
+    status: view::Status,
+}
+
+/// Shows the pool while the workers run: a status block redrawn in place with the events
+/// above it in a terminal, plain lines otherwise; every sample is kept for the chart.
+async fn watch(
+    proxy: &Proxy,
+    up: &crate::upstream::Upstream,
+    counters: &Counters,
+    started: Instant,
+    duration: Duration,
+    out: &Output,
+) -> Watched {
+    let pool = &up.pool;
     let tty = out.tty;
     let mut peak = Peak { waiting: 0, active: 0, saturated_ticks: 0, ticks: 0 };
     let window = Duration::from_millis(if tty { 250 } else { 1000 });
@@ -297,12 +357,13 @@ async fn demo(db: &TempDb, duration: Duration, out: &Output) -> Result<(), Strin
         let _ = stdout.write_all(text.as_bytes());
         let _ = stdout.flush();
     }
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        let _ = w.await;
-    }
+    Watched { peak, samples, status }
+}
+
+/// The summary after the run; returns the transactions run.
+fn print_summary(up: &crate::upstream::Upstream, counters: &Counters, peak: &Peak, started: Instant) -> u64 {
     let waits = up.counters.wait_time.snapshot();
-    let st = pool.stats();
+    let st = up.pool.stats();
     let tx = counters.transactions.load(Ordering::Relaxed);
     println!("\nsummary");
     println!("  duration            {:.1}s", started.elapsed().as_secs_f64());
@@ -336,25 +397,7 @@ async fn demo(db: &TempDb, duration: Duration, out: &Output) -> Result<(), Strin
             "  diagnosis           the pool saturated during the rush: shorten the slow transactions, or raise PGSIDECAR_POOL_SIZE within the plan's limit (pgsidecar check shows it)"
         );
     }
-    let title = format!(
-        "pgsidecar demo: pool of {} servers, {WORKERS} app workers, {:.0}s ({} transactions)",
-        st.max_size, status.elapsed_s, tx
-    );
-    match std::fs::write(&out.chart, chart::svg(samples.list(), &title)) {
-        Ok(()) => {
-            println!("\nchart of the run (servers busy, clients waiting, p99 wait): {}", out.chart.display())
-        }
-        Err(e) => println!("\ncannot write the chart to {}: {e}", out.chart.display()),
-    }
-    if let Some(log) = &out.log {
-        println!("the proxy's log: {}", log.display());
-    }
-    let _ = stop_tx.send(());
-    proxy.close_pools();
-    if counters.errors.load(Ordering::Relaxed) > 0 {
-        return Err("some simulated requests failed".into());
-    }
-    Ok(())
+    tx
 }
 
 fn pg_err(e: tokio_postgres::Error) -> String {
