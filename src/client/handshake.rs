@@ -385,40 +385,7 @@ pub(crate) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     over_limit: bool,
 ) -> Result<Admitted, Refusal> {
     let mut out = BytesMut::new();
-    let Some(user) = startup.param("user").map(str::to_owned) else {
-        return Err(Refusal::send(
-            PgError::fatal("28000", "no PostgreSQL user name specified in startup packet"),
-            "no_user",
-        ));
-    };
-    let database = startup.param("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_owned();
-    if startup.param("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
-        return Err(Refusal::send(
-            PgError::fatal(
-                "0A000",
-                "pgsidecar does not pool replication connections: connect to the database directly",
-            ),
-            "replication_refused",
-        ));
-    }
-    if over_limit {
-        if let Some(up) = shared.upstream(&database) {
-            up.counters.error(crate::observe::stats::PoolerError::MaxClients);
-        }
-        return Err(Refusal::send(
-            PgError::fatal(
-                "53300",
-                format!(
-                    "sorry, too many clients already: pgsidecar serves at most {} client connections",
-                    shared.config.client.max_clients
-                ),
-            )
-            .with_hint(
-                "raise PGSIDECAR_MAX_CLIENT_CONN, or lower the number of connections the application opens",
-            ),
-            "max_client_conn",
-        ));
-    }
+    let (user, database) = who(shared, &startup, over_limit)?;
     let unrecognized: Vec<&str> =
         startup.params.iter().map(|(k, _)| k.as_str()).filter(|k| k.starts_with("_pq_.")).collect();
     if startup.minor > 0 || !unrecognized.is_empty() {
@@ -461,6 +428,46 @@ pub(crate) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     // client for both.
     let sequence = crate::params::startup_sequence(&startup.params, &options);
     Ok(Admitted::Pool { startup, user, database, upstream, sequence, greeting: out })
+}
+
+/// The user and database a startup packet asks for, or its refusal: no user, a replication
+/// connection, or one client too many (PGSIDECAR_MAX_CLIENT_CONN).
+fn who(shared: &Shared, startup: &Startup, over_limit: bool) -> Result<(String, String), Refusal> {
+    let Some(user) = startup.param("user").map(str::to_owned) else {
+        return Err(Refusal::send(
+            PgError::fatal("28000", "no PostgreSQL user name specified in startup packet"),
+            "no_user",
+        ));
+    };
+    let database = startup.param("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_owned();
+    if startup.param("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+        return Err(Refusal::send(
+            PgError::fatal(
+                "0A000",
+                "pgsidecar does not pool replication connections: connect to the database directly",
+            ),
+            "replication_refused",
+        ));
+    }
+    if over_limit {
+        if let Some(up) = shared.upstream(&database) {
+            up.counters.error(crate::observe::stats::PoolerError::MaxClients);
+        }
+        return Err(Refusal::send(
+            PgError::fatal(
+                "53300",
+                format!(
+                    "sorry, too many clients already: pgsidecar serves at most {} client connections",
+                    shared.config.client.max_clients
+                ),
+            )
+            .with_hint(
+                "raise PGSIDECAR_MAX_CLIENT_CONN, or lower the number of connections the application opens",
+            ),
+            "max_client_conn",
+        ));
+    }
+    Ok((user, database))
 }
 
 /// Authenticates a client of the admin console with the credentials of the upstream whose
