@@ -111,10 +111,11 @@ pub fn event_lines(r: &Record, elapsed_s: f64) -> Vec<String> {
             let mut head = String::new();
             let _ = write!(
                 head,
-                "POOL SATURATED: {} clients have waited for a server for {}s; all {} servers busy; p99 wait {p99:.0}ms.",
+                "POOL SATURATED: {} clients have waited for a server for {}s; all {} servers busy; the oldest has waited {}ms (p99 of the waits that ended: {p99:.0}ms).",
                 f("waiting"),
                 f("waiting_for_s"),
-                f("pool_size")
+                f("pool_size"),
+                f("oldest_wait_ms")
             );
             out.extend(wrap(&head, &at, &indent, WIDTH + 20));
             let top = f("top_statement");
@@ -182,6 +183,7 @@ mod tests {
                 ("waiting_for_s", "5"),
                 ("pool_size", "9"),
                 ("wait_p99_ms", "812.400"),
+                ("oldest_wait_ms", "4930"),
                 ("top_statement", "SELECT pg_sleep($1)"),
                 ("advice", "raise PGSIDECAR_POOL_SIZE"),
             ]
@@ -191,6 +193,11 @@ mod tests {
         };
         let text = event_lines(&r, 10.0).join("\n");
         assert!(text.contains("POOL SATURATED: 12 clients"), "{text}");
+        let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            words.contains("the oldest has waited 4930ms (p99 of the waits that ended: 812ms)"),
+            "{text}"
+        );
         assert!(text.contains("busiest statement: SELECT pg_sleep($1)"), "{text}");
         assert!(text.contains("diagnosis: raise PGSIDECAR_POOL_SIZE"), "{text}");
         assert!(!text.contains("level="));

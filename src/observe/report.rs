@@ -143,10 +143,11 @@ fn saturation(up: &Upstream, r: &mut PoolReport) {
     super::status::event(
         &up.pool.database,
         format!(
-            "pool saturated: {} clients waiting for {}s on {} servers, p99 wait {:.0}ms; {}{advice}",
+            "pool saturated: {} clients waiting for {}s on {} servers, the oldest for {:.0}ms (p99 of the waits that ended: {:.0}ms); {}{advice}",
             s.waiting,
             now.duration_since(since).as_secs(),
             s.max_size,
+            s.oldest_wait.as_secs_f64() * 1000.0,
             p99.as_secs_f64() * 1000.0,
             if busiest.is_empty() { String::new() } else { format!("busiest statement: {busiest}; ") }
         ),
@@ -157,6 +158,7 @@ fn saturation(up: &Upstream, r: &mut PoolReport) {
         waiting = s.waiting,
         waiting_for_s = now.duration_since(since).as_secs(),
         wait_p99_ms = p99.as_secs_f64() * 1000.0,
+        oldest_wait_ms = s.oldest_wait.as_millis() as u64,
         db_limit = %limit,
         top_statements = %top.join(", "),
         top_statement = %busiest,
