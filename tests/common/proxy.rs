@@ -178,6 +178,13 @@ pub async fn start(pg: &TestPg, db: &str, extra: &[(&str, &str)]) -> TestProxy {
 }
 
 impl TestProxy {
+    /// Whether clients that can use the Unix socket go to it directly (the unix transport
+    /// without chopping).
+    #[allow(dead_code)]
+    pub fn via_socket(&self) -> bool {
+        self.via_socket
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
