@@ -316,6 +316,16 @@ async fn a_parse_answered_by_the_proxy_goes_out_with_the_servers_answers() {
     s.write_all(&batch).await.unwrap();
     raw::read_until_from(&mut s, b'Z').await; // prepared on the server now
     s.write_all(&batch).await.unwrap();
+    if common::chop::from_env().is_some() {
+        // Chopped streams cut the proxy's output into pieces too, so one read tells nothing
+        // of how it was written: only the answers and their order can be checked.
+        let mut tags = Vec::new();
+        while tags.last() != Some(&b'Z') {
+            tags.push(raw::read_msg_from(&mut s).await.expect("connection open").0);
+        }
+        assert_eq!(&tags[..2], b"12", "{tags:?}");
+        return;
+    }
     let mut buf = vec![0u8; 8192];
     let n = s.read(&mut buf).await.unwrap();
     // ParseComplete (5 bytes), then at least BindComplete: the proxy's answer did not go
