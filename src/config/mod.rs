@@ -12,7 +12,7 @@ pub mod url;
 mod tests;
 
 pub use listen::{Listen, UrlStyle};
-use settings::{Env, Raw, RawSettings};
+use settings::{Env, Raw, RawSettings, Source};
 use std::path::PathBuf;
 use std::time::Duration;
 pub use url::{DbUrl, Secret, SslMode};
@@ -331,7 +331,16 @@ fn upstreams_config(raw: &RawSettings, env: &dyn Env) -> Result<Vec<Upstream>, C
 fn listen(raw: &RawSettings) -> Result<(Vec<Listen>, UrlStyle), ConfigError> {
     let listen = listen::parse(&raw.get("listen").value).map_err(|e| invalid(raw.get("listen"), e))?;
     let style = raw.get("client-url-style");
-    let url_style = UrlStyle::parse(&style.value).ok_or_else(|| invalid(style, "use tcp or socket"))?;
+    let mut url_style = UrlStyle::parse(&style.value).ok_or_else(|| invalid(style, "use tcp or socket"))?;
+    // Left at its default, the style follows the listeners: a socket-only list (DIR:PORT)
+    // hands the application the socket rather than refusing to start.
+    let socket_only = !listen.iter().any(|l| matches!(l, Listen::Tcp(_)));
+    if matches!(style.source, Source::Default)
+        && socket_only
+        && listen.iter().any(|l| l.libpq_dir().is_some())
+    {
+        url_style = UrlStyle::Socket;
+    }
     let reachable = match url_style {
         UrlStyle::Tcp => listen.iter().any(|l| matches!(l, Listen::Tcp(_))),
         UrlStyle::Socket => listen.iter().any(|l| l.libpq_dir().is_some()),

@@ -180,3 +180,20 @@ fn reliability_timeouts() {
     let err = Config::load(&BTreeMap::new(), &e).unwrap_err().to_string();
     assert!(err.contains("PGSIDECAR_IDLE_TRANSACTION_TIMEOUT"), "{err}");
 }
+
+#[test]
+fn a_socket_only_listen_list_hands_out_the_socket_unless_tcp_was_asked_for() {
+    let e = env(&[("DATABASE_URL", URL), ("PGSIDECAR_LISTEN", "/tmp/sc:6432")]);
+    assert_eq!(Config::load(&BTreeMap::new(), &e).unwrap().url_style, UrlStyle::Socket);
+    // Asked for by name, tcp with no TCP listener is still refused, naming the fix.
+    let e = env(&[
+        ("DATABASE_URL", URL),
+        ("PGSIDECAR_LISTEN", "/tmp/sc:6432"),
+        ("PGSIDECAR_CLIENT_URL_STYLE", "tcp"),
+    ]);
+    let err = Config::load(&BTreeMap::new(), &e).unwrap_err().to_string();
+    assert!(err.contains("PGSIDECAR_CLIENT_URL_STYLE=socket"), "{err}");
+    // A bare unix:PATH has no libpq form: the default stays tcp, and is refused.
+    let e = env(&[("DATABASE_URL", URL), ("PGSIDECAR_LISTEN", "unix:/tmp/sc.sock")]);
+    assert!(Config::load(&BTreeMap::new(), &e).is_err());
+}
