@@ -114,9 +114,10 @@ impl Listeners {
                     let _ = s.set_nodelay(true);
                     (Stream::Plain(s), Peer::Tcp(a))
                 }),
-                Bound::Unix { listener, port, .. } => {
-                    listener.poll_accept(cx).map_ok(|(s, _)| (Stream::Unix(s), Peer::Unix { port: *port }))
-                }
+                Bound::Unix { listener, port, .. } => listener.poll_accept(cx).map(|r| {
+                    let (s, _) = r?;
+                    Ok((Stream::Unix(crate::stream::UnixConn::new(s)?), Peer::Unix { port: *port }))
+                }),
             };
             if polled.is_ready() {
                 self.next.store((at + 1) % n, std::sync::atomic::Ordering::Relaxed);

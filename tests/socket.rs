@@ -241,3 +241,52 @@ async fn the_unix_transport_puts_every_client_on_the_socket() {
     assert_eq!(addrs.len(), 3, "{addrs:?}");
     assert!(addrs.iter().all(|(a, p)| a == "unix" && *p == port), "{addrs:?}");
 }
+
+/// A result many times the socket's buffer, to a client that reads it slowly: the proxy's
+/// writes find the socket full, wait for room (the only time it registers the socket for
+/// writing: see src/stream/unix.rs) and go on. Every row arrives whole and in order, and the
+/// proxy serves other clients on the socket meanwhile.
+#[test]
+fn a_large_result_to_a_slow_reader_on_the_socket_arrives_whole() {
+    use common::blocking::{query, row, Client};
+    let pg = TestPg::shared();
+    let db = pg.create_db("sockslow");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let env = env_for(
+        pg,
+        SCRAM_USER,
+        &db,
+        "require",
+        &[("PGSIDECAR_CLIENT_AUTH", "trust"), ("PGSIDECAR_POOL_SIZE", "2")],
+    );
+    let p = rt.block_on(start_on(env, Transport::Unix));
+    let (dir, port) = p.socket.clone().unwrap();
+    let mut slow = Client::unix(&dir, port).login(SCRAM_USER, &db);
+    // 4,000 rows of 2,000 bytes: 8 MB, against a socket buffer of some 200 kB.
+    slow.send(&query("select i, repeat(chr(65 + i % 26), 2000) from generate_series(1, 4000) i"));
+    let mut rows = 0u32;
+    loop {
+        let (tag, body) = slow.read();
+        match tag {
+            b'D' => {
+                rows += 1;
+                let r = row(&body);
+                assert_eq!(r[0], rows.to_string());
+                let letter = char::from(65 + (rows % 26) as u8).to_string();
+                assert_eq!(r[1], letter.repeat(2000), "row {rows}");
+                if rows % 500 == 0 {
+                    // The reader lags (a slow application, not a wait for the proxy)...
+                    std::thread::sleep(Duration::from_millis(30));
+                    // ...and the proxy serves another client on the socket meanwhile.
+                    let mut other = Client::unix(&dir, port).login(SCRAM_USER, &db);
+                    assert_eq!(other.values("select 'other'"), ["other"]);
+                }
+            }
+            b'T' | b'C' => {}
+            b'Z' => break,
+            other => panic!("unexpected message {:?}", other as char),
+        }
+    }
+    assert_eq!(rows, 4000);
+    assert_eq!(slow.values("select 'after'"), ["after"]);
+}
