@@ -15,23 +15,30 @@ use std::cell::RefCell;
 const MAX_SPARES: usize = 128;
 /// Buffers larger than this are freed rather than kept.
 pub const MAX_SPARE_CAPACITY: usize = 16 * 1024;
+/// Every spare buffer has this capacity, whichever part it played: a buffer serves as the
+/// client's input, the client's output or the server's input in turn, and spares of mixed
+/// sizes (a request-sized output buffer taken next as an input) were grown by reallocation
+/// two or three times per transaction. One size, large enough for a read's room
+/// (`client::io`), makes taking a spare for any part free.
+pub const SPARE_CAPACITY: usize = MAX_SPARE_CAPACITY;
 
 thread_local! {
     static BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
     static TIMINGS: RefCell<Vec<Box<Timing>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A spare empty buffer, or a new one without capacity.
+/// A spare empty buffer of [`SPARE_CAPACITY`], or a new one.
 pub fn buffer() -> BytesMut {
-    BUFFERS.with(|b| b.borrow_mut().pop()).unwrap_or_default()
+    BUFFERS.with(|b| b.borrow_mut().pop()).unwrap_or_else(|| BytesMut::with_capacity(SPARE_CAPACITY))
 }
 
-/// Gives back an empty buffer (anything it holds is dropped).
+/// Gives back an empty buffer (anything it holds is dropped). Kept only if it can hold
+/// [`SPARE_CAPACITY`] bytes from its start again and no more than [`MAX_SPARE_CAPACITY`]:
+/// one grown for a large message, or whose storage a statement's text still shares, is
+/// freed.
 pub fn give_buffer(mut buf: BytesMut) {
     buf.clear();
-    // A buffer that carried a large message keeps its whole allocation, even where its
-    // capacity (counted from what was consumed) looks small: such a buffer is freed.
-    if buf.capacity() == 0 || crate::wire::frame::shrink_empty(&mut buf, MAX_SPARE_CAPACITY) {
+    if !buf.try_reclaim(SPARE_CAPACITY) || buf.try_reclaim(MAX_SPARE_CAPACITY + 1) {
         return;
     }
     BUFFERS.with(|b| {
@@ -63,28 +70,43 @@ pub fn give_timing(t: Box<Timing>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Buf;
+
+    fn spares() -> usize {
+        BUFFERS.with(|b| b.borrow().len())
+    }
 
     #[test]
-    fn spares_are_reused_and_bounded() {
-        let mut b = BytesMut::with_capacity(1024);
+    fn spares_are_reused_of_one_size_and_bounded() {
+        BUFFERS.with(|b| b.borrow_mut().clear());
+        let mut b = buffer();
+        assert_eq!(b.capacity(), SPARE_CAPACITY);
         b.extend_from_slice(b"left over");
-        let ptr = b.as_ptr();
+        b.advance(4);
+        let ptr = b.as_ptr().wrapping_sub(4);
         give_buffer(b);
         let again = buffer();
-        assert!(again.is_empty() && again.capacity() >= 1024);
-        assert_eq!(again.as_ptr(), ptr, "the spare was not reused");
+        assert!(again.is_empty() && again.capacity() == SPARE_CAPACITY, "{}", again.capacity());
+        assert_eq!(again.as_ptr(), ptr, "the spare was not reused from its start");
+        // Not kept: too large, too small (it would be reallocated for its next part), sharing
+        // its storage with a statement's text, or holding a large allocation whose front was
+        // consumed.
         give_buffer(BytesMut::with_capacity(MAX_SPARE_CAPACITY + 1));
-        assert_eq!(buffer().capacity(), 0, "an oversized buffer was kept");
-        // One whose large front was consumed looks small, yet holds its whole allocation.
+        give_buffer(BytesMut::with_capacity(64));
+        let mut shared = buffer();
+        shared.extend_from_slice(b"SELECT 1");
+        let text = shared.split_to(8).freeze();
+        give_buffer(shared);
         let mut big = BytesMut::with_capacity(1 << 20);
         big.extend_from_slice(&[7; (1 << 20) - 100]);
         let _ = big.split_to(big.len());
         assert!(big.capacity() <= MAX_SPARE_CAPACITY);
         give_buffer(big);
-        assert_eq!(buffer().capacity(), 0, "a buffer holding 1 MiB was kept");
+        assert_eq!(spares(), 0);
+        drop(text);
         for _ in 0..MAX_SPARES + 10 {
-            give_buffer(BytesMut::with_capacity(64));
+            give_buffer(BytesMut::with_capacity(SPARE_CAPACITY));
         }
-        assert_eq!(BUFFERS.with(|b| b.borrow().len()), MAX_SPARES);
+        assert_eq!(spares(), MAX_SPARES);
     }
 }
