@@ -752,9 +752,11 @@ def main():
     ap.add_argument("--max-prepared-statements", type=int, default=200,
                     help="max_prepared_statements of the --pgbouncer builds (default 200; -1 leaves it unset,"
                          " for a build older than 1.21, which refuses the setting)")
-    ap.add_argument("--transport", choices=("tcp", "unix"), default="tcp",
+    ap.add_argument("--transport", choices=("tcp", "unix", "both"), default="tcp",
                     help="how pgbench reaches every target: tcp (127.0.0.1) or unix (each one's Unix socket:"
-                         " PostgreSQL's, PgBouncer's unix_socket_dir, pgsidecar's socket directory)")
+                         " PostgreSQL's, PgBouncer's unix_socket_dir, pgsidecar's socket directory); both: unix,"
+                         " plus pgsidecar and each --pgbouncer build over TCP as targets of their own (the same"
+                         " processes), so one run compares each proxy's socket with its TCP")
     ap.add_argument("--clients", help="comma-separated client counts (default 1,16,64,256; quick 1,64)")
     ap.add_argument("--modes", help="comma-separated query modes (default simple,extended,prepared,unnamed;"
                     " unnamed is -M extended with PGSIDECAR_PREPARE_UNNAMED_STATEMENTS=1)")
@@ -879,7 +881,7 @@ def run(args, out, tmp):
     secret = pg.setup_bench(args.scale)
     log(f"  initialised in {time.monotonic() - t0:.0f} s")
 
-    tr = args.transport
+    tr = "unix" if args.transport == "both" else args.transport
     pgb = Proxy(PGBOUNCER, "pgbouncer", tmp, args.pool_size, pg.port, secret, transport=tr)
     sc = Proxy(SIDECAR, "pgsidecar", tmp, args.pool_size, pg.port, secret, binary=binary, transport=tr)
     pgb_f = Proxy(PGBOUNCER, "pgbouncer-pool%d" % args.fair_pool, tmp, args.fair_pool, pg.port, secret, transport=tr)
@@ -913,6 +915,14 @@ def run(args, out, tmp):
     hosts = {DIRECT: pg.sock if tr == "unix" else "127.0.0.1", PGBOUNCER: pgb.host, SIDECAR: sc.host}
     for x in extras:
         ports[x.label], proxies[x.label], hosts[x.label] = x.port, x, x.host
+    # --transport both: the same processes over TCP, each a target of its own ("<label>-tcp").
+    views = []
+    if args.transport == "both":
+        for x in [sc] + extras:
+            label = x.label + "-tcp"
+            ports[label], proxies[label], hosts[label] = x.port, x, "127.0.0.1"
+            views.append(label)
+            meta["pgbouncer_extra"][label] = f"the {x.label} process above, reached over TCP 127.0.0.1"
 
     # Login check through every target, then a short warm-up (opens pool servers, warms caches).
     for t in TARGETS:
@@ -929,7 +939,7 @@ def run(args, out, tmp):
         f.write("SELECT pg_sleep(0.002);\n")
 
     rows = RowLog(os.path.join(out, "results.csv"))
-    n_tps = sum(len(args.clients) * (3 - len(REUSES_EXTENDED.get(m, ()))) for m in args.modes)
+    n_tps = sum(len(args.clients) * (3 + len(extras) + len(views) - len(REUSES_EXTENDED.get(m, ()))) for m in args.modes)
     per_round = n_tps * args.duration + 3 * args.duration + 2 * args.fair_duration
     log(f"\nplan: {args.rounds} round(s) x ({n_tps} select-only runs x {args.duration} s + 3 connect-per-tx runs"
         f" + 2 fairness runs x {args.fair_duration} s) ~ {args.rounds * per_round * 1.15 / 60:.1f} min"
@@ -941,7 +951,7 @@ def run(args, out, tmp):
                "tps": res.get("tps"), "transactions": res.get("transactions"),
                "failed_transactions": res.get("failed_transactions"), "lat_avg_ms": res.get("lat_avg_ms"),
                "proxy_cpu_s": res.get("proxy_cpu_s"), "conn_time_ms": res.get("conn_time_ms"), "proxy_cpu_s_per_100k_tx": res.get("proxy_cpu_s_per_100k_tx"),
-               "proxy_cpu_us_per_tx": res.get("proxy_cpu_us_per_tx"), "transport": args.transport,
+               "proxy_cpu_us_per_tx": res.get("proxy_cpu_us_per_tx"), "transport": "tcp" if target in views else tr,
                "error": res.get("error", "")}
         row.update(extra)
         rows.append(row)
@@ -969,7 +979,8 @@ def run(args, out, tmp):
                     runs.append((t, mode))
                     if t == SIDECAR and mode == "extended" and "unnamed" in args.modes:
                         runs.append((t, "unnamed"))
-                runs += [(x.label, mode) for x in (extras if rnd % 2 else extras[::-1])]
+                more = [x.label for x in extras] + views
+                runs += [(label, mode) for label in (more if rnd % 2 else more[::-1])]
                 for t, m in runs:
                     proxy, port, host = (sc_u, sc_u.port, sc_u.host) if m == "unnamed" else (proxies[t], ports[t], hosts[t])
                     if proxy:
@@ -1188,7 +1199,10 @@ def summarize(rows, args, meta):
              f" proxies; no TLS on any hop (client or server); "
              + ("pgbench reaches every target over its Unix socket (PostgreSQL's, PgBouncer's unix_socket_dir,"
                 " pgsidecar's socket directory); servers over 127.0.0.1."
-                if meta.get("transport") == "unix" else "all on 127.0.0.1."))
+                if meta.get("transport") == "unix"
+                else "pgbench reaches every target over its Unix socket, and the '-tcp' targets (the same processes)"
+                " over 127.0.0.1; servers over 127.0.0.1." if meta.get("transport") == "both"
+                else "all on 127.0.0.1."))
     L.append("Cells: median [min-max] over rounds. sc/pgb and sc/direct are ratios of those medians; 'per round' is the"
              " median [min-max] of the ratios")
     L.append("within each round (the runs it pairs are a minute apart at most, so slow drifts in machine load cancel)."
@@ -1243,7 +1257,7 @@ def summarize(rows, args, meta):
         L.append("")
         L.append(f"{label}: {desc}. Its prepared rows are -M prepared runs of its own; sc = pgsidecar.")
         hdr = (f"{'mode':<9}{'clients':>7}  {'TPS ' + label:<26}{'sc/it':>7}  {'cpu-us/tx':<12}{'sc cpu-us/tx':<14}"
-               f"{'p50/p99 ms (1 client)':<24}")
+               f"{'sc/it cpu':>9}  {'p50/p99 ms (1 client)':<24}{'sc p50/p99':<16}")
         L.append(hdr)
         L.append("-" * len(hdr))
         for mode in args.modes:
@@ -1251,11 +1265,15 @@ def summarize(rows, args, meta):
                 continue
             for c in args.clients:
                 x, s = median(get(label, mode, c)), median(get(SIDECAR, mode, c))
-                lat = ""
+                lat = sc_lat = ""
                 if c == 1:
                     lat = f"{fmt_num(median(get(label, mode, 1, 'lat_p50_ms')), 3)} / {fmt_num(median(get(label, mode, 1, 'lat_p99_ms')), 3)}"
+                    sc_lat = f"{fmt_num(median(get(SIDECAR, mode, 1, 'lat_p50_ms')), 3)} / {fmt_num(median(get(SIDECAR, mode, 1, 'lat_p99_ms')), 3)}"
+                cpu_ratio = ratio(median(get(SIDECAR, mode, c, "proxy_cpu_us_per_tx")),
+                                  median(get(label, mode, c, "proxy_cpu_us_per_tx")))
                 L.append(f"{mode:<9}{c:>7}  {cell(label, mode, c):<26}{ratio(s, x):>7}  "
-                         f"{cell(label, mode, c, 'proxy_cpu_us_per_tx', 1):<12}{cell(SIDECAR, mode, c, 'proxy_cpu_us_per_tx', 1):<14}{lat:<24}")
+                         f"{cell(label, mode, c, 'proxy_cpu_us_per_tx', 1):<12}{cell(SIDECAR, mode, c, 'proxy_cpu_us_per_tx', 1):<14}"
+                         f"{cpu_ratio:>9}  {lat:<24}{sc_lat:<16}")
     L.append("")
     L.append("Connect per transaction (pgbench -S -C -c 16 -M simple; every transaction logs in with SCRAM-SHA-256)")
     d, b, s = (median(get(t, "simple", 16, "tps", "connect_per_tx")) for t in TARGETS)
