@@ -64,6 +64,9 @@ impl From<SocketAddr> for Peer {
     }
 }
 
+// A socket client's stream is no larger than a TCP client's: every idle client holds one.
+const _: () = assert!(std::mem::size_of::<UnixConn>() <= std::mem::size_of::<TcpStream>());
+
 pub enum Stream {
     Plain(TcpStream),
     /// A client on a Unix-domain socket.

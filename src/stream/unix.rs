@@ -41,8 +41,9 @@ fn read_via_scratch(mut sock: &UnixStream, max: usize, put: impl FnOnce(&[u8])) 
 
 pub struct UnixConn {
     sock: AsyncFd<UnixStream>,
-    /// The socket's duplicate, registered for writability while a write waits for room.
-    room: Option<AsyncFd<OwnedFd>>,
+    /// The socket's duplicate, registered for writability while a write waits for room
+    /// (boxed: rare, and every idle client's stream would carry it).
+    room: Option<Box<AsyncFd<OwnedFd>>>,
 }
 
 /// Registers `fd` with the runtime for `interest` alone. `AsyncFd::with_interest` is
@@ -111,7 +112,7 @@ impl UnixConn {
             match self.sock.get_ref().write(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let dup = self.sock.get_ref().as_fd().try_clone_to_owned()?;
-                    self.room = Some(register(dup, Interest::WRITABLE)?);
+                    self.room = Some(Box::new(register(dup, Interest::WRITABLE)?));
                 }
                 r => return Poll::Ready(r),
             }
