@@ -186,7 +186,11 @@ async fn every_command_answers_with_pgbouncer_columns_and_no_password() {
     let clients = show(&admin, "SHOW CLIENTS").await;
     let app_row = clients.rows.iter().position(|r| r[2] == db).expect("the app client is listed");
     assert_eq!(clients.get(app_row, "state"), "idle");
-    assert_eq!(clients.get(app_row, "addr"), "127.0.0.1");
+    let addr = match proxy::Transport::from_env() {
+        proxy::Transport::Unix => "unix",
+        proxy::Transport::Tcp => "127.0.0.1",
+    };
+    assert_eq!(clients.get(app_row, "addr"), addr);
     assert!(clients.rows.iter().any(|r| r[2] == "pgbouncer"), "the console itself is listed");
     let servers = show(&admin, "SHOW SERVERS").await;
     assert_eq!(servers.get(0, "state"), "idle");

@@ -128,14 +128,14 @@ fn client_facing_tls_with_psql() {
     std::fs::write(&key, &tls.key_pem).unwrap();
     std::fs::write(&ca, &tls.ca_pem).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let p = rt.block_on(start(
-        pg,
-        &db,
-        &[
-            ("PGSIDECAR_CLIENT_TLS_CERT", cert.to_str().unwrap()),
-            ("PGSIDECAR_CLIENT_TLS_KEY", key.to_str().unwrap()),
-        ],
-    ));
+    let tls_env = [
+        ("PGSIDECAR_CLIENT_TLS_CERT", cert.to_str().unwrap()),
+        ("PGSIDECAR_CLIENT_TLS_KEY", key.to_str().unwrap()),
+    ];
+    // Over TCP whatever PGSIDECAR_TEST_TRANSPORT says: TLS is refused on a Unix socket, as
+    // PostgreSQL refuses it (tests/socket.rs checks that).
+    let env = proxy::env_for(pg, SCRAM_USER, &db, "require", &tls_env);
+    let p = rt.block_on(proxy::start_on(env, proxy::Transport::Tcp));
     let out = psql(&p, &db)
         .env("PGSSLMODE", "verify-full")
         .env("PGSSLROOTCERT", &ca)
