@@ -517,8 +517,11 @@ async fn session(run: &Run) -> Vec<(String, String)> {
     let pg = fx.pg;
     blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(10);
+        // Asleep, not only active: tokio-postgres prepares the statement first, and the
+        // backend shows it active during that Parse too; a cancel then finds nothing running
+        // (seen once under heavy load: the sleep went on for its 30 s).
         let running = format!(
-            "select count(*) from pg_stat_activity where state = 'active' \
+            "select count(*) from pg_stat_activity where state = 'active' and wait_event = 'PgSleep' \
              and query like 'select pg_sleep(30)%' and application_name = '{app}'"
         );
         while pg.sql("postgres", &running) != "1" {
