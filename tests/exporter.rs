@@ -91,13 +91,7 @@ async fn the_debian_pgbouncer_exporter_reads_the_console() {
         app.simple_query("SELECT 1").await.unwrap();
     }
     // Saturate: two clients hold both servers, three wait behind them, for the whole test.
-    let mut held = Vec::new();
-    for _ in 0..5 {
-        let c = connect(db.clone()).await;
-        held.push(tokio::spawn(async move {
-            let _ = c.simple_query("SELECT pg_sleep(30)").await;
-        }));
-    }
+    let held = common::watch::saturate_pool_of_two(&p.url_as(SCRAM_USER, SCRAM_PASS, &db)).await;
     let admin = connect("pgbouncer".into()).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let pools = loop {

@@ -111,13 +111,7 @@ async fn the_status_page_shows_show_pools_numbers_in_chromium() {
         app.simple_query("SELECT 'hunter2-literal' AS s, 7 AS n").await.unwrap();
     }
     // Saturate: two clients hold both servers, three wait, for the rest of the test.
-    let mut held = Vec::new();
-    for _ in 0..5 {
-        let c = connect(db.clone()).await;
-        held.push(tokio::spawn(async move {
-            let _ = c.simple_query("SELECT pg_sleep(30)").await;
-        }));
-    }
+    let held = common::watch::saturate_pool_of_two(&conn_str(&db)).await;
     let admin = connect("pgbouncer".into()).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let before = loop {

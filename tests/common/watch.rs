@@ -104,3 +104,19 @@ impl ServerSampler {
         (self.max.load(Ordering::Relaxed), self.samples.load(Ordering::Relaxed))
     }
 }
+
+/// Saturates a pool of two servers for the rest of the test: five clients of `conn` (a
+/// tokio-postgres connection string or URL) each run `pg_sleep(30)`, so two hold both servers
+/// and three wait behind them. Returns the tasks that hold them.
+#[allow(dead_code)]
+pub async fn saturate_pool_of_two(conn: &str) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let (c, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        held.push(tokio::spawn(async move {
+            let _ = c.simple_query("SELECT pg_sleep(30)").await;
+        }));
+    }
+    held
+}
